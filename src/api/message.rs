@@ -1,0 +1,389 @@
+//! `MessageService`: sending, moving, reading and following messages.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::paging::Cursor;
+use super::{Ctx, id, opt_id, opt_party_id};
+use crate::convert;
+use crate::domain::rules::{channel_not_found, message_not_found};
+use crate::domain::{
+    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Rejection, Time, Violations,
+    validate,
+};
+use crate::pb;
+use crate::store::{EventQuery, MessageQuery, Outcome};
+
+/// The `MessageService` handlers.
+pub struct MessageApi(pub Arc<Ctx>);
+
+/// The stream type of `Subscribe`.
+pub type SubscribeStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
+
+fn message_outcome(o: Outcome) -> Result<Response<pb::Message>, Status> {
+    match o {
+        Outcome::Message(m) => Ok(Response::new((&m).into())),
+        o => {
+            tracing::error!(outcome = ?o, "unexpected write outcome");
+            Err(Status::internal("unexpected write outcome"))
+        }
+    }
+}
+
+/// The fields every move request shares.
+struct MoveFields<'a> {
+    message_id: &'a str,
+    note: &'a str,
+    occur_time: Option<&'a prost_types::Timestamp>,
+    expected_version: u64,
+    request_id: &'a str,
+}
+
+macro_rules! move_fields {
+    ($r:expr) => {
+        MoveFields {
+            message_id: &$r.message_id,
+            note: &$r.note,
+            occur_time: $r.occur_time.as_ref(),
+            expected_version: $r.expected_version,
+            request_id: &$r.request_id,
+        }
+    };
+}
+
+impl MessageApi {
+    async fn step(
+        &self,
+        caller: Caller,
+        f: MoveFields<'_>,
+        action: MessageAction,
+    ) -> Result<Response<pb::Message>, Status> {
+        let now = Time::now();
+        let mut v = Violations::default();
+        let message_id = v.check("message_id", Id::parse(f.message_id));
+        let note = v.check("note", self.0.limits.note(f.note, action.needs_note()));
+        let occur_time = v.check(
+            "occur_time",
+            convert::opt_time(f.occur_time).and_then(|t| validate::occur_time(t, now)),
+        );
+        let request_id = v.check(
+            "request_id",
+            opt_id("request_id", f.request_id).map_err(|e| e.message),
+        );
+        v.finish()?;
+        let (Some(message_id), Some(note), Some(occur_time), Some(request_id)) =
+            (message_id, note, occur_time, request_id)
+        else {
+            return Err(Status::internal("validation"));
+        };
+        let o = self
+            .0
+            .store
+            .write(
+                caller,
+                Command::MoveMessage(MessageMove {
+                    message_id,
+                    action,
+                    note,
+                    occur_time,
+                    expected_version: f.expected_version,
+                    request_id,
+                }),
+            )
+            .await?;
+        message_outcome(o)
+    }
+}
+
+fn new_message(ctx: &Ctx, r: pb::SendMessageRequest) -> Result<NewMessage, Rejection> {
+    let now = Time::now();
+    let l = &ctx.limits;
+    let mut v = Violations::default();
+    let channel_id = v.check(
+        "channel_id",
+        opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
+    );
+    let in_reply_to = v.check(
+        "in_reply_to",
+        opt_id("in_reply_to", &r.in_reply_to).map_err(|e| e.message),
+    );
+    if matches!((&channel_id, &in_reply_to), (Some(None), Some(None))) {
+        v.add(
+            "channel_id",
+            "is required (it may be empty only for a reply)",
+        );
+    }
+    let subject = v.check("subject", l.subject(&r.subject));
+    let body = v.check("body", l.body(&r.body));
+    v.check("labels", l.labels(&r.labels));
+    let respond_by = v.check(
+        "respond_by",
+        convert::opt_time(r.respond_by.as_ref()).and_then(|t| validate::respond_by(t, now)),
+    );
+    let occur_time = v.check(
+        "occur_time",
+        convert::opt_time(r.occur_time.as_ref()).and_then(|t| validate::occur_time(t, now)),
+    );
+    let request_id = v.check(
+        "request_id",
+        opt_id("request_id", &r.request_id).map_err(|e| e.message),
+    );
+    v.finish()?;
+    Ok(NewMessage {
+        channel_id: channel_id.flatten(),
+        subject: subject.unwrap_or_default(),
+        body: body.unwrap_or_default(),
+        labels: r.labels,
+        respond_by: respond_by.flatten(),
+        in_reply_to: in_reply_to.flatten(),
+        occur_time: occur_time.flatten(),
+        request_id: request_id.flatten(),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::message_service_server::MessageService for MessageApi {
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        let m = new_message(&self.0, req.into_inner())?;
+        let o = self.0.store.write(caller, Command::SendMessage(m)).await?;
+        message_outcome(o)
+    }
+
+    async fn get_message(
+        &self,
+        req: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        let mid = id("message_id", &req.get_ref().message_id)?;
+        let m = self
+            .0
+            .store
+            .message(mid)
+            .await?
+            .filter(|m| m.visible_to(&caller))
+            .ok_or_else(message_not_found)?;
+        Ok(Response::new((&m).into()))
+    }
+
+    async fn list_messages(
+        &self,
+        req: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let caller = self.0.caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let channel = v.check(
+            "channel_id",
+            opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
+        );
+        let party = v.check(
+            "party_id",
+            opt_party_id("party_id", &r.party_id).map_err(|e| e.message),
+        );
+        let thread = v.check(
+            "thread_id",
+            opt_id("thread_id", &r.thread_id).map_err(|e| e.message),
+        );
+        let state = v.check("state", convert::message_state(r.state));
+        let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
+        v.finish()?;
+        let (channel, party, thread, state) = (
+            channel.flatten(),
+            party.flatten(),
+            thread.flatten(),
+            state.flatten(),
+        );
+        let limit = limit.unwrap_or(1);
+        let scope = format!("ListMessages|{caller:?}|{channel:?}|{party:?}|{thread:?}|{state:?}");
+        let cursor = self.0.pager.read(&scope, &r.page_token)?;
+        if let Some(cid) = channel {
+            self.0
+                .store
+                .channel(cid)
+                .await?
+                .filter(|c| c.visible_to(&caller))
+                .ok_or_else(channel_not_found)?;
+        }
+        let (mut page, head) = self
+            .0
+            .store
+            .messages(MessageQuery {
+                viewer: caller.party().cloned(),
+                channel,
+                party,
+                thread,
+                state,
+                before: cursor.as_ref().map_or(i64::MAX as u64, |c| c.position),
+                head: cursor.as_ref().map(|c| c.head),
+                limit: limit + 1,
+            })
+            .await?;
+        let next_page_token = if page.len() > limit {
+            page.truncate(limit);
+            let position = page.last().map_or(0, |(seq, _)| *seq);
+            self.0.pager.issue(
+                &scope,
+                &Cursor {
+                    position,
+                    head,
+                    key: String::new(),
+                },
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.iter().map(|(_, m)| m.into()).collect(),
+            next_page_token,
+            head_sequence: head,
+        }))
+    }
+
+    async fn accept_message(
+        &self,
+        req: Request<pb::AcceptMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        self.step(caller, move_fields!(req.get_ref()), MessageAction::Accept)
+            .await
+    }
+
+    async fn forward_message(
+        &self,
+        req: Request<pb::ForwardMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        self.step(caller, move_fields!(req.get_ref()), MessageAction::Forward)
+            .await
+    }
+
+    async fn decline_message(
+        &self,
+        req: Request<pb::DeclineMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        self.step(caller, move_fields!(req.get_ref()), MessageAction::Decline)
+            .await
+    }
+
+    async fn acknowledge_message(
+        &self,
+        req: Request<pb::AcknowledgeMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        self.step(
+            caller,
+            move_fields!(req.get_ref()),
+            MessageAction::Acknowledge,
+        )
+        .await
+    }
+
+    async fn reject_message(
+        &self,
+        req: Request<pb::RejectMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        self.step(caller, move_fields!(req.get_ref()), MessageAction::Reject)
+            .await
+    }
+
+    async fn withdraw_message(
+        &self,
+        req: Request<pb::WithdrawMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = self.0.caller(&req)?;
+        self.step(caller, move_fields!(req.get_ref()), MessageAction::Withdraw)
+            .await
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let caller = self.0.caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let channel = v.check(
+            "channel_id",
+            opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
+        );
+        let message = v.check(
+            "message_id",
+            opt_id("message_id", &r.message_id).map_err(|e| e.message),
+        );
+        let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
+        if !r.channel_id.is_empty() && !r.message_id.is_empty() {
+            v.add("message_id", "give channel_id or message_id, not both");
+        }
+        v.finish()?;
+        let (channel, message, limit) = (channel.flatten(), message.flatten(), limit.unwrap_or(1));
+        let scope = format!(
+            "ListEvents|{caller:?}|{channel:?}|{message:?}|{}",
+            r.after_sequence
+        );
+        let cursor = self.0.pager.read(&scope, &r.page_token)?;
+        if let Some(cid) = channel {
+            self.0
+                .store
+                .channel(cid)
+                .await?
+                .filter(|c| c.visible_to(&caller))
+                .ok_or_else(channel_not_found)?;
+        }
+        if let Some(mid) = message {
+            self.0
+                .store
+                .message(mid)
+                .await?
+                .filter(|m| m.visible_to(&caller))
+                .ok_or_else(message_not_found)?;
+        }
+        let mut events = self
+            .0
+            .store
+            .events(EventQuery {
+                viewer: caller.party().cloned(),
+                channel,
+                message,
+                after: cursor.map_or(r.after_sequence, |c| c.position),
+                limit: limit + 1,
+            })
+            .await?;
+        let next_page_token = if events.len() > limit {
+            events.truncate(limit);
+            let position = events.last().map_or(0, |e| e.sequence);
+            self.0.pager.issue(
+                &scope,
+                &Cursor {
+                    position,
+                    ..Cursor::default()
+                },
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.0.caller(&req)?;
+        Err(Status::unimplemented("Subscribe is not implemented yet"))
+    }
+}

@@ -1,0 +1,76 @@
+//! The gRPC handlers: one file per service. Each handler authenticates,
+//! parses the request into domain values, calls the store, and encodes.
+
+pub mod channel;
+pub mod message;
+pub mod paging;
+pub mod party;
+
+use std::sync::Arc;
+
+use tonic::Request;
+
+use crate::auth::{Authenticator, Identity};
+use crate::domain::validate::Limits;
+use crate::domain::{Caller, Id, PartyId, Rejection, Time};
+use crate::store::Store;
+
+pub use paging::Pager;
+
+/// What every handler shares.
+pub struct Ctx {
+    /// The record.
+    pub store: Store,
+    /// Token resolution.
+    pub auth: Arc<Authenticator>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Page-token signing.
+    pub pager: Pager,
+}
+
+impl Ctx {
+    /// The caller named by the request's token.
+    pub fn identify<T>(&self, req: &Request<T>) -> Result<Identity, Rejection> {
+        self.auth.authenticate(req.metadata())
+    }
+
+    /// The caller named by the request's token.
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Rejection> {
+        Ok(self.identify(req)?.caller)
+    }
+}
+
+/// Parses a required id field.
+pub fn id(field: &str, s: &str) -> Result<Id, Rejection> {
+    Id::parse(s).map_err(|e| Rejection::field(field, e))
+}
+
+/// Parses an optional id field (empty = unset).
+pub fn opt_id(field: &str, s: &str) -> Result<Option<Id>, Rejection> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    id(field, s).map(Some)
+}
+
+/// Parses a required party id field.
+pub fn party_id(field: &str, s: &str) -> Result<PartyId, Rejection> {
+    PartyId::parse(s).map_err(|e| Rejection::field(field, e))
+}
+
+/// Parses an optional party id filter (empty = unset).
+pub fn opt_party_id(field: &str, s: &str) -> Result<Option<PartyId>, Rejection> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    party_id(field, s).map(Some)
+}
+
+/// Parses an optional timestamp field.
+pub fn opt_time(
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<Time>, Rejection> {
+    crate::convert::opt_time(t).map_err(|e| Rejection::field(field, e))
+}

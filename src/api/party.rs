@@ -1,0 +1,196 @@
+//! `PartyService`: the directory and its tokens.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::paging::Cursor;
+use super::{Ctx, party_id};
+use crate::auth;
+use crate::domain::{Caller, Command, NewParty, Reason, Rejection, Violations};
+use crate::pb;
+use crate::store::Outcome;
+
+/// The `PartyService` handlers.
+pub struct PartyApi(pub Arc<Ctx>);
+
+fn admin_only(caller: &Caller) -> Result<(), Rejection> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::Party(_) => Err(Rejection::new(
+            Reason::ADMIN_ONLY,
+            "only the admin may manage parties and tokens",
+        )),
+    }
+}
+
+fn unexpected(o: Outcome) -> Status {
+    tracing::error!(outcome = ?o, "unexpected write outcome");
+    Status::internal("unexpected write outcome")
+}
+
+#[tonic::async_trait]
+impl pb::party_service_server::PartyService for PartyApi {
+    async fn create_party(
+        &self,
+        req: Request<pb::CreatePartyRequest>,
+    ) -> Result<Response<pb::Party>, Status> {
+        let caller = self.0.caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let id = v.check("party_id", crate::domain::PartyId::parse(&r.party_id));
+        let name = v.check("display_name", self.0.limits.display_name(&r.display_name));
+        let kind = v.check(
+            "kind",
+            crate::convert::party_kind(r.kind)
+                .ok_or_else(|| "must be STATE, ORGANIZATION or PERSON".to_string()),
+        );
+        v.finish()?;
+        let (Some(id), Some(display_name), Some(kind)) = (id, name, kind) else {
+            return Err(Status::internal("validation"));
+        };
+        admin_only(&caller)?;
+        match self
+            .0
+            .store
+            .write(
+                caller,
+                Command::CreateParty(NewParty {
+                    id,
+                    display_name,
+                    kind,
+                }),
+            )
+            .await?
+        {
+            Outcome::Party(p) => Ok(Response::new((&p).into())),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    async fn get_party(
+        &self,
+        req: Request<pb::GetPartyRequest>,
+    ) -> Result<Response<pb::Party>, Status> {
+        self.0.caller(&req)?;
+        let id = party_id("party_id", &req.get_ref().party_id)?;
+        let p =
+            self.0.store.party(id.clone()).await?.ok_or_else(|| {
+                Rejection::new(Reason::PARTY_NOT_FOUND, format!("no party '{id}'"))
+            })?;
+        Ok(Response::new((&p).into()))
+    }
+
+    async fn list_parties(
+        &self,
+        req: Request<pb::ListPartiesRequest>,
+    ) -> Result<Response<pb::ListPartiesResponse>, Status> {
+        self.0.caller(&req)?;
+        let r = req.into_inner();
+        let limit = self
+            .0
+            .limits
+            .page_size(r.page_size)
+            .map_err(|e| Rejection::field("page_size", e))?;
+        const SCOPE: &str = "ListParties";
+        let after = self
+            .0
+            .pager
+            .read(SCOPE, &r.page_token)?
+            .map(|c| c.key)
+            .unwrap_or_default();
+        let mut parties = self.0.store.parties(after, limit + 1).await?;
+        let next_page_token = if parties.len() > limit {
+            parties.truncate(limit);
+            let key = parties.last().map(|p| p.id.to_string()).unwrap_or_default();
+            self.0.pager.issue(
+                SCOPE,
+                &Cursor {
+                    key,
+                    ..Cursor::default()
+                },
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPartiesResponse {
+            parties: parties.iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn issue_token(
+        &self,
+        req: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let caller = self.0.caller(&req)?;
+        let party_id = party_id("party_id", &req.get_ref().party_id)?;
+        admin_only(&caller)?;
+        let t = auth::new_token()?;
+        match self
+            .0
+            .store
+            .write(
+                caller,
+                Command::IssueToken {
+                    party_id,
+                    token_id: t.token_id,
+                    secret_hash: t.secret_hash,
+                },
+            )
+            .await?
+        {
+            Outcome::TokenIssued {
+                token_id,
+                party_id,
+                secret_hash,
+            } => {
+                self.0.auth.issued(token_id, party_id.clone(), secret_hash);
+                tracing::info!(%token_id, party = %party_id, "token issued");
+                Ok(Response::new(pb::IssueTokenResponse {
+                    token_id: token_id.to_string(),
+                    token: t.token,
+                }))
+            }
+            o => Err(unexpected(o)),
+        }
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let caller = self.0.caller(&req)?;
+        let token_id = super::id("token_id", &req.get_ref().token_id)?;
+        admin_only(&caller)?;
+        match self
+            .0
+            .store
+            .write(caller, Command::RevokeToken { token_id })
+            .await?
+        {
+            Outcome::TokenRevoked { token_id } => {
+                self.0.auth.revoked(token_id);
+                tracing::info!(%token_id, "token revoked");
+                Ok(Response::new(pb::RevokeTokenResponse {}))
+            }
+            o => Err(unexpected(o)),
+        }
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        Ok(Response::new(match self.0.caller(&req)? {
+            Caller::Admin => pb::WhoAmIResponse {
+                party_id: String::new(),
+                admin: true,
+            },
+            Caller::Party(p) => pb::WhoAmIResponse {
+                party_id: p.to_string(),
+                admin: false,
+            },
+        }))
+    }
+}

@@ -1,0 +1,102 @@
+//! Settings: every one a flag and an environment variable (DESIGN §5).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::domain::validate::{self, Limits};
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default data directory of the embedded store.
+pub const DEFAULT_DATA_DIR: &str = "./backchannel-data";
+/// How often the server looks for messages past their `respond_by`.
+pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 500;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command-line and environment settings of the `backchannel` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "backchannel",
+    version,
+    about = "The record of mediated messages, over gRPC"
+)]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "BACKCHANNEL_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store and the generated admin token.
+    #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL URL; when set, the record lives there instead of the data directory.
+    #[arg(long, env = "BACKCHANNEL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(
+        long,
+        env = "BACKCHANNEL_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+
+    /// The admin token. Unset: generated once into `<data-dir>/admin.token`.
+    #[arg(long, env = "BACKCHANNEL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Milliseconds between checks for messages past their deadline.
+    #[arg(long, env = "BACKCHANNEL_EXPIRY_INTERVAL_MS", default_value_t = DEFAULT_EXPIRY_INTERVAL_MS)]
+    pub expiry_interval_ms: u64,
+
+    /// Most characters in a subject.
+    #[arg(long, env = "BACKCHANNEL_MAX_SUBJECT_CHARS", default_value_t = validate::DEFAULT_SUBJECT_CHARS)]
+    pub max_subject_chars: usize,
+
+    /// Most bytes in a message body.
+    #[arg(long, env = "BACKCHANNEL_MAX_BODY_BYTES", default_value_t = validate::DEFAULT_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Most bytes in a note.
+    #[arg(long, env = "BACKCHANNEL_MAX_NOTE_BYTES", default_value_t = validate::DEFAULT_NOTE_BYTES)]
+    pub max_note_bytes: usize,
+
+    /// Most labels on a message.
+    #[arg(long, env = "BACKCHANNEL_MAX_LABELS", default_value_t = validate::DEFAULT_LABELS)]
+    pub max_labels: usize,
+
+    /// Largest page size (larger requests are clamped).
+    #[arg(long, env = "BACKCHANNEL_MAX_PAGE_SIZE", default_value_t = validate::DEFAULT_MAX_PAGE_SIZE)]
+    pub max_page_size: usize,
+
+    /// Largest decoded request in bytes.
+    #[arg(long, env = "BACKCHANNEL_MAX_REQUEST_BYTES", default_value_t = validate::DEFAULT_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+}
+
+impl Config {
+    /// The request limits these settings give.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            subject_chars: self.max_subject_chars,
+            body_bytes: self.max_body_bytes,
+            note_bytes: self.max_note_bytes,
+            labels: self.max_labels,
+            max_page_size: self.max_page_size.max(1),
+            default_page_size: validate::DEFAULT_PAGE_SIZE.min(self.max_page_size.max(1)),
+            request_bytes: self.max_request_bytes,
+            ..Limits::default()
+        }
+    }
+}

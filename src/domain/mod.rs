@@ -1,0 +1,12 @@
+//! The domain: ids, validation, the record's types, the state machine and who
+//! may do what. Plain Rust with no I/O; the gRPC layer and the stores call it.
+
+pub mod command;
+pub mod model;
+pub mod rejection;
+pub mod rules;
+pub mod validate;
+
+pub use command::*;
+pub use model::*;
+pub use rejection::{FieldViolation, Reason, Rejection, Status, Violations};

@@ -1,0 +1,189 @@
+//! Why a request is refused: a stable reason, a class, and a message a person
+//! can act on. Only `crate::error` turns these into gRPC statuses.
+
+use std::fmt;
+
+/// The broad class of a refusal; `crate::error` maps each to one gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No or bad credentials.
+    Unauthenticated,
+    /// The request alone is malformed.
+    InvalidArgument,
+    /// Absent, or not visible to the caller.
+    NotFound,
+    /// The caller's role can never do this.
+    PermissionDenied,
+    /// The id is taken.
+    AlreadyExists,
+    /// `expected_version` does not match.
+    Aborted,
+    /// Not allowed in the current state.
+    FailedPrecondition,
+    /// Past the end of the log.
+    OutOfRange,
+    /// Over a limit.
+    ResourceExhausted,
+    /// The store or the server is not available; retry.
+    Unavailable,
+    /// A bug or broken store.
+    Internal,
+}
+
+macro_rules! reasons {
+    ($($name:ident => $status:ident),* $(,)?) => {
+        /// Stable `ErrorInfo.reason` codes; the proto's header lists each one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        pub enum Reason { $($name),* }
+
+        impl Reason {
+            /// The UPPER_SNAKE code sent to clients.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$name => stringify!($name)),* }
+            }
+            /// The class (and so the gRPC code) of this reason.
+            pub fn status(self) -> Status {
+                match self { $(Reason::$name => Status::$status),* }
+            }
+        }
+    };
+}
+
+reasons! {
+    UNAUTHENTICATED => Unauthenticated,
+    INVALID_FIELD => InvalidArgument,
+    INVALID_REQUEST => InvalidArgument,
+    UNKNOWN_PARTY => InvalidArgument,
+    INVALID_ROUTE => InvalidArgument,
+    INVALID_PAGE_TOKEN => InvalidArgument,
+    REQUEST_ID_REUSED => InvalidArgument,
+    REPLY_CHANNEL_MISMATCH => InvalidArgument,
+    PARTY_NOT_FOUND => NotFound,
+    CHANNEL_NOT_FOUND => NotFound,
+    MESSAGE_NOT_FOUND => NotFound,
+    TOKEN_NOT_FOUND => NotFound,
+    ADMIN_ONLY => PermissionDenied,
+    NOT_A_PRINCIPAL => PermissionDenied,
+    NOT_A_MEDIATOR => PermissionDenied,
+    NOT_THE_SENDER => PermissionDenied,
+    NOT_THE_RECIPIENT => PermissionDenied,
+    ADMIN_NOT_A_PARTY => PermissionDenied,
+    PARTY_EXISTS => AlreadyExists,
+    VERSION_MISMATCH => Aborted,
+    CHANNEL_SUSPENDED => FailedPrecondition,
+    CHANNEL_CLOSED => FailedPrecondition,
+    CHANNEL_NOT_OPEN => FailedPrecondition,
+    CHANNEL_NOT_SUSPENDED => FailedPrecondition,
+    CHANNEL_ALREADY_CLOSED => FailedPrecondition,
+    NOT_CURRENT_MEDIATOR => FailedPrecondition,
+    HOP_ALREADY_ACCEPTED => FailedPrecondition,
+    MESSAGE_NOT_IN_TRANSIT => FailedPrecondition,
+    MESSAGE_NOT_DELIVERED => FailedPrecondition,
+    MESSAGE_EXPIRED => FailedPrecondition,
+    TOKEN_REVOKED => FailedPrecondition,
+    START_AFTER_BEYOND_HEAD => OutOfRange,
+    REQUEST_TOO_LARGE => ResourceExhausted,
+    TOO_MANY_SUBSCRIPTIONS => ResourceExhausted,
+    STORE_UNAVAILABLE => Unavailable,
+    SHUTTING_DOWN => Unavailable,
+    INTERNAL => Internal,
+}
+
+/// One field that is wrong, for `google.rpc.BadRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's name in the request (`labels`, `parties[1]`).
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+/// A refusal: reason, message, and any field violations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The stable code.
+    pub reason: Reason,
+    /// A sentence a person can act on.
+    pub message: String,
+    /// Field problems (only for `INVALID_ARGUMENT`).
+    pub fields: Vec<FieldViolation>,
+}
+
+impl Rejection {
+    /// A refusal with a reason and a message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// An `INVALID_FIELD` refusal naming one field.
+    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let field = field.into();
+        let description = description.into();
+        Rejection {
+            reason: Reason::INVALID_FIELD,
+            message: format!("{field}: {description}"),
+            fields: vec![FieldViolation { field, description }],
+        }
+    }
+
+    /// The class of this refusal.
+    pub fn status(&self) -> Status {
+        self.reason.status()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Collects field violations so one response names every bad field.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records that `field` is wrong.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Records the error of a field parser, if any, and returns its value.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.add(field, e);
+                None
+            }
+        }
+    }
+
+    /// `Ok` if nothing was recorded, else one `INVALID_FIELD` refusal.
+    pub fn finish(self) -> Result<(), Rejection> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let message = self
+            .0
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Rejection {
+            reason: Reason::INVALID_FIELD,
+            message,
+            fields: self.0,
+        })
+    }
+}

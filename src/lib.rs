@@ -1,0 +1,27 @@
+//! Backchannel: a durable, auditable record of messages passed between two
+//! parties through mediators, streamed to subscribers over gRPC.
+//!
+//! Layout: [`domain`] holds the rules (no I/O); [`store`] keeps the record
+//! and owns the one writer path; [`api`] holds the thin gRPC handlers;
+//! [`server`] wires them together; [`error`] is the one mapping to gRPC
+//! statuses.
+
+pub mod api;
+pub mod auth;
+pub mod codec;
+pub mod config;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod server;
+pub mod store;
+
+/// The generated protobuf types, clients and servers of `backchannel.v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("backchannel.v1");
+
+    /// The encoded descriptor set of `backchannel.v1` (for reflection).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/backchannel_descriptor.bin"));
+}

@@ -1,0 +1,28 @@
+//! The `backchannel` binary: parse settings, start logging, serve.
+
+use clap::Parser;
+
+use backchannel::config::{Config, LogFormat};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_tracing(config.log_format);
+    match backchannel::server::run(config, backchannel::server::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "backchannel stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Wiring: open the store, build the services (ours, health, reflection),
+//! serve until a shutdown signal, then stop cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::PartyApi};
+use crate::auth::{self, Authenticator};
+use crate::config::Config;
+use crate::domain::{Caller, Command};
+use crate::pb;
+use crate::store::Store;
+
+/// Any startup failure, for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// HTTP/2 keepalive ping interval: dead clients are noticed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a keepalive ping may go unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+        r = tokio::signal::ctrl_c() => match r {
+            Ok(()) => tracing::info!("SIGINT received, shutting down"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        },
+    }
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    if config.database_url.is_some() {
+        return Err("the PostgreSQL backend is not available in this version".into());
+    }
+    let limits = config.limits();
+    crate::codec::set_max_request_bytes(limits.request_bytes);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+
+    let (store, head) = Store::open_embedded(&config.data_dir, Box::new(|_events| {}))?;
+    tracing::info!(data_dir = %config.data_dir.display(), head, "store open");
+
+    let (admin_token, admin_file) =
+        auth::admin_token(config.admin_token.clone(), &config.data_dir)?;
+    match admin_file {
+        Some(path) => tracing::info!(path = %path.display(), "admin token file"),
+        None => tracing::info!("admin token from BACKCHANNEL_ADMIN_TOKEN"),
+    }
+    let auth = Arc::new(Authenticator::new(&admin_token, store.tokens().await?));
+    let ctx = Arc::new(Ctx {
+        pager: Pager::new(store.page_key().await?),
+        store: store.clone(),
+        auth,
+        limits: limits.clone(),
+    });
+
+    let expiry = tokio::spawn(expire_loop(
+        store.clone(),
+        Duration::from_millis(config.expiry_interval_ms.max(10)),
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // tonic's own limit sits above ours so that our codec, which answers
+    // RESOURCE_EXHAUSTED, sees oversized requests first.
+    let max_decoding = limits.request_bytes.saturating_mul(4).max(4 << 20);
+    let party = pb::party_service_server::PartyServiceServer::new(PartyApi(ctx.clone()))
+        .max_decoding_message_size(max_decoding);
+    let channel = pb::channel_service_server::ChannelServiceServer::new(ChannelApi(ctx.clone()))
+        .max_decoding_message_size(max_decoding);
+    let message = pb::message_service_server::MessageServiceServer::new(MessageApi(ctx.clone()))
+        .max_decoding_message_size(max_decoding);
+
+    for name in [
+        "",
+        "backchannel.v1.PartyService",
+        "backchannel.v1.ChannelService",
+        "backchannel.v1.MessageService",
+    ] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+
+    let health_on_stop = health.clone();
+    let stop = async move {
+        shutdown.await;
+        for name in [
+            "",
+            "backchannel.v1.PartyService",
+            "backchannel.v1.ChannelService",
+            "backchannel.v1.MessageService",
+        ] {
+            health_on_stop
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
+
+    tracing::info!(%addr, "serving");
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(party)
+        .add_service(channel)
+        .add_service(message)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await?;
+    expiry.abort();
+    drop(ctx);
+    drop(store);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Expires overdue messages: runs `ExpireDue` through the writer every tick.
+async fn expire_loop(store: Store, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.write(Caller::Admin, Command::ExpireDue).await {
+            Ok(crate::store::Outcome::Expired(n)) if n > 0 => {
+                tracing::info!(expired = n, "messages expired");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "expiry check failed"),
+        }
+    }
+}

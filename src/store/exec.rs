@@ -1,0 +1,495 @@
+//! The write path's logic, shared by every backend: load what a command
+//! needs, ask the domain, persist the result and append its events. Runs
+//! inside the writer's transaction; a backend provides [`WriteTx`].
+
+use sha2::{Digest, Sha256};
+
+use crate::domain::rules;
+use crate::domain::{
+    Caller, Channel, ChannelChange, ChannelState, Command, Event, EventType, Id, Message,
+    MessageAction, MessageMove, MessageState, NewChannel, NewMessage, Party, PartyId, Reason,
+    Rejection, Subject, Time,
+};
+
+/// What the writer needs from a backend inside one transaction.
+pub trait WriteTx {
+    /// Loads a party.
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection>;
+    /// Inserts a party; `false` if the id is taken.
+    fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection>;
+    /// Inserts a token.
+    fn insert_token(
+        &mut self,
+        id: Id,
+        party: &PartyId,
+        hash: &[u8; 32],
+        now: Time,
+    ) -> Result<(), Rejection>;
+    /// Marks a token revoked. `None` if absent, `Some(false)` if already revoked.
+    fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection>;
+    /// Loads a channel.
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection>;
+    /// Inserts (`seq` = its CHANNEL_OPENED sequence) or updates a channel.
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection>;
+    /// Loads a message.
+    fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection>;
+    /// Inserts (`seq` = its MESSAGE_SENT sequence) or updates a message.
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection>;
+    /// Messages whose deadline has passed at `now` in a state that expires.
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection>;
+    /// Looks up an idempotency record: (fingerprint, resource id).
+    fn request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+    ) -> Result<Option<([u8; 32], Id)>, Rejection>;
+    /// Stores an idempotency record.
+    fn insert_request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+        fingerprint: &[u8; 32],
+        resource: Id,
+    ) -> Result<(), Rejection>;
+    /// Appends an event to the log.
+    fn append(&mut self, e: &Event) -> Result<(), Rejection>;
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A party was registered.
+    Party(Party),
+    /// A token was issued.
+    TokenIssued {
+        /// Its id.
+        token_id: Id,
+        /// The party.
+        party_id: PartyId,
+        /// SHA-256 of its secret.
+        secret_hash: [u8; 32],
+    },
+    /// A token was revoked.
+    TokenRevoked {
+        /// Its id.
+        token_id: Id,
+    },
+    /// A channel, as it now is.
+    Channel(Channel),
+    /// A message, as it now is.
+    Message(Message),
+    /// How many messages expired.
+    Expired(usize),
+}
+
+/// Most messages one `ExpireDue` expires (the next tick takes the rest).
+const EXPIRE_BATCH: usize = 1000;
+
+/// The writer's state across commands: the next sequence to hand out.
+pub struct Executor<'a, T: WriteTx> {
+    /// The transaction.
+    pub tx: &'a mut T,
+    /// The last sequence handed out (the log's head).
+    pub head: u64,
+    /// Events appended by the current command.
+    pub events: Vec<Event>,
+    /// The time of recording.
+    pub now: Time,
+}
+
+impl<T: WriteTx> Executor<'_, T> {
+    /// Runs one command.
+    pub fn run(&mut self, caller: &Caller, cmd: &Command) -> Result<Outcome, Rejection> {
+        match cmd {
+            Command::CreateParty(p) => {
+                admin_only(caller)?;
+                let party = Party {
+                    id: p.id.clone(),
+                    display_name: p.display_name.clone(),
+                    kind: p.kind,
+                    create_time: self.now,
+                };
+                if !self.tx.insert_party(&party)? {
+                    return Err(Rejection::new(
+                        Reason::PARTY_EXISTS,
+                        format!("party '{}' already exists", p.id),
+                    ));
+                }
+                Ok(Outcome::Party(party))
+            }
+            Command::IssueToken {
+                party_id,
+                token_id,
+                secret_hash,
+            } => {
+                admin_only(caller)?;
+                if self.tx.party(party_id)?.is_none() {
+                    return Err(Rejection::new(
+                        Reason::PARTY_NOT_FOUND,
+                        format!("no party '{party_id}'"),
+                    ));
+                }
+                self.tx
+                    .insert_token(*token_id, party_id, secret_hash, self.now)?;
+                Ok(Outcome::TokenIssued {
+                    token_id: *token_id,
+                    party_id: party_id.clone(),
+                    secret_hash: *secret_hash,
+                })
+            }
+            Command::RevokeToken { token_id } => {
+                admin_only(caller)?;
+                match self.tx.revoke_token(*token_id, self.now)? {
+                    None => Err(Rejection::new(Reason::TOKEN_NOT_FOUND, "no such token")),
+                    Some(false) => Err(Rejection::new(
+                        Reason::TOKEN_REVOKED,
+                        "the token is already revoked",
+                    )),
+                    Some(true) => Ok(Outcome::TokenRevoked {
+                        token_id: *token_id,
+                    }),
+                }
+            }
+            Command::CreateChannel(c) => self.create_channel(caller, c, cmd),
+            Command::ChangeChannel(c) => self.change_channel(caller, c),
+            Command::SendMessage(m) => self.send(caller, m, cmd),
+            Command::MoveMessage(m) => self.move_message(caller, m, cmd),
+            Command::ExpireDue => self.expire_due(),
+        }
+    }
+
+    fn create_channel(
+        &mut self,
+        caller: &Caller,
+        c: &NewChannel,
+        cmd: &Command,
+    ) -> Result<Outcome, Rejection> {
+        for (i, p) in c.parties.iter().chain(c.mediators.iter()).enumerate() {
+            if self.tx.party(p)?.is_none() {
+                let field = if i < 2 {
+                    format!("parties[{i}]")
+                } else {
+                    format!("mediators[{}]", i - 2)
+                };
+                let mut r = Rejection::field(field, format!("no party '{p}' is registered"));
+                r.reason = Reason::UNKNOWN_PARTY;
+                return Err(r);
+            }
+        }
+        if let Caller::Party(p) = caller
+            && !c.parties.contains(p)
+        {
+            return Err(Rejection::new(
+                Reason::NOT_A_PRINCIPAL,
+                "a channel is opened by the admin or by one of its two principals",
+            ));
+        }
+        const METHOD: &str = "CreateChannel";
+        if let Some(id) = self.replayed(caller, METHOD, c.request_id, cmd)? {
+            return self.existing_channel(id);
+        }
+        let channel = Channel {
+            id: Id::new(),
+            display_name: c.display_name.clone(),
+            parties: c.parties.clone(),
+            mediators: c.mediators.clone(),
+            state: ChannelState::Open,
+            version: 1,
+            create_time: self.now,
+            update_time: self.now,
+        };
+        let seq = self.record(
+            caller.actor(),
+            EventType::ChannelOpened,
+            None,
+            String::new(),
+            self.now,
+            Subject::Channel(Box::new(channel.clone())),
+        )?;
+        self.tx.save_channel(&channel, Some(seq))?;
+        self.remember(caller, METHOD, c.request_id, cmd, channel.id)?;
+        Ok(Outcome::Channel(channel))
+    }
+
+    fn change_channel(&mut self, caller: &Caller, c: &ChannelChange) -> Result<Outcome, Rejection> {
+        let channel = self
+            .tx
+            .channel(c.channel_id)?
+            .filter(|ch| ch.visible_to(caller))
+            .ok_or_else(rules::channel_not_found)?;
+        rules::authorize_channel_change(&channel, caller)?;
+        rules::check_version(c.expected_version, channel.version)?;
+        let (channel, kind) = rules::change_channel(&channel, c.action, self.now)?;
+        self.record(
+            caller.actor(),
+            kind,
+            None,
+            c.note.clone(),
+            self.now,
+            Subject::Channel(Box::new(channel.clone())),
+        )?;
+        self.tx.save_channel(&channel, None)?;
+        Ok(Outcome::Channel(channel))
+    }
+
+    fn send(
+        &mut self,
+        caller: &Caller,
+        m: &NewMessage,
+        cmd: &Command,
+    ) -> Result<Outcome, Rejection> {
+        // NOT_FOUND and PERMISSION_DENIED first: the original (for a reply),
+        // then the channel.
+        let original = match m.in_reply_to {
+            None => None,
+            Some(id) => {
+                let orig = self
+                    .tx
+                    .message(id)?
+                    .filter(|o| o.visible_to(caller))
+                    .ok_or_else(rules::message_not_found)?;
+                rules::authorize(MessageAction::Answer, rules::role(&orig, caller))?;
+                Some(orig)
+            }
+        };
+        let channel_id = match (m.channel_id, &original) {
+            (Some(id), _) => id,
+            (None, Some(o)) => o.channel_id,
+            (None, None) => return Err(Rejection::field("channel_id", "is required")),
+        };
+        let channel = self
+            .tx
+            .channel(channel_id)?
+            .filter(|ch| ch.visible_to(caller))
+            .ok_or_else(rules::channel_not_found)?;
+        let recipient = rules::authorize_send(&channel, caller)?.clone();
+        if let Some(o) = &original
+            && o.sender != recipient
+        {
+            return Err(Rejection::new(
+                Reason::REPLY_CHANNEL_MISMATCH,
+                "a reply must travel on a channel joining the same two parties as the original",
+            ));
+        }
+        const METHOD: &str = "SendMessage";
+        if let Some(id) = self.replayed(caller, METHOD, m.request_id, cmd)? {
+            return self.existing_message(id);
+        }
+        rules::channel_accepts_messages(&channel)?;
+        let answered = match &original {
+            Some(o) => {
+                let role = rules::role(o, caller);
+                Some(rules::apply(
+                    o,
+                    MessageAction::Answer,
+                    role,
+                    "",
+                    self.now,
+                    self.now,
+                )?)
+            }
+            None => None,
+        };
+        let sender = caller.party().cloned().ok_or_else(|| {
+            Rejection::new(Reason::ADMIN_NOT_A_PARTY, "the admin cannot send messages")
+        })?;
+        let id = Id::new();
+        let occur = m.occur_time.unwrap_or(self.now);
+        let message = Message {
+            id,
+            channel_id,
+            hops: rules::route(&channel, &sender),
+            sender,
+            recipient,
+            subject: m.subject.clone(),
+            body: m.body.clone(),
+            labels: m.labels.clone(),
+            respond_by: m.respond_by,
+            in_reply_to: m.in_reply_to,
+            thread_id: original.as_ref().map_or(id, |o| o.thread_id),
+            state: MessageState::Submitted,
+            version: 1,
+            create_time: self.now,
+            update_time: self.now,
+            send_time: occur,
+        };
+        let seq = self.record(
+            caller.actor(),
+            EventType::MessageSent,
+            None,
+            String::new(),
+            occur,
+            Subject::Message(Box::new(message.clone())),
+        )?;
+        self.tx.save_message(&message, Some(seq))?;
+        if let Some(step) = answered {
+            self.record(
+                caller.actor(),
+                step.kind,
+                None,
+                String::new(),
+                occur,
+                Subject::Message(Box::new(step.message.clone())),
+            )?;
+            self.tx.save_message(&step.message, None)?;
+        }
+        self.remember(caller, METHOD, m.request_id, cmd, id)?;
+        Ok(Outcome::Message(message))
+    }
+
+    fn move_message(
+        &mut self,
+        caller: &Caller,
+        mv: &MessageMove,
+        cmd: &Command,
+    ) -> Result<Outcome, Rejection> {
+        let msg = self
+            .tx
+            .message(mv.message_id)?
+            .filter(|m| m.visible_to(caller))
+            .ok_or_else(rules::message_not_found)?;
+        let role = rules::role(&msg, caller);
+        rules::authorize(mv.action, role)?;
+        let method = mv.action.method();
+        if let Some(id) = self.replayed(caller, method, mv.request_id, cmd)? {
+            return self.existing_message(id);
+        }
+        rules::check_version(mv.expected_version, msg.version)?;
+        let occur = mv.occur_time.unwrap_or(self.now);
+        let step = rules::apply(&msg, mv.action, role, &mv.note, occur, self.now)?;
+        self.record(
+            caller.actor(),
+            step.kind,
+            step.hop_index,
+            mv.note.clone(),
+            occur,
+            Subject::Message(Box::new(step.message.clone())),
+        )?;
+        self.tx.save_message(&step.message, None)?;
+        self.remember(caller, method, mv.request_id, cmd, msg.id)?;
+        Ok(Outcome::Message(step.message))
+    }
+
+    fn expire_due(&mut self) -> Result<Outcome, Rejection> {
+        let due = self.tx.overdue(self.now, EXPIRE_BATCH)?;
+        let mut n = 0;
+        for id in due {
+            let Some(msg) = self.tx.message(id)? else {
+                continue;
+            };
+            if let Some((step, deadline)) = rules::expire(&msg, self.now) {
+                self.record(
+                    crate::domain::SYSTEM,
+                    step.kind,
+                    None,
+                    String::new(),
+                    deadline,
+                    Subject::Message(Box::new(step.message.clone())),
+                )?;
+                self.tx.save_message(&step.message, None)?;
+                n += 1;
+            }
+        }
+        Ok(Outcome::Expired(n))
+    }
+
+    /// Appends one event and returns its sequence.
+    fn record(
+        &mut self,
+        actor: &str,
+        kind: EventType,
+        hop_index: Option<i32>,
+        note: String,
+        occur_time: Time,
+        subject: Subject,
+    ) -> Result<u64, Rejection> {
+        let channel_id = match &subject {
+            Subject::Message(m) => m.channel_id,
+            Subject::Channel(c) => c.id,
+        };
+        self.head += 1;
+        let event = Event {
+            sequence: self.head,
+            event_id: Id::new(),
+            kind,
+            actor: actor.to_owned(),
+            channel_id,
+            hop_index,
+            note,
+            occur_time,
+            record_time: self.now,
+            subject,
+        };
+        self.tx.append(&event)?;
+        self.events.push(event);
+        Ok(self.head)
+    }
+
+    /// If this request was made before: the resource it touched, or
+    /// `REQUEST_ID_REUSED` when the same id came with a different request.
+    fn replayed(
+        &mut self,
+        caller: &Caller,
+        method: &str,
+        request_id: Option<Id>,
+        cmd: &Command,
+    ) -> Result<Option<Id>, Rejection> {
+        let Some(rid) = request_id else {
+            return Ok(None);
+        };
+        match self.tx.request(caller.actor(), method, rid)? {
+            None => Ok(None),
+            Some((fp, id)) if fp == fingerprint(cmd) => Ok(Some(id)),
+            Some(_) => Err(Rejection::new(
+                Reason::REQUEST_ID_REUSED,
+                format!("request_id {rid} was already used for a different request"),
+            )),
+        }
+    }
+
+    fn remember(
+        &mut self,
+        caller: &Caller,
+        method: &str,
+        request_id: Option<Id>,
+        cmd: &Command,
+        resource: Id,
+    ) -> Result<(), Rejection> {
+        match request_id {
+            Some(rid) => {
+                self.tx
+                    .insert_request(caller.actor(), method, rid, &fingerprint(cmd), resource)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn existing_channel(&mut self, id: Id) -> Result<Outcome, Rejection> {
+        let c = self.tx.channel(id)?.ok_or_else(rules::channel_not_found)?;
+        Ok(Outcome::Channel(c))
+    }
+
+    fn existing_message(&mut self, id: Id) -> Result<Outcome, Rejection> {
+        let m = self.tx.message(id)?.ok_or_else(rules::message_not_found)?;
+        Ok(Outcome::Message(m))
+    }
+}
+
+fn admin_only(caller: &Caller) -> Result<(), Rejection> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::Party(_) => Err(Rejection::new(
+            Reason::ADMIN_ONLY,
+            "only the admin may manage parties and tokens",
+        )),
+    }
+}
+
+/// A digest of the request as the client sent it (the caller and method are
+/// part of the key already). Commands hold only ordered collections, so
+/// equal requests give equal digests.
+fn fingerprint(cmd: &Command) -> [u8; 32] {
+    Sha256::digest(format!("{cmd:?}").as_bytes()).into()
+}

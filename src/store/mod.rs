@@ -1,0 +1,184 @@
+//! The record: one interface over the storage backends, and the one writer
+//! path. Every write is a [`Command`] queued to the backend's writer, which
+//! commits queued commands together (group commit), publishes their events,
+//! and only then answers.
+
+pub mod exec;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use exec::Outcome;
+
+use crate::domain::{
+    Caller, Channel, ChannelState, Command, Event, Id, Message, MessageState, Party, PartyId,
+    Reason, Rejection,
+};
+
+/// Called by the writer, after a commit and before answering, with the
+/// events it committed (in sequence order).
+pub type Publish = Box<dyn Fn(Vec<Event>) + Send + 'static>;
+
+/// A queued write.
+pub struct Job {
+    /// Who asks.
+    pub caller: Caller,
+    /// What to do.
+    pub command: Command,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Outcome, Rejection>>,
+}
+
+/// A token as stored: its secret only as a SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Its id.
+    pub token_id: Id,
+    /// The party it names.
+    pub party_id: PartyId,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// Filters of a channel listing. `viewer` `None` is the admin.
+#[derive(Debug, Clone)]
+pub struct ChannelQuery {
+    /// Only channels this party is part of (need-to-know).
+    pub viewer: Option<PartyId>,
+    /// Only channels this party is part of (the request's filter).
+    pub party: Option<PartyId>,
+    /// Only channels in this state.
+    pub state: Option<ChannelState>,
+    /// Only channels created before this sequence.
+    pub before: u64,
+    /// Most items.
+    pub limit: usize,
+}
+
+/// Filters of a message listing. `viewer` `None` is the admin.
+#[derive(Debug, Clone)]
+pub struct MessageQuery {
+    /// Only messages this party is part of (need-to-know).
+    pub viewer: Option<PartyId>,
+    /// Only messages on this channel.
+    pub channel: Option<Id>,
+    /// Only messages this party is part of (the request's filter).
+    pub party: Option<PartyId>,
+    /// Only messages of this thread.
+    pub thread: Option<Id>,
+    /// Only messages in this state.
+    pub state: Option<MessageState>,
+    /// Only messages sent before this sequence.
+    pub before: u64,
+    /// The log position of the listing's first page; `None` reads the head.
+    pub head: Option<u64>,
+    /// Most items.
+    pub limit: usize,
+}
+
+/// Filters of an event listing. `viewer` `None` is the admin.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    /// Only events this party may see.
+    pub viewer: Option<PartyId>,
+    /// Only events of this channel.
+    pub channel: Option<Id>,
+    /// Only events of this message.
+    pub message: Option<Id>,
+    /// Only events after this sequence.
+    pub after: u64,
+    /// Most items.
+    pub limit: usize,
+}
+
+/// The record: reads go to the backend, writes to its writer.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<sqlite::Sqlite>,
+    writer: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens the embedded store in `dir` (created if needed). Returns the
+    /// store and the log's head at opening.
+    pub fn open_embedded(dir: &Path, publish: Publish) -> Result<(Store, u64), Rejection> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Rejection::new(
+                Reason::STORE_UNAVAILABLE,
+                format!("cannot create data directory {}: {e}", dir.display()),
+            )
+        })?;
+        let (backend, writer, head) = sqlite::start(dir, publish)?;
+        Ok((Store { backend, writer }, head))
+    }
+
+    /// Queues a write and waits until it is durable (or refused).
+    pub async fn write(&self, caller: Caller, command: Command) -> Result<Outcome, Rejection> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || Rejection::new(Reason::SHUTTING_DOWN, "the server is shutting down");
+        self.writer
+            .send(Job {
+                caller,
+                command,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// The key that signs page tokens.
+    pub async fn page_key(&self) -> Result<Vec<u8>, Rejection> {
+        self.backend.page_key().await
+    }
+
+    /// Every token.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Rejection> {
+        self.backend.tokens().await
+    }
+
+    /// One party.
+    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, Rejection> {
+        self.backend.party(id).await
+    }
+
+    /// Parties ordered by id, after `after`.
+    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, Rejection> {
+        self.backend.parties(after, limit).await
+    }
+
+    /// One channel.
+    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, Rejection> {
+        self.backend.channel(id).await
+    }
+
+    /// A page of channels, newest first.
+    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, Rejection> {
+        self.backend.channels(q).await
+    }
+
+    /// One message.
+    pub async fn message(&self, id: Id) -> Result<Option<Message>, Rejection> {
+        self.backend.message(id).await
+    }
+
+    /// A page of messages, newest first, and the head it was read at.
+    pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
+        self.backend.messages(q).await
+    }
+
+    /// A page of events, oldest first.
+    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+        self.backend.events(q).await
+    }
+
+    /// The last sequence in the log.
+    pub async fn head(&self) -> Result<u64, Rejection> {
+        self.backend.head().await
+    }
+}

@@ -1,0 +1,708 @@
+//! The embedded store: one SQLite database file in WAL mode with
+//! `synchronous=FULL`, so a commit is on disk before it is acknowledged.
+//! One writer thread owns the only write connection and commits whatever
+//! has queued in one transaction (group commit); readers use a small pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::mpsc;
+
+use super::exec::{Executor, WriteTx};
+use super::{ChannelQuery, EventQuery, Job, MessageQuery, Publish, TokenRecord};
+use crate::convert;
+use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
+use crate::pb;
+
+/// The schema migrations, in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "backchannel.db";
+
+/// Most commands committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+fn db_err(e: rusqlite::Error) -> Rejection {
+    use rusqlite::ErrorCode::*;
+    let unavailable = matches!(
+        e.sqlite_error_code(),
+        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | OutOfMemory)
+    );
+    tracing::error!(error = %e, "sqlite error");
+    if unavailable {
+        Rejection::new(
+            Reason::STORE_UNAVAILABLE,
+            format!("the store is unavailable: {e}"),
+        )
+    } else {
+        Rejection::new(Reason::INTERNAL, "internal store error")
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> Rejection {
+    tracing::error!(error = %e, "corrupt record");
+    Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
+}
+
+fn open(path: &Path) -> Result<Connection, Rejection> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db_err)?;
+    Ok(conn)
+}
+
+/// The embedded store's read side; the write side is its writer thread.
+pub struct Sqlite {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Opens (creating and migrating) the database in `dir` and starts the
+/// writer thread. Returns the reader and the writer's queue.
+pub fn start(
+    dir: &Path,
+    publish: Publish,
+) -> Result<(Arc<Sqlite>, mpsc::Sender<Job>, u64), Rejection> {
+    let path = dir.join(DB_FILE);
+    let mut conn = open(&path)?;
+    migrate(&mut conn)?;
+    let head: u64 = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(db_err)?
+        .try_into()
+        .map_err(corrupt)?;
+    let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    std::thread::Builder::new()
+        .name("backchannel-writer".into())
+        .spawn(move || writer(conn, rx, head, publish))
+        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
+    Ok((
+        Arc::new(Sqlite {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }),
+        tx,
+        head,
+    ))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
+    let applied: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(db_err)?
+        .try_into()
+        .map_err(corrupt)?;
+    if applied > MIGRATIONS.len() {
+        return Err(Rejection::new(
+            Reason::INTERNAL,
+            format!(
+                "the database has schema version {applied}, newer than this binary knows ({})",
+                MIGRATIONS.len()
+            ),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    let key: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'page_key'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db_err)?;
+    if key.is_none() {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| corrupt(format!("no randomness: {e}")))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('page_key', ?1)",
+            [&k[..]],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The writer thread: takes the first queued job, then whatever else has
+/// queued (up to [`MAX_BATCH`]), runs each in a savepoint so one refusal
+/// undoes only itself, commits once, publishes the events, then answers.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let start_head = head;
+        let now = Time::now();
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
+        let committed = (|| -> Result<(), Rejection> {
+            let mut tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            for job in &jobs {
+                let mut sp = tx.savepoint().map_err(db_err)?;
+                let mut wt = Tx(&sp);
+                let mut ex = Executor {
+                    tx: &mut wt,
+                    head,
+                    events: Vec::new(),
+                    now,
+                };
+                match ex.run(&job.caller, &job.command) {
+                    Ok(out) => {
+                        head = ex.head;
+                        events.append(&mut ex.events);
+                        sp.commit().map_err(db_err)?;
+                        results.push(Ok(out));
+                    }
+                    Err(r) => {
+                        sp.rollback().map_err(db_err)?;
+                        results.push(Err(r));
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)
+        })();
+        match committed {
+            Ok(()) => {
+                publish(events);
+                for (job, r) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                head = start_head;
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    tracing::info!("writer stopped");
+}
+
+/// A write transaction (or savepoint) on the writer's connection.
+struct Tx<'c>(&'c Connection);
+
+fn encode<T: prost::Message>(m: T) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+fn i64_of(n: u64) -> Result<i64, Rejection> {
+    i64::try_from(n).map_err(corrupt)
+}
+
+fn decode_message(b: &[u8]) -> Result<Message, Rejection> {
+    convert::message_from_pb(pb::Message::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+fn decode_channel(b: &[u8]) -> Result<Channel, Rejection> {
+    convert::channel_from_pb(pb::Channel::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+fn decode_party(b: &[u8]) -> Result<Party, Rejection> {
+    convert::party_from_pb(pb::Party::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
+    convert::event_from_pb(pb::Event::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+impl WriteTx for Tx<'_> {
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection> {
+        let b: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT data FROM parties WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        b.map(|b| decode_party(&b)).transpose()
+    }
+
+    fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection> {
+        let n = self
+            .0
+            .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    fn insert_token(
+        &mut self,
+        id: Id,
+        party: &PartyId,
+        hash: &[u8; 32],
+        now: Time,
+    ) -> Result<(), Rejection> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO tokens (id, party_id, secret_hash, create_time) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![id.to_string(), party.as_str(), &hash[..], now.0]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection> {
+        let revoked: Option<Option<i64>> = self
+            .0
+            .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        match revoked {
+            None => Ok(None),
+            Some(Some(_)) => Ok(Some(false)),
+            Some(None) => {
+                self.0
+                    .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id.to_string(), now.0]))
+                    .map_err(db_err)?;
+                Ok(Some(true))
+            }
+        }
+    }
+
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
+        let b: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT data FROM channels WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        b.map(|b| decode_channel(&b)).transpose()
+    }
+
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        let data = encode(pb::Channel::from(c));
+        let state = convert::channel_state_pb(c.state) as i32;
+        match insert_seq {
+            Some(seq) => {
+                let seq = i64_of(seq)?;
+                self.0
+                    .prepare_cached(
+                        "INSERT INTO channels (seq, id, state, data) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut s| s.execute(params![seq, c.id.to_string(), state, data]))
+                    .map_err(db_err)?;
+                let mut s = self
+                    .0
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO channel_members (party_id, channel_id) VALUES (?1, ?2)",
+                    )
+                    .map_err(db_err)?;
+                for p in c.members() {
+                    s.execute(params![p.as_str(), c.id.to_string()])
+                        .map_err(db_err)?;
+                }
+            }
+            None => {
+                self.0
+                    .prepare_cached("UPDATE channels SET state = ?2, data = ?3 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![c.id.to_string(), state, data]))
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
+        let b: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT data FROM messages WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        b.map(|b| decode_message(&b)).transpose()
+    }
+
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        let data = encode(pb::Message::from(m));
+        let state = convert::message_state_pb(m.state) as i32;
+        match insert_seq {
+            Some(seq) => {
+                let seq = i64_of(seq)?;
+                self.0
+                .prepare_cached(
+                    "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        seq,
+                        m.id.to_string(),
+                        m.channel_id.to_string(),
+                        m.thread_id.to_string(),
+                        state,
+                        m.respond_by.map(|t| t.0),
+                        data
+                    ])
+                })
+            }
+            None => self
+                .0
+                .prepare_cached("UPDATE messages SET state = ?2, data = ?3 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![m.id.to_string(), state, data])),
+        }
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
+        let mut s = self
+            .0
+            .prepare_cached(
+                "SELECT id FROM messages
+                 WHERE respond_by IS NOT NULL AND state IN (1, 2, 3, 4) AND respond_by <= ?1
+                 ORDER BY respond_by LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let ids = s
+            .query_map(params![now.0, i64_of(limit as u64)?], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        ids.iter().map(|s| Id::parse(s).map_err(corrupt)).collect()
+    }
+
+    fn request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+    ) -> Result<Option<([u8; 32], Id)>, Rejection> {
+        let row: Option<(Vec<u8>, String)> = self
+            .0
+            .prepare_cached(
+                "SELECT fingerprint, resource_id FROM requests
+                 WHERE caller = ?1 AND method = ?2 AND request_id = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![caller, method, request_id.to_string()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(db_err)?;
+        match row {
+            None => Ok(None),
+            Some((fp, id)) => Ok(Some((
+                fp.try_into().map_err(|_| corrupt("bad fingerprint"))?,
+                Id::parse(&id).map_err(corrupt)?,
+            ))),
+        }
+    }
+
+    fn insert_request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+        fingerprint: &[u8; 32],
+        resource: Id,
+    ) -> Result<(), Rejection> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    caller,
+                    method,
+                    request_id.to_string(),
+                    &fingerprint[..],
+                    resource.to_string()
+                ])
+            })
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn append(&mut self, e: &Event) -> Result<(), Rejection> {
+        let m = e.message();
+        let seq = i64_of(e.sequence)?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    seq,
+                    e.channel_id.to_string(),
+                    m.map(|m| m.id.to_string()),
+                    m.map(|m| m.thread_id.to_string()),
+                    convert::event_type_pb(e.kind) as i32,
+                    encode(pb::Event::from(e))
+                ])
+            })
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+impl Sqlite {
+    /// Runs `f` on a pooled read connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Connection) -> Result<T, Rejection> + Send + 'static,
+    ) -> Result<T, Rejection> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = this.idle.lock().ok().and_then(|mut v| v.pop());
+            let mut conn = match conn {
+                Some(c) => c,
+                None => open(&this.path)?,
+            };
+            let r = f(&mut conn);
+            if let Ok(mut idle) = this.idle.lock() {
+                idle.push(conn);
+            }
+            r
+        })
+        .await
+        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("reader failed: {e}")))?
+    }
+
+    /// The key that signs page tokens.
+    pub async fn page_key(self: &Arc<Self>) -> Result<Vec<u8>, Rejection> {
+        self.read(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'page_key'", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    /// Every token, for the authenticator's cache.
+    pub async fn tokens(self: &Arc<Self>) -> Result<Vec<TokenRecord>, Rejection> {
+        self.read(|c| {
+            let mut s = c
+                .prepare("SELECT id, party_id, secret_hash, revoke_time IS NOT NULL FROM tokens")
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, bool>(3)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.into_iter()
+                .map(|(id, party, hash, revoked)| {
+                    Ok(TokenRecord {
+                        token_id: Id::parse(&id).map_err(corrupt)?,
+                        party_id: PartyId::trusted(party),
+                        secret_hash: hash.try_into().map_err(|_| corrupt("bad token hash"))?,
+                        revoked,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// One party.
+    pub async fn party(self: &Arc<Self>, id: PartyId) -> Result<Option<Party>, Rejection> {
+        self.read(move |c| Tx(c).party(&id)).await
+    }
+
+    /// Parties ordered by id, after `after`.
+    pub async fn parties(
+        self: &Arc<Self>,
+        after: String,
+        limit: usize,
+    ) -> Result<Vec<Party>, Rejection> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT data FROM parties WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(params![after, i64_of(limit as u64)?], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.iter().map(|b| decode_party(b)).collect()
+        })
+        .await
+    }
+
+    /// One channel.
+    pub async fn channel(self: &Arc<Self>, id: Id) -> Result<Option<Channel>, Rejection> {
+        self.read(move |c| Tx(c).channel(id)).await
+    }
+
+    /// One message.
+    pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, Rejection> {
+        self.read(move |c| Tx(c).message(id)).await
+    }
+
+    /// The last sequence in the log.
+    pub async fn head(self: &Arc<Self>) -> Result<u64, Rejection> {
+        self.read(|c| head(c)).await
+    }
+
+    /// A page of channels, newest first, with their creation sequences.
+    pub async fn channels(
+        self: &Arc<Self>,
+        q: ChannelQuery,
+    ) -> Result<Vec<(u64, Channel)>, Rejection> {
+        self.read(move |c| {
+            let mut sql = String::from("SELECT seq, data FROM channels WHERE seq < ?1");
+            let mut args: Vec<rusqlite::types::Value> = vec![i64_of(q.before)?.into()];
+            if let Some(v) = &q.viewer {
+                args.push(v.as_str().to_owned().into());
+                sql += &format!(
+                    " AND id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
+                    args.len()
+                );
+            }
+            if let Some(p) = &q.party {
+                args.push(p.as_str().to_owned().into());
+                sql += &format!(
+                    " AND id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
+                    args.len()
+                );
+            }
+            if let Some(s) = q.state {
+                args.push(i64::from(convert::channel_state_pb(s) as i32).into());
+                sql += &format!(" AND state = ?{}", args.len());
+            }
+            args.push(i64_of(q.limit as u64)?.into());
+            sql += &format!(" ORDER BY seq DESC LIMIT ?{}", args.len());
+            let mut s = c.prepare_cached(&sql).map_err(db_err)?;
+            let rows = s
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.iter()
+                .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_channel(b)?)))
+                .collect()
+        })
+        .await
+    }
+
+    /// A page of messages, newest first, with their creation sequences, and
+    /// the log head the page was read at.
+    pub async fn messages(
+        self: &Arc<Self>,
+        q: MessageQuery,
+    ) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
+        self.read(move |c| {
+            // One read transaction: the page and the head come from one snapshot.
+            let tx = c.transaction().map_err(db_err)?;
+            let head = match q.head {
+                Some(h) => h,
+                None => head(&tx)?,
+            };
+            let mut sql = String::from("SELECT seq, data FROM messages WHERE seq < ?1 AND seq <= ?2");
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![i64_of(q.before)?.into(), i64_of(head)?.into()];
+            for p in [&q.viewer, &q.party].into_iter().flatten() {
+                args.push(p.as_str().to_owned().into());
+                sql += &format!(
+                    " AND channel_id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
+                    args.len()
+                );
+            }
+            if let Some(ch) = q.channel {
+                args.push(ch.to_string().into());
+                sql += &format!(" AND channel_id = ?{}", args.len());
+            }
+            if let Some(t) = q.thread {
+                args.push(t.to_string().into());
+                sql += &format!(" AND thread_id = ?{}", args.len());
+            }
+            if let Some(s) = q.state {
+                args.push(i64::from(convert::message_state_pb(s) as i32).into());
+                sql += &format!(" AND state = ?{}", args.len());
+            }
+            args.push(i64_of(q.limit as u64)?.into());
+            sql += &format!(" ORDER BY seq DESC LIMIT ?{}", args.len());
+            let rows = {
+                let mut s = tx.prepare_cached(&sql).map_err(db_err)?;
+                s.query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?
+            };
+            tx.commit().map_err(db_err)?;
+            let page = rows
+                .iter()
+                .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_message(b)?)))
+                .collect::<Result<Vec<_>, Rejection>>()?;
+            Ok((page, head))
+        })
+        .await
+    }
+
+    /// A page of events, oldest first.
+    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+        self.read(move |c| {
+            let mut sql = String::from("SELECT data FROM events WHERE seq > ?1");
+            let mut args: Vec<rusqlite::types::Value> = vec![i64_of(q.after)?.into()];
+            if let Some(v) = &q.viewer {
+                args.push(v.as_str().to_owned().into());
+                sql += &format!(
+                    " AND channel_id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
+                    args.len()
+                );
+            }
+            if let Some(ch) = q.channel {
+                args.push(ch.to_string().into());
+                sql += &format!(" AND channel_id = ?{}", args.len());
+            }
+            if let Some(m) = q.message {
+                args.push(m.to_string().into());
+                sql += &format!(" AND message_id = ?{}", args.len());
+            }
+            args.push(i64_of(q.limit as u64)?.into());
+            sql += &format!(" ORDER BY seq LIMIT ?{}", args.len());
+            let mut s = c.prepare_cached(&sql).map_err(db_err)?;
+            let rows = s
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, Vec<u8>>(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.iter().map(|b| decode_event(b)).collect()
+        })
+        .await
+    }
+}
+
+fn head(c: &Connection) -> Result<u64, Rejection> {
+    let h: i64 = c
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+        .map_err(db_err)?;
+    u64::try_from(h).map_err(corrupt)
+}
