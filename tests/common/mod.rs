@@ -1,0 +1,369 @@
+//! Shared test setup: start the real `backchannel` binary on a random port
+//! with a temporary data directory, and talk to it with the generated clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backchannel::pb;
+use backchannel::pb::channel_service_client::ChannelServiceClient;
+use backchannel::pb::message_service_client::MessageServiceClient;
+use backchannel::pb::party_service_client::PartyServiceClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// The admin token every test server starts with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// How long a test waits for something before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `backchannel` process.
+pub struct Server {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _tmp: Option<Arc<tempfile::TempDir>>,
+    /// Every log line it printed, for diagnosis.
+    pub log: Arc<Mutex<Vec<String>>>,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// Options for starting a server.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Start without BACKCHANNEL_ADMIN_TOKEN (the server generates one).
+    pub no_admin_env: bool,
+}
+
+impl Server {
+    /// Starts a server with a fresh temporary data directory.
+    pub async fn start() -> Server {
+        Server::start_with(Options::default()).await
+    }
+
+    /// Starts a server with options and a fresh temporary data directory.
+    pub async fn start_with(opts: Options) -> Server {
+        let tmp = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let data_dir = tmp.path().join("data");
+        Server::spawn(data_dir, Some(tmp), opts).await
+    }
+
+    async fn spawn(
+        data_dir: PathBuf,
+        tmp: Option<Arc<tempfile::TempDir>>,
+        opts: Options,
+    ) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .args(&opts.args)
+            .env_remove("BACKCHANNEL_ADMIN_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if !opts.no_admin_env {
+            cmd.env("BACKCHANNEL_ADMIN_TOKEN", ADMIN_TOKEN);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start backchannel");
+        let stdout = child.stdout.take().expect("stdout");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "serving"
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::time::timeout(DEADLINE, addr_rx)
+            .await
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()))
+            .unwrap_or_else(|_| panic!("server exited: {:?}", log.lock().unwrap()));
+        Server {
+            child: Some(child),
+            addr: addr.parse().expect("addr"),
+            data_dir,
+            _tmp: tmp,
+            log,
+            extra_args: opts.args.clone(),
+            env: opts.env.clone(),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub async fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        let status = tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("server did not stop within the deadline")
+            .expect("wait");
+        status.code()
+    }
+
+    /// Stops this server and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> Server {
+        let code = self.stop().await;
+        assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
+        let opts = Options {
+            args: self.extra_args.clone(),
+            env: self.env.clone(),
+            no_admin_env: false,
+        };
+        Server::spawn(self.data_dir.clone(), self._tmp.clone(), opts).await
+    }
+
+    /// A gRPC channel to the server.
+    pub async fn connect(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Clients calling as the admin.
+    pub async fn admin(&self) -> Clients {
+        self.clients(ADMIN_TOKEN).await
+    }
+
+    /// Clients calling with `token`.
+    pub async fn clients(&self, token: &str) -> Clients {
+        Clients::new(self.connect().await, Some(token))
+    }
+
+    /// Clients sending no token.
+    pub async fn anonymous(&self) -> Clients {
+        Clients::new(self.connect().await, None)
+    }
+
+    /// The data directory's path.
+    pub fn data_path(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// The three service clients with one identity.
+#[derive(Clone)]
+pub struct Clients {
+    /// PartyService.
+    pub parties: PartyServiceClient<Authed>,
+    /// ChannelService.
+    pub channels: ChannelServiceClient<Authed>,
+    /// MessageService.
+    pub messages: MessageServiceClient<Authed>,
+}
+
+impl Clients {
+    /// Clients over `channel` with an optional token.
+    pub fn new(channel: Channel, token: Option<&str>) -> Clients {
+        let b = Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")));
+        Clients {
+            parties: PartyServiceClient::with_interceptor(channel.clone(), b.clone()),
+            channels: ChannelServiceClient::with_interceptor(channel.clone(), b.clone()),
+            messages: MessageServiceClient::with_interceptor(channel, b),
+        }
+    }
+}
+
+/// Creates a party (as the admin) and returns a token for it.
+pub async fn party(admin: &mut Clients, id: &str) -> String {
+    admin
+        .parties
+        .create_party(pb::CreatePartyRequest {
+            party_id: id.into(),
+            display_name: id.to_uppercase(),
+            kind: pb::party::Kind::State as i32,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create party {id}: {e}"));
+    admin
+        .parties
+        .issue_token(pb::IssueTokenRequest {
+            party_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("issue token {id}: {e}"))
+        .into_inner()
+        .token
+}
+
+/// The parties of the Biarritz exchange, each with its own clients.
+pub struct World {
+    /// The admin.
+    pub admin: Clients,
+    /// Tehran.
+    pub iran: Clients,
+    /// Washington.
+    pub us: Clients,
+    /// Paris (Macron), first mediator.
+    pub france: Clients,
+    /// Tokyo (Abe), second mediator.
+    pub japan: Clients,
+    /// A party on no channel.
+    pub outsider: Clients,
+    /// iran → france → japan → united-states.
+    pub channel: pb::Channel,
+    /// Tokens by party id.
+    pub tokens: std::collections::HashMap<String, String>,
+}
+
+/// Registers iran, united-states, france, japan and an outsider, and opens
+/// a two-mediator channel iran → france → japan → united-states.
+pub async fn world(server: &Server) -> World {
+    let mut admin = server.admin().await;
+    let mut tokens = std::collections::HashMap::new();
+    for p in ["iran", "united-states", "france", "japan", "outsider"] {
+        tokens.insert(p.to_string(), party(&mut admin, p).await);
+    }
+    let channel = admin
+        .channels
+        .create_channel(pb::CreateChannelRequest {
+            display_name: "Biarritz".into(),
+            parties: vec!["iran".into(), "united-states".into()],
+            mediators: vec!["france".into(), "japan".into()],
+            request_id: String::new(),
+        })
+        .await
+        .expect("create channel")
+        .into_inner();
+    World {
+        iran: server.clients(&tokens["iran"]).await,
+        us: server.clients(&tokens["united-states"]).await,
+        france: server.clients(&tokens["france"]).await,
+        japan: server.clients(&tokens["japan"]).await,
+        outsider: server.clients(&tokens["outsider"]).await,
+        admin,
+        channel,
+        tokens,
+    }
+}
+
+/// A plain send request on `channel_id`.
+pub fn send_req(channel_id: &str, subject: &str) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        channel_id: channel_id.into(),
+        subject: subject.into(),
+        ..Default::default()
+    }
+}
+
+/// A move request (accept, forward, …) with a note.
+macro_rules! move_req {
+    ($ty:ident, $id:expr) => {
+        backchannel::pb::$ty {
+            message_id: $id.to_string(),
+            note: "noted".into(),
+            ..Default::default()
+        }
+    };
+}
+pub(crate) use move_req;
+
+/// The `ErrorInfo.reason` of a status, or "" if it has none.
+pub fn reason(s: &Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Asserts that `r` failed with `code` and `reason`.
+#[track_caller]
+pub fn assert_err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, want_reason: &str) {
+    match r {
+        Ok(v) => panic!("expected {code:?}/{want_reason}, got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "status {s:?}");
+            assert_eq!(reason(&s), want_reason, "status {s:?}");
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every event the admin can see, oldest first (all pages).
+pub async fn all_events(admin: &mut Clients, req: pb::ListEventsRequest) -> Vec<pb::Event> {
+    let mut out = Vec::new();
+    let mut req = req;
+    req.page_size = 1000;
+    loop {
+        let r = admin
+            .messages
+            .list_events(req.clone())
+            .await
+            .expect("list events")
+            .into_inner();
+        out.extend(r.events);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        req.page_token = r.next_page_token;
+    }
+}
