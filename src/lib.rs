@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod server;
 pub mod store;
 

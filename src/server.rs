@@ -7,17 +7,22 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::PartyApi};
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
 use crate::domain::{Caller, Command};
+use crate::feed::{Feed, Follow};
 use crate::pb;
 use crate::store::Store;
 
 /// Any startup failure, for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long in-flight calls get to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// HTTP/2 keepalive ping interval: dead clients are noticed.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -69,7 +74,12 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
 
-    let (store, head) = Store::open_embedded(&config.data_dir, Box::new(|_events| {}))?;
+    let feed = Feed::new(0);
+    let publisher = feed.clone();
+    let (store, head) =
+        Store::open_embedded(&config.data_dir, Box::new(move |events| publisher.publish(events)))?;
+    feed.advance_head(head);
+    let shutdown_token = CancellationToken::new();
     tracing::info!(data_dir = %config.data_dir.display(), head, "store open");
 
     let (admin_token, admin_file) =
@@ -82,6 +92,12 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         pager: Pager::new(store.page_key().await?),
         store: store.clone(),
+        follow: Follow {
+            feed,
+            store: store.clone(),
+            auth: auth.clone(),
+            shutdown: shutdown_token.clone(),
+        },
         auth,
         limits: limits.clone(),
     });
@@ -124,8 +140,11 @@ pub async fn run(
     }
 
     let health_on_stop = health.clone();
+    let stopping = shutdown_token.clone();
     let stop = async move {
         shutdown.await;
+        // Ends every open stream with UNAVAILABLE so clients reconnect.
+        stopping.cancel();
         for name in [
             "",
             "backchannel.v1.PartyService",
@@ -139,7 +158,7 @@ pub async fn run(
     };
 
     tracing::info!(%addr, "serving");
-    Server::builder()
+    let serve = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -148,8 +167,17 @@ pub async fn run(
         .add_service(party)
         .add_service(channel)
         .add_service(message)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    // A client that stops reading can hold its connection open; after the
+    // grace period the server stops regardless.
+    let grace = async {
+        shutdown_token.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = serve => r?,
+        () = grace => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
     expiry.abort();
     drop(ctx);
     drop(store);

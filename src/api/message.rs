@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -11,9 +12,10 @@ use super::{Ctx, id, opt_id, opt_party_id};
 use crate::convert;
 use crate::domain::rules::{channel_not_found, message_not_found};
 use crate::domain::{
-    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Rejection, Time, Violations,
+    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Time, Violations,
     validate,
 };
+use crate::feed::{self, Filter, Subscription};
 use crate::pb;
 use crate::store::{EventQuery, MessageQuery, Outcome};
 
@@ -383,7 +385,58 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.0.caller(&req)?;
-        Err(Status::unimplemented("Subscribe is not implemented yet"))
+        let who = self.0.identify(&req)?;
+        let r = req.into_inner();
+        let filter = subscription_filter(&r)?;
+        let head = self.0.follow.feed.head();
+        let start_after = match r.start_after {
+            Some(n) if n > head => {
+                return Err(Rejection::new(
+                    Reason::START_AFTER_BEYOND_HEAD,
+                    format!("start_after {n} is beyond the last recorded sequence {head}"),
+                )
+                .into());
+            }
+            Some(n) => n,
+            None => head,
+        };
+        let secs = match r.heartbeat_seconds {
+            0 => feed::DEFAULT_HEARTBEAT_SECS,
+            n => n,
+        };
+        let stream = self.0.follow.start(Subscription {
+            who,
+            filter,
+            start_after,
+            heartbeat: Duration::from_secs(u64::from(secs)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Parses a subscription's filters.
+fn subscription_filter(r: &pb::SubscribeRequest) -> Result<Filter, Rejection> {
+    let mut v = Violations::default();
+    let mut ids = |field: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| v.check(&format!("{field}[{i}]"), Id::parse(s)))
+            .collect()
+    };
+    let channels = ids("channel_ids", &r.channel_ids);
+    let messages = ids("message_ids", &r.message_ids);
+    let threads = ids("thread_ids", &r.thread_ids);
+    let types = r
+        .types
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| v.check(&format!("types[{i}]"), convert::event_type(*t)))
+        .collect();
+    v.finish()?;
+    Ok(Filter {
+        channels,
+        messages,
+        threads,
+        types,
+    })
 }

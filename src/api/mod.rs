@@ -27,6 +27,8 @@ pub struct Ctx {
     pub limits: Limits,
     /// Page-token signing.
     pub pager: Pager,
+    /// Subscriptions.
+    pub follow: crate::feed::Follow,
 }
 
 impl Ctx {

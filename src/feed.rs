@@ -1,0 +1,389 @@
+//! Fan-out of committed events to subscribers: one path for all of them.
+//!
+//! The writer publishes each committed batch, once, into a bounded broadcast
+//! ring (the in-memory window). Each subscription is a task that replays the
+//! durable log from its position, then follows the ring. A subscriber that
+//! falls behind the ring (lagged) or sees a gap goes back to the log from its
+//! last sequence, so it loses nothing, holds at most its own small queue, and
+//! never slows the writer or other subscribers.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Interval;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::auth::{Authenticator, Identity};
+use crate::convert;
+use crate::domain::{Event, EventType, Id, Reason, Rejection, Time};
+use crate::pb;
+use crate::store::{EventQuery, Store};
+
+use std::future::Future as _;
+
+/// Batches the in-memory window holds.
+pub const WINDOW_BATCHES: usize = 4096;
+/// Responses queued per subscription before it waits for its client.
+pub const SUBSCRIBER_QUEUE: usize = 256;
+/// Events read from the log per page during a replay.
+pub const REPLAY_PAGE: usize = 1000;
+/// Default seconds of quiet between heartbeats.
+pub const DEFAULT_HEARTBEAT_SECS: u32 = 15;
+/// How often a subscription checks that its token is still valid.
+pub const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+/// One committed event, converted once for every subscriber.
+pub struct Published {
+    /// The domain event (for filtering and need-to-know).
+    pub event: Event,
+    /// Its wire form.
+    pub wire: pb::Event,
+}
+
+type Batch = Arc<Vec<Published>>;
+
+/// The fan-out hub.
+pub struct Feed {
+    ring: broadcast::Sender<Batch>,
+    head: AtomicU64,
+}
+
+impl Feed {
+    /// A hub whose log head is `head`.
+    pub fn new(head: u64) -> Arc<Feed> {
+        let (ring, _) = broadcast::channel(WINDOW_BATCHES);
+        Arc::new(Feed {
+            ring,
+            head: AtomicU64::new(head),
+        })
+    }
+
+    /// Publishes a committed batch (called by the writer after commit).
+    pub fn publish(&self, events: Vec<Event>) {
+        let Some(last) = events.last().map(|e| e.sequence) else {
+            return;
+        };
+        let batch: Vec<Published> = events
+            .into_iter()
+            .map(|event| Published {
+                wire: pb::Event::from(&event),
+                event,
+            })
+            .collect();
+        self.head.fetch_max(last, Ordering::SeqCst);
+        // No receivers is fine: nobody is subscribed.
+        let _ = self.ring.send(Arc::new(batch));
+    }
+
+    /// Raises the head to `head` (the log's head when the store opened).
+    pub fn advance_head(&self, head: u64) {
+        self.head.fetch_max(head, Ordering::SeqCst);
+    }
+
+    /// The last published sequence.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::SeqCst)
+    }
+}
+
+/// What a subscription asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only these channels (empty = all).
+    pub channels: HashSet<Id>,
+    /// Only these messages (empty = all).
+    pub messages: HashSet<Id>,
+    /// Only these threads (empty = all).
+    pub threads: HashSet<Id>,
+    /// Only these types (empty = all).
+    pub types: HashSet<EventType>,
+}
+
+impl Filter {
+    /// Whether `e` matches (AND across fields, OR within a field).
+    pub fn matches(&self, e: &Event) -> bool {
+        let msg = e.message();
+        (self.channels.is_empty() || self.channels.contains(&e.channel_id))
+            && (self.messages.is_empty() || msg.is_some_and(|m| self.messages.contains(&m.id)))
+            && (self.threads.is_empty() || msg.is_some_and(|m| self.threads.contains(&m.thread_id)))
+            && (self.types.is_empty() || self.types.contains(&e.kind))
+    }
+
+    /// With exactly one channel, the log can be read by channel.
+    fn only_channel(&self) -> Option<Id> {
+        (self.channels.len() == 1)
+            .then(|| self.channels.iter().next().copied())
+            .flatten()
+    }
+
+    /// With exactly one message (and no channel filter), the log can be read by message.
+    fn only_message(&self) -> Option<Id> {
+        (self.messages.len() == 1 && self.channels.is_empty())
+            .then(|| self.messages.iter().next().copied())
+            .flatten()
+    }
+}
+
+/// One subscription's settings.
+pub struct Subscription {
+    /// Who subscribes.
+    pub who: Identity,
+    /// What to send.
+    pub filter: Filter,
+    /// Send events after this sequence.
+    pub start_after: u64,
+    /// Quiet time before a heartbeat.
+    pub heartbeat: Duration,
+}
+
+/// What a subscription task needs besides its settings.
+#[derive(Clone)]
+pub struct Follow {
+    /// The hub.
+    pub feed: Arc<Feed>,
+    /// The durable log.
+    pub store: Store,
+    /// For revocation checks.
+    pub auth: Arc<Authenticator>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+type Out = Result<pb::SubscribeResponse, Status>;
+
+enum Stop {
+    /// The client left.
+    Gone,
+    /// End the stream with this status.
+    End(Status),
+}
+
+impl Follow {
+    /// Starts a subscription; its responses arrive on the returned stream.
+    /// The caller has checked that `start_after` is not beyond the head.
+    pub fn start(&self, sub: Subscription) -> SubscriptionStream {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (end_tx, end_rx) = oneshot::channel();
+        let this = self.clone();
+        // Subscribe to the window before anything else, so nothing published
+        // from now on can be missed.
+        let ring = this.feed.ring.subscribe();
+        tokio::spawn(async move {
+            if let Stop::End(status) = this.run(&sub, ring, &tx).await {
+                // Delivered after whatever is still queued, even if the
+                // queue is full.
+                let _ = end_tx.send(status);
+            }
+        });
+        SubscriptionStream {
+            queue: rx,
+            end: Some(end_rx),
+        }
+    }
+
+    /// Sends one response, unless the server stops or the token is revoked
+    /// while the client is not reading.
+    async fn send(
+        &self,
+        sub: &Subscription,
+        tx: &mpsc::Sender<Out>,
+        revocation: &mut Interval,
+        item: pb::SubscribeResponse,
+    ) -> Result<(), Stop> {
+        let fut = tx.send(Ok(item));
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                r = &mut fut => return r.map_err(|_| Stop::Gone),
+                () = self.shutdown.cancelled() => return Err(shutting_down()),
+                _ = revocation.tick() => {
+                    if !self.auth.still_valid(&sub.who) {
+                        return Err(revoked());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        sub: &Subscription,
+        mut ring: broadcast::Receiver<Batch>,
+        tx: &mpsc::Sender<Out>,
+    ) -> Stop {
+        let viewer = sub.who.caller.party().cloned();
+        let mut last = sub.start_after;
+        let mut caught_up_sent = false;
+        let mut revocation = tokio::time::interval(REVOCATION_CHECK);
+        revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'replay: loop {
+            // Replay the durable log from `last` until it is exhausted.
+            loop {
+                if self.shutdown.is_cancelled() {
+                    return shutting_down();
+                }
+                if !self.auth.still_valid(&sub.who) {
+                    return revoked();
+                }
+                let head = match self.store.head().await {
+                    Ok(h) => h,
+                    Err(r) => return Stop::End(r.into()),
+                };
+                let page = match self
+                    .store
+                    .events(EventQuery {
+                        viewer: viewer.clone(),
+                        channel: sub.filter.only_channel(),
+                        message: sub.filter.only_message(),
+                        after: last,
+                        limit: REPLAY_PAGE,
+                    })
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(r) => return Stop::End(r.into()),
+                };
+                let full = page.len() == REPLAY_PAGE;
+                for e in page {
+                    last = e.sequence;
+                    if sub.filter.matches(&e) && e.visible_to(&sub.who.caller) {
+                        let wire = pb::Event::from(&e);
+                        if let Err(s) = self.send(sub, tx, &mut revocation, event(wire)).await {
+                            return s;
+                        }
+                    }
+                }
+                if !full {
+                    // Everything committed up to `head` has been read.
+                    last = last.max(head);
+                    break;
+                }
+            }
+            if !caught_up_sent {
+                caught_up_sent = true;
+                if let Err(s) = self.send(sub, tx, &mut revocation, heartbeat(last)).await {
+                    return s;
+                }
+            }
+            // Follow the in-memory window.
+            let quiet = tokio::time::sleep(sub.heartbeat);
+            tokio::pin!(quiet);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => return shutting_down(),
+                    () = tx.closed() => return Stop::Gone,
+                    _ = revocation.tick() => {
+                        if !self.auth.still_valid(&sub.who) {
+                            return revoked();
+                        }
+                    }
+                    r = ring.recv() => match r {
+                        Ok(batch) => {
+                            let mut sent = false;
+                            for p in batch.iter() {
+                                let seq = p.event.sequence;
+                                if seq <= last {
+                                    continue;
+                                }
+                                if seq != last + 1 {
+                                    // A gap: what is missing is in the log.
+                                    continue 'replay;
+                                }
+                                last = seq;
+                                if sub.filter.matches(&p.event) && p.event.visible_to(&sub.who.caller) {
+                                    if let Err(s) = self.send(sub, tx, &mut revocation, event(p.wire.clone())).await {
+                                        return s;
+                                    }
+                                    sent = true;
+                                }
+                            }
+                            if sent {
+                                quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(missed = n, last, "subscriber fell behind the window; replaying from the log");
+                            continue 'replay;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return shutting_down(),
+                    },
+                    () = &mut quiet => {
+                        if let Err(s) = self.send(sub, tx, &mut revocation, heartbeat(last)).await {
+                            return s;
+                        }
+                        quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The response stream of one subscription: its queue, then its final status.
+pub struct SubscriptionStream {
+    queue: mpsc::Receiver<Out>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for SubscriptionStream {
+    type Item = Out;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        if let Poll::Ready(Some(item)) = self.queue.poll_recv(cx) {
+            return Poll::Ready(Some(item));
+        }
+        // The queue is empty (or closed): is there a final status?
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(end).poll(cx) {
+            Poll::Ready(Ok(status)) => {
+                self.end = None;
+                Poll::Ready(Some(Err(status)))
+            }
+            // The task ended without a status (the client left).
+            Poll::Ready(Err(_)) => {
+                self.end = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn event(e: pb::Event) -> pb::SubscribeResponse {
+    pb::SubscribeResponse {
+        kind: Some(pb::subscribe_response::Kind::Event(e)),
+    }
+}
+
+fn heartbeat(head: u64) -> pb::SubscribeResponse {
+    pb::SubscribeResponse {
+        kind: Some(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
+            head_sequence: head,
+            time: Some(convert::timestamp(Time::now())),
+        })),
+    }
+}
+
+fn shutting_down() -> Stop {
+    Stop::End(
+        Rejection::new(
+            Reason::SHUTTING_DOWN,
+            "the server is shutting down; reconnect with start_after set to your last sequence",
+        )
+        .into(),
+    )
+}
+
+fn revoked() -> Stop {
+    Stop::End(Rejection::new(Reason::UNAUTHENTICATED, "the token was revoked").into())
+}
