@@ -1,7 +1,7 @@
 //! Fan-out of committed events to subscribers: one path for all of them.
 //!
-//! The writer publishes each committed batch, once, into a bounded broadcast
-//! ring (the in-memory window). Each subscription is a task that replays the
+//! The writer publishes each committed event, converted once, into a bounded
+//! broadcast ring (the in-memory window of the last [`WINDOW_EVENTS`] events). Each subscription is a task that replays the
 //! durable log from its position, then follows the ring. A subscriber that
 //! falls behind the ring (lagged) or sees a gap goes back to the log from its
 //! last sequence, so it loses nothing, holds at most its own small queue, and
@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -28,8 +28,8 @@ use crate::store::{EventQuery, Store};
 
 use std::future::Future as _;
 
-/// Batches the in-memory window holds.
-pub const WINDOW_BATCHES: usize = 4096;
+/// Events the in-memory window holds.
+pub const WINDOW_EVENTS: usize = 8192;
 /// Responses queued per subscription before it waits for its client.
 pub const SUBSCRIBER_QUEUE: usize = 256;
 /// Events read from the log per page during a replay.
@@ -47,39 +47,38 @@ pub struct Published {
     pub wire: pb::Event,
 }
 
-type Batch = Arc<Vec<Published>>;
+type Shared = Arc<Published>;
 
 /// The fan-out hub.
 pub struct Feed {
-    ring: broadcast::Sender<Batch>,
+    ring: broadcast::Sender<Shared>,
     head: AtomicU64,
 }
 
 impl Feed {
     /// A hub whose log head is `head`.
     pub fn new(head: u64) -> Arc<Feed> {
-        let (ring, _) = broadcast::channel(WINDOW_BATCHES);
+        let (ring, _) = broadcast::channel(WINDOW_EVENTS);
         Arc::new(Feed {
             ring,
             head: AtomicU64::new(head),
         })
     }
 
-    /// Publishes a committed batch (called by the writer after commit).
+    /// Publishes a committed batch, in order (called by the writer after commit).
     pub fn publish(&self, events: Vec<Event>) {
         let Some(last) = events.last().map(|e| e.sequence) else {
             return;
         };
-        let batch: Vec<Published> = events
-            .into_iter()
-            .map(|event| Published {
+        self.head.fetch_max(last, Ordering::SeqCst);
+        for event in events {
+            let p = Published {
                 wire: pb::Event::from(&event),
                 event,
-            })
-            .collect();
-        self.head.fetch_max(last, Ordering::SeqCst);
-        // No receivers is fine: nobody is subscribed.
-        let _ = self.ring.send(Arc::new(batch));
+            };
+            // No receivers is fine: nobody is subscribed.
+            let _ = self.ring.send(Arc::new(p));
+        }
     }
 
     /// Raises the head to `head` (the log's head when the store opened).
@@ -215,7 +214,7 @@ impl Follow {
     async fn run(
         &self,
         sub: &Subscription,
-        mut ring: broadcast::Receiver<Batch>,
+        mut ring: broadcast::Receiver<Shared>,
         tx: &mpsc::Sender<Out>,
     ) -> Stop {
         let viewer = sub.who.caller.party().cloned();
@@ -286,26 +285,20 @@ impl Follow {
                         }
                     }
                     r = ring.recv() => match r {
-                        Ok(batch) => {
-                            let mut sent = false;
-                            for p in batch.iter() {
-                                let seq = p.event.sequence;
-                                if seq <= last {
-                                    continue;
-                                }
-                                if seq != last + 1 {
-                                    // A gap: what is missing is in the log.
-                                    continue 'replay;
-                                }
-                                last = seq;
-                                if sub.filter.matches(&p.event) && p.event.visible_to(&sub.who.caller) {
-                                    if let Err(s) = self.send(sub, tx, &mut revocation, event(p.wire.clone())).await {
-                                        return s;
-                                    }
-                                    sent = true;
-                                }
+                        Ok(p) => {
+                            let seq = p.event.sequence;
+                            if seq <= last {
+                                continue;
                             }
-                            if sent {
+                            if seq != last + 1 {
+                                // A gap: what is missing is in the log.
+                                continue 'replay;
+                            }
+                            last = seq;
+                            if sub.filter.matches(&p.event) && p.event.visible_to(&sub.who.caller) {
+                                if let Err(s) = self.send(sub, tx, &mut revocation, event(p.wire.clone())).await {
+                                    return s;
+                                }
                                 quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
                             }
                         }
