@@ -190,6 +190,22 @@ impl Authenticator {
     }
 }
 
+/// Refuses a call without a valid token before its body is decoded, so that
+/// `UNAUTHENTICATED` wins over `INVALID_ARGUMENT` (DESIGN §4) even for a body
+/// that does not decode or is over the size limit. Handlers still resolve
+/// their caller themselves.
+#[derive(Clone)]
+pub struct RequireToken(pub std::sync::Arc<Authenticator>);
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        self.0
+            .authenticate(req.metadata())
+            .map_err(|r| crate::error::status(&r))?;
+        Ok(req)
+    }
+}
+
 fn parse_party_token(token: &str) -> Option<(Id, &str)> {
     let rest = token.strip_prefix(PARTY_PREFIX)?;
     let (id, secret) = (rest.get(..32)?, rest.get(32..)?);

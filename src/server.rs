@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::PartyApi};
@@ -76,8 +77,10 @@ pub async fn run(
 
     let feed = Feed::new(0);
     let publisher = feed.clone();
-    let (store, head) =
-        Store::open_embedded(&config.data_dir, Box::new(move |events| publisher.publish(events)))?;
+    let (store, head) = Store::open_embedded(
+        &config.data_dir,
+        Box::new(move |events| publisher.publish(events)),
+    )?;
     feed.advance_head(head);
     let shutdown_token = CancellationToken::new();
     tracing::info!(data_dir = %config.data_dir.display(), head, "store open");
@@ -121,12 +124,23 @@ pub async fn run(
     // tonic's own limit sits above ours so that our codec, which answers
     // RESOURCE_EXHAUSTED, sees oversized requests first.
     let max_decoding = limits.request_bytes.saturating_mul(4).max(4 << 20);
-    let party = pb::party_service_server::PartyServiceServer::new(PartyApi(ctx.clone()))
-        .max_decoding_message_size(max_decoding);
-    let channel = pb::channel_service_server::ChannelServiceServer::new(ChannelApi(ctx.clone()))
-        .max_decoding_message_size(max_decoding);
-    let message = pb::message_service_server::MessageServiceServer::new(MessageApi(ctx.clone()))
-        .max_decoding_message_size(max_decoding);
+    // Every call is authenticated before its body is decoded.
+    let require_token = auth::RequireToken(ctx.auth.clone());
+    let party = InterceptedService::new(
+        pb::party_service_server::PartyServiceServer::new(PartyApi(ctx.clone()))
+            .max_decoding_message_size(max_decoding),
+        require_token.clone(),
+    );
+    let channel = InterceptedService::new(
+        pb::channel_service_server::ChannelServiceServer::new(ChannelApi(ctx.clone()))
+            .max_decoding_message_size(max_decoding),
+        require_token.clone(),
+    );
+    let message = InterceptedService::new(
+        pb::message_service_server::MessageServiceServer::new(MessageApi(ctx.clone()))
+            .max_decoding_message_size(max_decoding),
+        require_token,
+    );
 
     for name in [
         "",
@@ -164,9 +178,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(party)
-        .add_service(channel)
-        .add_service(message)
+        .add_service(crate::codec::SizeLimited(party))
+        .add_service(crate::codec::SizeLimited(channel))
+        .add_service(crate::codec::SizeLimited(message))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
     // A client that stops reading can hold its connection open; after the
     // grace period the server stops regardless.

@@ -12,7 +12,7 @@ use tonic::{Code, Status, Streaming};
 /// One item of a stream.
 #[derive(Debug)]
 enum Item {
-    Event(pb::Event),
+    Event(Box<pb::Event>),
     Heartbeat(u64),
 }
 
@@ -40,7 +40,7 @@ async fn next(s: &mut Sub) -> Result<Item, Status> {
         .expect("no stream item within the deadline")
     {
         Ok(Some(r)) => match r.kind.expect("item kind") {
-            Kind::Event(e) => Ok(Item::Event(e)),
+            Kind::Event(e) => Ok(Item::Event(Box::new(e))),
             Kind::Heartbeat(h) => Ok(Item::Heartbeat(h.head_sequence)),
         },
         Ok(None) => panic!("stream ended without a status"),
@@ -53,7 +53,7 @@ async fn read_through(s: &mut Sub, head: u64) -> Vec<pb::Event> {
     let mut out = Vec::new();
     loop {
         match next(s).await.expect("stream item") {
-            Item::Event(e) => out.push(e),
+            Item::Event(e) => out.push(*e),
             Item::Heartbeat(h) if h >= head => return out,
             Item::Heartbeat(_) => {}
         }
@@ -65,7 +65,7 @@ async fn caught_up(s: &mut Sub) -> (Vec<pb::Event>, u64) {
     let mut out = Vec::new();
     loop {
         match next(s).await.expect("stream item") {
-            Item::Event(e) => out.push(e),
+            Item::Event(e) => out.push(*e),
             Item::Heartbeat(h) => return (out, h),
         }
     }
@@ -232,7 +232,7 @@ async fn concurrent_writers_and_subscribers_see_exactly_what_they_may_in_order()
 
     let writers: Vec<_> = (0..4)
         .map(|k| {
-            let (mut iran, mut us, mut fr, mut jp, mut out) = (
+            let (mut iran, mut us, mut fr, jp, mut out) = (
                 w.iran.clone(),
                 w.us.clone(),
                 w.france.clone(),
@@ -319,7 +319,7 @@ async fn a_subscriber_resumes_from_its_last_sequence_or_heartbeat_without_gap_or
     let mut seen = Vec::new();
     for _ in 0..3 {
         match next(&mut s).await.unwrap() {
-            Item::Event(e) => seen.push(e),
+            Item::Event(e) => seen.push(*e),
             Item::Heartbeat(_) => panic!("heartbeat before the replay ended"),
         }
     }

@@ -1,6 +1,6 @@
 //! Shared test setup: start the real `backchannel` binary on a random port
 //! with a temporary data directory, and talk to it with the generated clients.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,10 +137,13 @@ impl Server {
         status.code()
     }
 
-    /// Stops this server and starts a new one on the same data directory.
+    /// Stops this server (unless [`Server::stop`] already did) and starts a
+    /// new one on the same data directory.
     pub async fn restart(mut self) -> Server {
-        let code = self.stop().await;
-        assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
+        if self.child.is_some() {
+            let code = self.stop().await;
+            assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
+        }
         let opts = Options {
             args: self.extra_args.clone(),
             env: self.env.clone(),
