@@ -12,8 +12,8 @@ use super::{Ctx, id, opt_id, opt_party_id};
 use crate::convert;
 use crate::domain::rules::{channel_not_found, message_not_found};
 use crate::domain::{
-    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Time, Violations,
-    validate,
+    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Time,
+    Violations, validate,
 };
 use crate::feed::{self, Filter, Subscription};
 use crate::pb;
