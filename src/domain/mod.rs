@@ -7,6 +7,9 @@ pub mod rejection;
 pub mod rules;
 pub mod validate;
 
+#[cfg(test)]
+mod rules_tests;
+
 pub use command::*;
 pub use model::*;
 pub use rejection::{FieldViolation, Reason, Rejection, Status, Violations};
