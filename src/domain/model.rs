@@ -173,6 +173,17 @@ pub enum ChannelState {
     Closed,
 }
 
+impl ChannelState {
+    /// The contract's name of the state (`SUSPENDED`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChannelState::Open => "OPEN",
+            ChannelState::Suspended => "SUSPENDED",
+            ChannelState::Closed => "CLOSED",
+        }
+    }
+}
+
 /// A standing route between two principals through mediators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
@@ -250,6 +261,21 @@ impl MessageState {
         MessageState::Withdrawn,
         MessageState::Expired,
     ];
+
+    /// The contract's name of the state (`IN_TRANSIT`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageState::Submitted => "SUBMITTED",
+            MessageState::InTransit => "IN_TRANSIT",
+            MessageState::Delivered => "DELIVERED",
+            MessageState::Acknowledged => "ACKNOWLEDGED",
+            MessageState::Answered => "ANSWERED",
+            MessageState::Declined => "DECLINED",
+            MessageState::Rejected => "REJECTED",
+            MessageState::Withdrawn => "WITHDRAWN",
+            MessageState::Expired => "EXPIRED",
+        }
+    }
 
     /// States in which a passing `respond_by` expires the message.
     pub fn can_expire(self) -> bool {

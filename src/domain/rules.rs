@@ -120,7 +120,7 @@ pub fn apply(
             if !matches!(msg.state, Submitted | InTransit) {
                 return Err(Rejection::new(
                     Reason::MESSAGE_NOT_IN_TRANSIT,
-                    format!("the message is {:?}, no longer in transit", msg.state),
+                    format!("the message is {}, no longer in transit", msg.state.name()),
                 ));
             }
             let i = match (role, msg.current_hop()) {
@@ -195,8 +195,8 @@ pub fn apply(
                 return Err(Rejection::new(
                     Reason::MESSAGE_NOT_IN_TRANSIT,
                     format!(
-                        "the message is {:?}: only a message not yet delivered can be withdrawn",
-                        msg.state
+                        "the message is {}: only a message not yet delivered can be withdrawn",
+                        msg.state.name()
                     ),
                 ));
             }
@@ -245,7 +245,7 @@ fn cancel_open_hops(hops: &mut [Hop]) {
 fn not_delivered(state: MessageState) -> Rejection {
     Rejection::new(
         Reason::MESSAGE_NOT_DELIVERED,
-        format!("the message is {state:?}, not delivered to its recipient"),
+        format!("the message is {}, not delivered to its recipient", state.name()),
     )
 }
 
@@ -342,8 +342,8 @@ pub fn change_channel(
             return Err(Rejection::new(
                 Reason::CHANNEL_NOT_OPEN,
                 format!(
-                    "only an open channel can be suspended; it is {:?}",
-                    channel.state
+                    "only an open channel can be suspended; it is {}",
+                    channel.state.name()
                 ),
             ));
         }
@@ -352,8 +352,8 @@ pub fn change_channel(
             return Err(Rejection::new(
                 Reason::CHANNEL_NOT_SUSPENDED,
                 format!(
-                    "only a suspended channel can be resumed; it is {:?}",
-                    channel.state
+                    "only a suspended channel can be resumed; it is {}",
+                    channel.state.name()
                 ),
             ));
         }
