@@ -1,6 +1,7 @@
 //! The gRPC codec: prost, except that a request that does not decode is
 //! `INVALID_ARGUMENT` (tonic's default says `INTERNAL`) and one over the size
-//! limit is `RESOURCE_EXHAUSTED`.
+//! limit is `RESOURCE_EXHAUSTED`; [`RequestFaults`] does the same for the
+//! refusals tonic makes before the codec runs.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,19 +78,81 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
     }
 }
 
-/// Wraps a service so that tonic's own refusal of a request over its
-/// decoding limit (`OUT_OF_RANGE`, before our codec sees the message) is
-/// answered like the codec's: `RESOURCE_EXHAUSTED` / `REQUEST_TOO_LARGE`.
-/// Our own statuses always carry details, so an `OUT_OF_RANGE` without them
-/// can only be tonic's.
+/// Wraps a generated service so that tonic's own refusals of a request it
+/// could not read, which happen before our codec or handler sees it, are
+/// answered like the codec's: over its size limit (`OUT_OF_RANGE`, or
+/// `RESOURCE_EXHAUSTED` when decompressing) becomes `RESOURCE_EXHAUSTED` /
+/// `REQUEST_TOO_LARGE`; an empty, truncated or undecompressable body
+/// (`INTERNAL`) becomes `INVALID_ARGUMENT` / `INVALID_REQUEST`. Our own
+/// statuses always carry details, so only detail-less ones are tonic's.
 #[derive(Debug, Clone)]
-pub struct SizeLimited<S>(pub S);
+pub struct RequestFaults<S>(pub S);
 
-impl<S: tonic::server::NamedService> tonic::server::NamedService for SizeLimited<S> {
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RequestFaults<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B, R> tonic::codegen::Service<tonic::codegen::http::Request<B>> for SizeLimited<S>
+/// tonic's messages for request bodies it cannot frame (tonic 0.14).
+const TONIC_FRAMING_ERRORS: &[&str] = &[
+    "Missing request message",
+    "Unexpected EOF decoding stream",
+    "Error decompressing",
+    "protocol error:",
+];
+
+/// The rejection that replaces tonic's own status in `headers`, if any.
+fn request_fault(headers: &tonic::codegen::http::HeaderMap) -> Option<Rejection> {
+    if headers.contains_key("grpc-status-details-bin") {
+        return None;
+    }
+    let max = MAX_REQUEST_BYTES.load(Ordering::Relaxed);
+    let too_large = || {
+        Rejection::new(
+            Reason::REQUEST_TOO_LARGE,
+            format!("the message is over the limit of {max} bytes"),
+        )
+    };
+    match headers.get("grpc-status")?.as_bytes() {
+        b"11" | b"8" => Some(too_large()),
+        b"13" => {
+            let raw = headers.get("grpc-message")?.as_bytes();
+            let message = percent_decode(raw);
+            TONIC_FRAMING_ERRORS
+                .iter()
+                .any(|p| message.starts_with(p))
+                .then(|| {
+                    Rejection::new(
+                        Reason::INVALID_REQUEST,
+                        format!("the request body cannot be read: {message}"),
+                    )
+                })
+        }
+        _ => None,
+    }
+}
+
+fn percent_decode(b: &[u8]) -> String {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl<S, B, R> tonic::codegen::Service<tonic::codegen::http::Request<B>> for RequestFaults<S>
 where
     S: tonic::codegen::Service<
             tonic::codegen::http::Request<B>,
@@ -114,20 +177,28 @@ where
         let fut = self.0.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
-            let h = res.headers_mut();
-            let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-            if out_of_range && !h.contains_key("grpc-status-details-bin") {
-                let max = MAX_REQUEST_BYTES.load(Ordering::Relaxed);
-                let status = crate::error::status(&Rejection::new(
-                    Reason::REQUEST_TOO_LARGE,
-                    format!("the message is over the limit of {max} bytes"),
-                ));
+            if let Some(r) = request_fault(res.headers()) {
+                let h = res.headers_mut();
                 h.remove("grpc-message");
-                if status.add_header(h).is_err() {
-                    tracing::warn!("cannot encode the REQUEST_TOO_LARGE status");
+                if crate::error::status(&r).add_header(h).is_err() {
+                    tracing::warn!(reason = r.reason.as_str(), "cannot encode a status");
                 }
             }
             Ok(res)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonic_messages_are_percent_decoded() {
+        assert_eq!(
+            percent_decode(b"Missing%20request%20message."),
+            "Missing request message."
+        );
+        assert_eq!(percent_decode(b"100%"), "100%");
     }
 }

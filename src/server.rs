@@ -178,9 +178,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(crate::codec::SizeLimited(party))
-        .add_service(crate::codec::SizeLimited(channel))
-        .add_service(crate::codec::SizeLimited(message))
+        .add_service(crate::codec::RequestFaults(party))
+        .add_service(crate::codec::RequestFaults(channel))
+        .add_service(crate::codec::RequestFaults(message))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
     // A client that stops reading can hold its connection open; after the
     // grace period the server stops regardless.

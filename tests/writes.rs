@@ -1,0 +1,493 @@
+//! Write guarantees: idempotent retries with `request_id`, and optimistic
+//! concurrency with `expected_version`.
+mod common;
+use backchannel::pb;
+use common::*;
+use pb::event::Type as T;
+use pb::message::State as S;
+use tonic::Code;
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn event_count(admin: &mut Clients) -> usize {
+    all_events(admin, Default::default()).await.len()
+}
+
+fn kinds(events: &[pb::Event]) -> Vec<T> {
+    events
+        .iter()
+        .map(|e| T::try_from(e.r#type).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn send_message_retried_with_the_same_request_id_creates_nothing_new() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let key = rid();
+    let mut req = send_req(&w.channel.id, "once only");
+    req.body = "retry me".into();
+    req.labels.insert("topic".into(), "sanctions".into());
+    req.labels.insert("round".into(), "1".into());
+    req.request_id = key.clone();
+    let first = w
+        .iran
+        .messages
+        .send_message(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let n = event_count(&mut w.admin).await;
+
+    let again = w
+        .iran
+        .messages
+        .send_message(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first, "a retry returns what the first call created");
+    assert_eq!(event_count(&mut w.admin).await, n, "no new event");
+
+    // A retry after the message moved on returns its current state.
+    w.france
+        .messages
+        .accept_message(move_req!(AcceptMessageRequest, first.id))
+        .await
+        .unwrap();
+    let n = event_count(&mut w.admin).await;
+    let current = w
+        .iran
+        .messages
+        .send_message(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.id, first.id);
+    assert_eq!(current.state, S::InTransit as i32);
+    assert_eq!(current.version, 2);
+    assert_eq!(event_count(&mut w.admin).await, n);
+
+    // Same id, different request.
+    let mut other = req.clone();
+    other.subject = "something else".into();
+    assert_err(
+        w.iran.messages.send_message(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+    let mut other = req.clone();
+    other.labels.insert("round".into(), "2".into());
+    assert_err(
+        w.iran.messages.send_message(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+    assert_eq!(event_count(&mut w.admin).await, n);
+
+    // The id is scoped to the caller: Washington's use of it is its own.
+    let mut theirs = send_req(&w.channel.id, "once only");
+    theirs.request_id = key.clone();
+    let us_msg =
+        w.us.messages
+            .send_message(theirs)
+            .await
+            .unwrap()
+            .into_inner();
+    assert_ne!(us_msg.id, first.id);
+    assert_eq!(event_count(&mut w.admin).await, n + 1);
+
+    // A request_id must be a UUID.
+    let mut bad = send_req(&w.channel.id, "bad key");
+    bad.request_id = "not-a-uuid".into();
+    assert_err(
+        w.iran.messages.send_message(bad).await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+
+    // A retry still answers after the channel stopped taking new messages.
+    w.admin
+        .channels
+        .suspend_channel(pb::SuspendChannelRequest {
+            channel_id: w.channel.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let n = event_count(&mut w.admin).await;
+    let retried = w
+        .iran
+        .messages
+        .send_message(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.id, first.id);
+    assert_err(
+        w.iran
+            .messages
+            .send_message(send_req(&w.channel.id, "new"))
+            .await,
+        Code::FailedPrecondition,
+        "CHANNEL_SUSPENDED",
+    );
+    assert_eq!(event_count(&mut w.admin).await, n);
+}
+
+#[tokio::test]
+async fn a_retried_reply_records_neither_a_second_reply_nor_a_second_answer() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let m = w
+        .iran
+        .messages
+        .send_message(send_req(&w.channel.id, "question"))
+        .await
+        .unwrap()
+        .into_inner();
+    for c in [&mut w.france, &mut w.japan] {
+        c.messages
+            .forward_message(move_req!(ForwardMessageRequest, m.id))
+            .await
+            .unwrap();
+    }
+    let mut reply = send_req("", "answer");
+    reply.in_reply_to = m.id.clone();
+    reply.request_id = rid();
+    let r1 =
+        w.us.messages
+            .send_message(reply.clone())
+            .await
+            .unwrap()
+            .into_inner();
+    let n = event_count(&mut w.admin).await;
+    let r2 =
+        w.us.messages
+            .send_message(reply)
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(r2.id, r1.id);
+    assert_eq!(event_count(&mut w.admin).await, n);
+    let evs = all_events(
+        &mut w.admin,
+        pb::ListEventsRequest {
+            message_id: m.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        kinds(&evs)
+            .iter()
+            .filter(|k| **k == T::MessageAnswered)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn create_channel_retried_with_the_same_request_id_returns_the_same_channel() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let req = pb::CreateChannelRequest {
+        display_name: "Tokyo channel".into(),
+        parties: vec!["iran".into(), "united-states".into()],
+        mediators: vec!["japan".into()],
+        request_id: rid(),
+    };
+    let c1 = w
+        .iran
+        .channels
+        .create_channel(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let n = event_count(&mut w.admin).await;
+    let c2 = w
+        .iran
+        .channels
+        .create_channel(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c2, c1);
+    assert_eq!(event_count(&mut w.admin).await, n);
+    let mut other = req.clone();
+    other.mediators = vec!["france".into()];
+    assert_err(
+        w.iran.channels.create_channel(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+    // Another caller with the same id opens its own channel.
+    let c3 = w
+        .admin
+        .channels
+        .create_channel(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(c3.id, c1.id);
+    assert_eq!(event_count(&mut w.admin).await, n + 1);
+}
+
+#[tokio::test]
+async fn a_move_retried_after_success_returns_the_current_state_and_records_nothing() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let m = w
+        .iran
+        .messages
+        .send_message(send_req(&w.channel.id, "carry me"))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = rid();
+    let mut accept = move_req!(AcceptMessageRequest, m.id);
+    accept.request_id = key.clone();
+    accept.expected_version = 1;
+    let a1 = w
+        .france
+        .messages
+        .accept_message(accept.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a1.version, 2);
+    let n = event_count(&mut w.admin).await;
+    // The retry is answered before the version check: no ABORTED, no
+    // HOP_ALREADY_ACCEPTED.
+    let a2 = w
+        .france
+        .messages
+        .accept_message(accept.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a2, a1);
+    assert_eq!(event_count(&mut w.admin).await, n);
+
+    // The same key on another method is another request.
+    let mut fwd = move_req!(ForwardMessageRequest, m.id);
+    fwd.request_id = key.clone();
+    let f = w
+        .france
+        .messages
+        .forward_message(fwd)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.version, 3);
+    let n = event_count(&mut w.admin).await;
+    assert_eq!(n, 4, "opened, sent, accepted, forwarded");
+
+    // Retrying the accept now returns the message as it is now.
+    let a3 = w
+        .france
+        .messages
+        .accept_message(accept.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a3, f);
+    assert_eq!(event_count(&mut w.admin).await, n);
+
+    // Same key with a different request: another note, or another message.
+    let mut other = accept.clone();
+    other.note = "different".into();
+    assert_err(
+        w.france.messages.accept_message(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+    let m2 = w
+        .iran
+        .messages
+        .send_message(send_req(&w.channel.id, "another"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut other = move_req!(AcceptMessageRequest, m2.id);
+    other.request_id = key.clone();
+    other.expected_version = 1;
+    assert_err(
+        w.france.messages.accept_message(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+    assert_eq!(event_count(&mut w.admin).await, n + 1);
+}
+
+#[tokio::test]
+async fn expected_version_guards_message_moves() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let m = w
+        .iran
+        .messages
+        .send_message(send_req(&w.channel.id, "versioned"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.version, 1);
+    let mut a = move_req!(AcceptMessageRequest, m.id);
+    a.expected_version = 2;
+    assert_err(
+        w.france.messages.accept_message(a.clone()).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    // ABORTED comes before FAILED_PRECONDITION.
+    let mut early = move_req!(AcceptMessageRequest, m.id);
+    early.expected_version = 7;
+    assert_err(
+        w.japan.messages.accept_message(early).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    a.expected_version = 1;
+    let m1 = w
+        .france
+        .messages
+        .accept_message(a)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m1.version, 2);
+    let mut f = move_req!(ForwardMessageRequest, m.id);
+    f.expected_version = 1;
+    assert_err(
+        w.france.messages.forward_message(f.clone()).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    f.expected_version = 2;
+    let m2 = w
+        .france
+        .messages
+        .forward_message(f)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m2.version, 3);
+    // 0 is unchecked.
+    let m3 = w
+        .japan
+        .messages
+        .forward_message(move_req!(ForwardMessageRequest, m.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m3.version, 4);
+    let evs = all_events(&mut w.admin, Default::default()).await;
+    assert_eq!(evs.len(), 5, "refused moves record nothing");
+}
+
+#[tokio::test]
+async fn expected_version_guards_channel_changes() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let id = w.channel.id.clone();
+    assert_eq!(w.channel.version, 1);
+    let req = |v: u64| pb::SuspendChannelRequest {
+        channel_id: id.clone(),
+        note: "pause".into(),
+        expected_version: v,
+    };
+    assert_err(
+        w.iran.channels.suspend_channel(req(2)).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    let c = w
+        .iran
+        .channels
+        .suspend_channel(req(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.state, pb::channel::State::Suspended as i32);
+    assert_eq!(c.version, 2);
+    // A stale version is ABORTED even where the state would also refuse.
+    assert_err(
+        w.iran.channels.suspend_channel(req(1)).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    assert_err(
+        w.iran.channels.suspend_channel(req(2)).await,
+        Code::FailedPrecondition,
+        "CHANNEL_NOT_OPEN",
+    );
+    let resume = |v: u64| pb::ResumeChannelRequest {
+        channel_id: id.clone(),
+        note: String::new(),
+        expected_version: v,
+    };
+    assert_err(
+        w.us.channels.resume_channel(resume(1)).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    let c =
+        w.us.channels
+            .resume_channel(resume(2))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(c.state, pb::channel::State::Open as i32);
+    assert_eq!(c.version, 3);
+    assert_err(
+        w.us.channels.resume_channel(resume(3)).await,
+        Code::FailedPrecondition,
+        "CHANNEL_NOT_SUSPENDED",
+    );
+    let close = |v: u64| pb::CloseChannelRequest {
+        channel_id: id.clone(),
+        note: "done".into(),
+        expected_version: v,
+    };
+    assert_err(
+        w.admin.channels.close_channel(close(2)).await,
+        Code::Aborted,
+        "VERSION_MISMATCH",
+    );
+    let c = w
+        .admin
+        .channels
+        .close_channel(close(3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.state, pb::channel::State::Closed as i32);
+    assert_eq!(c.version, 4);
+    assert_err(
+        w.admin.channels.close_channel(close(0)).await,
+        Code::FailedPrecondition,
+        "CHANNEL_ALREADY_CLOSED",
+    );
+    let evs = all_events(
+        &mut w.admin,
+        pb::ListEventsRequest {
+            channel_id: id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        kinds(&evs),
+        vec![
+            T::ChannelOpened,
+            T::ChannelSuspended,
+            T::ChannelResumed,
+            T::ChannelClosed
+        ]
+    );
+    let actors: Vec<&str> = evs.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(actors, vec!["admin", "iran", "united-states", "admin"]);
+    assert_eq!(evs[1].note, "pause");
+}
