@@ -165,6 +165,13 @@ impl Authenticator {
         }
     }
 
+    /// Replaces the cache with the stored tokens (tokens changed elsewhere).
+    pub fn replace_all(&self, tokens: Vec<TokenRecord>) {
+        if let Ok(mut t) = self.tokens.write() {
+            *t = tokens.into_iter().map(|r| (r.token_id, r)).collect();
+        }
+    }
+
     /// Records a token the writer committed.
     pub fn issued(&self, token_id: Id, party_id: PartyId, secret_hash: [u8; 32]) {
         if let Ok(mut t) = self.tokens.write() {

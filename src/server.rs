@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -17,7 +18,7 @@ use crate::config::Config;
 use crate::domain::{Caller, Command};
 use crate::feed::{Feed, Follow};
 use crate::pb;
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// Any startup failure, for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,8 +62,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
-    if config.database_url.is_some() {
-        return Err("the PostgreSQL backend is not available in this version".into());
+    if config.database_url.is_some() && config.admin_token.is_none() {
+        return Err(
+            "with --database-url, set BACKCHANNEL_ADMIN_TOKEN so that every replica \
+                    shares one admin token"
+                .into(),
+        );
     }
     let limits = config.limits();
     crate::codec::set_max_request_bytes(limits.request_bytes);
@@ -76,14 +81,29 @@ pub async fn run(
     let addr = listener.local_addr()?;
 
     let feed = Feed::new(0);
-    let publisher = feed.clone();
-    let (store, head) = Store::open_embedded(
-        &config.data_dir,
-        Box::new(move |events| publisher.publish(events)),
-    )?;
+    // The embedded store's writer publishes what it commits. With PostgreSQL
+    // other replicas write too, so the writer only wakes the tailer, which
+    // follows the shared log in sequence order.
+    let wake = Arc::new(Notify::new());
+    let (store, head) = match &config.database_url {
+        None => {
+            let publisher = feed.clone();
+            let store = Store::open_embedded(
+                &config.data_dir,
+                Box::new(move |events| publisher.publish(events)),
+            )?;
+            tracing::info!(data_dir = %config.data_dir.display(), head = store.1, "embedded store open");
+            store
+        }
+        Some(url) => {
+            let waker = wake.clone();
+            let store = Store::open_postgres(url, Box::new(move |_| waker.notify_one())).await?;
+            tracing::info!(head = store.1, "PostgreSQL store open");
+            store
+        }
+    };
     feed.advance_head(head);
     let shutdown_token = CancellationToken::new();
-    tracing::info!(data_dir = %config.data_dir.display(), head, "store open");
 
     let (admin_token, admin_file) =
         auth::admin_token(config.admin_token.clone(), &config.data_dir)?;
@@ -105,6 +125,15 @@ pub async fn run(
         limits: limits.clone(),
     });
 
+    let tailer = store.watch().map(|changes| {
+        tokio::spawn(tail(
+            store.clone(),
+            ctx.follow.feed.clone(),
+            ctx.auth.clone(),
+            wake.clone(),
+            changes,
+        ))
+    });
     let expiry = tokio::spawn(expire_loop(
         store.clone(),
         Duration::from_millis(config.expiry_interval_ms.max(10)),
@@ -193,10 +222,74 @@ pub async fn run(
         () = grace => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
     expiry.abort();
+    if let Some(t) = tailer {
+        t.abort();
+    }
     drop(ctx);
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the tailer reads the shared log even without a notification.
+pub const TAIL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the tailer reloads tokens even without a notification.
+pub const TOKEN_RELOAD_TICKS: u32 = 3;
+
+/// Follows a log shared by replicas: whenever this replica commits, another
+/// announces a commit, or a second passes, publishes every event after the
+/// feed's head, in order. Also keeps the token cache current.
+async fn tail(
+    store: Store,
+    feed: Arc<Feed>,
+    auth: Arc<Authenticator>,
+    wake: Arc<Notify>,
+    mut changes: tokio::sync::mpsc::Receiver<Change>,
+) {
+    let mut tick = tokio::time::interval(TAIL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    loop {
+        let reload_tokens = tokio::select! {
+            () = wake.notified() => false,
+            c = changes.recv() => matches!(c, Some(Change::Tokens | Change::Reconnected)),
+            _ = tick.tick() => {
+                ticks += 1;
+                ticks.is_multiple_of(TOKEN_RELOAD_TICKS)
+            }
+        };
+        if reload_tokens {
+            match store.tokens().await {
+                Ok(t) => auth.replace_all(t),
+                Err(e) => tracing::warn!(error = %e, "cannot reload tokens"),
+            }
+        }
+        loop {
+            let page = store
+                .events(crate::store::EventQuery {
+                    viewer: None,
+                    channel: None,
+                    message: None,
+                    after: feed.head(),
+                    limit: crate::feed::REPLAY_PAGE,
+                })
+                .await;
+            match page {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => {
+                    let full = events.len() == crate::feed::REPLAY_PAGE;
+                    feed.publish(events);
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared log");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Expires overdue messages: runs `ExpireDue` through the writer every tick.

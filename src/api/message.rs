@@ -388,7 +388,11 @@ impl pb::message_service_server::MessageService for MessageApi {
         let who = self.0.identify(&req)?;
         let r = req.into_inner();
         let filter = subscription_filter(&r)?;
-        let head = self.0.follow.feed.head();
+        let mut head = self.0.follow.feed.head();
+        if r.start_after.is_some_and(|n| n > head) {
+            // Another replica may have written past what this one has seen.
+            head = head.max(self.0.store.head().await?);
+        }
         let start_after = match r.start_after {
             Some(n) if n > head => {
                 return Err(Rejection::new(

@@ -245,7 +245,10 @@ fn cancel_open_hops(hops: &mut [Hop]) {
 fn not_delivered(state: MessageState) -> Rejection {
     Rejection::new(
         Reason::MESSAGE_NOT_DELIVERED,
-        format!("the message is {}, not delivered to its recipient", state.name()),
+        format!(
+            "the message is {}, not delivered to its recipient",
+            state.name()
+        ),
     )
 }
 

@@ -4,6 +4,8 @@
 //! and only then answers.
 
 pub mod exec;
+pub mod postgres;
+pub mod query;
 pub mod sqlite;
 
 use std::path::Path;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 pub use exec::Outcome;
+pub use postgres::Change;
 
 use crate::domain::{
     Caller, Channel, ChannelState, Command, Event, Id, Message, MessageState, Party, PartyId,
@@ -96,10 +99,29 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
+/// The storage backends.
+#[derive(Clone)]
+enum Backend {
+    /// One SQLite file.
+    Sqlite(Arc<sqlite::Sqlite>),
+    /// PostgreSQL, shared by replicas.
+    Postgres(Arc<postgres::Postgres>),
+}
+
+/// Calls the same read on whichever backend is in use.
+macro_rules! read {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
 /// The record: reads go to the backend, writes to its writer.
 #[derive(Clone)]
 pub struct Store {
-    backend: Arc<sqlite::Sqlite>,
+    backend: Backend,
     writer: mpsc::Sender<Job>,
 }
 
@@ -114,7 +136,35 @@ impl Store {
             )
         })?;
         let (backend, writer, head) = sqlite::start(dir, publish)?;
-        Ok((Store { backend, writer }, head))
+        Ok((
+            Store {
+                backend: Backend::Sqlite(backend),
+                writer,
+            },
+            head,
+        ))
+    }
+
+    /// Opens the PostgreSQL store at `url`, applying migrations. Returns the
+    /// store and the log's head at opening.
+    pub async fn open_postgres(url: &str, publish: Publish) -> Result<(Store, u64), Rejection> {
+        let (backend, writer, head) = postgres::start(url, publish).await?;
+        Ok((
+            Store {
+                backend: Backend::Postgres(backend),
+                writer,
+            },
+            head,
+        ))
+    }
+
+    /// Changes made by other replicas, for a store shared by replicas;
+    /// `None` for the embedded store, whose only writer is this process.
+    pub fn watch(&self) -> Option<mpsc::Receiver<Change>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(b) => Some(b.watch()),
+        }
     }
 
     /// Queues a write and waits until it is durable (or refused).
@@ -134,51 +184,51 @@ impl Store {
 
     /// The key that signs page tokens.
     pub async fn page_key(&self) -> Result<Vec<u8>, Rejection> {
-        self.backend.page_key().await
+        read!(self.page_key())
     }
 
     /// Every token.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Rejection> {
-        self.backend.tokens().await
+        read!(self.tokens())
     }
 
     /// One party.
     pub async fn party(&self, id: PartyId) -> Result<Option<Party>, Rejection> {
-        self.backend.party(id).await
+        read!(self.party(id))
     }
 
     /// Parties ordered by id, after `after`.
     pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, Rejection> {
-        self.backend.parties(after, limit).await
+        read!(self.parties(after, limit))
     }
 
     /// One channel.
     pub async fn channel(&self, id: Id) -> Result<Option<Channel>, Rejection> {
-        self.backend.channel(id).await
+        read!(self.channel(id))
     }
 
     /// A page of channels, newest first.
     pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, Rejection> {
-        self.backend.channels(q).await
+        read!(self.channels(q))
     }
 
     /// One message.
     pub async fn message(&self, id: Id) -> Result<Option<Message>, Rejection> {
-        self.backend.message(id).await
+        read!(self.message(id))
     }
 
     /// A page of messages, newest first, and the head it was read at.
     pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
-        self.backend.messages(q).await
+        read!(self.messages(q))
     }
 
     /// A page of events, oldest first.
     pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
-        self.backend.events(q).await
+        read!(self.events(q))
     }
 
     /// The last sequence in the log.
     pub async fn head(&self) -> Result<u64, Rejection> {
-        self.backend.head().await
+        read!(self.head())
     }
 }

@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
 use super::exec::{Executor, WriteTx};
+use super::query::{self, Arg, Style};
 use super::{ChannelQuery, EventQuery, Job, MessageQuery, Publish, TokenRecord};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
@@ -573,39 +574,13 @@ impl Sqlite {
         q: ChannelQuery,
     ) -> Result<Vec<(u64, Channel)>, Rejection> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT seq, data FROM channels WHERE seq < ?1");
-            let mut args: Vec<rusqlite::types::Value> = vec![i64_of(q.before)?.into()];
-            if let Some(v) = &q.viewer {
-                args.push(v.as_str().to_owned().into());
-                sql += &format!(
-                    " AND id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
-                    args.len()
-                );
-            }
-            if let Some(p) = &q.party {
-                args.push(p.as_str().to_owned().into());
-                sql += &format!(
-                    " AND id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
-                    args.len()
-                );
-            }
-            if let Some(s) = q.state {
-                args.push(i64::from(convert::channel_state_pb(s) as i32).into());
-                sql += &format!(" AND state = ?{}", args.len());
-            }
-            args.push(i64_of(q.limit as u64)?.into());
-            sql += &format!(" ORDER BY seq DESC LIMIT ?{}", args.len());
-            let mut s = c.prepare_cached(&sql).map_err(db_err)?;
-            let rows = s
-                .query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?;
-            rows.iter()
-                .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_channel(b)?)))
-                .collect()
+            let sql = query::channels(&q, Style::Question)?;
+            rows(c, &sql.text, &sql.args, |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .iter()
+            .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_channel(b)?)))
+            .collect()
         })
         .await
     }
@@ -623,41 +598,12 @@ impl Sqlite {
                 Some(h) => h,
                 None => head(&tx)?,
             };
-            let mut sql = String::from("SELECT seq, data FROM messages WHERE seq < ?1 AND seq <= ?2");
-            let mut args: Vec<rusqlite::types::Value> =
-                vec![i64_of(q.before)?.into(), i64_of(head)?.into()];
-            for p in [&q.viewer, &q.party].into_iter().flatten() {
-                args.push(p.as_str().to_owned().into());
-                sql += &format!(
-                    " AND channel_id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
-                    args.len()
-                );
-            }
-            if let Some(ch) = q.channel {
-                args.push(ch.to_string().into());
-                sql += &format!(" AND channel_id = ?{}", args.len());
-            }
-            if let Some(t) = q.thread {
-                args.push(t.to_string().into());
-                sql += &format!(" AND thread_id = ?{}", args.len());
-            }
-            if let Some(s) = q.state {
-                args.push(i64::from(convert::message_state_pb(s) as i32).into());
-                sql += &format!(" AND state = ?{}", args.len());
-            }
-            args.push(i64_of(q.limit as u64)?.into());
-            sql += &format!(" ORDER BY seq DESC LIMIT ?{}", args.len());
-            let rows = {
-                let mut s = tx.prepare_cached(&sql).map_err(db_err)?;
-                s.query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?
-            };
+            let sql = query::messages(&q, head, Style::Question)?;
+            let found = rows(&tx, &sql.text, &sql.args, |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
             tx.commit().map_err(db_err)?;
-            let page = rows
+            let page = found
                 .iter()
                 .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_message(b)?)))
                 .collect::<Result<Vec<_>, Rejection>>()?;
@@ -669,35 +615,32 @@ impl Sqlite {
     /// A page of events, oldest first.
     pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT data FROM events WHERE seq > ?1");
-            let mut args: Vec<rusqlite::types::Value> = vec![i64_of(q.after)?.into()];
-            if let Some(v) = &q.viewer {
-                args.push(v.as_str().to_owned().into());
-                sql += &format!(
-                    " AND channel_id IN (SELECT channel_id FROM channel_members WHERE party_id = ?{})",
-                    args.len()
-                );
-            }
-            if let Some(ch) = q.channel {
-                args.push(ch.to_string().into());
-                sql += &format!(" AND channel_id = ?{}", args.len());
-            }
-            if let Some(m) = q.message {
-                args.push(m.to_string().into());
-                sql += &format!(" AND message_id = ?{}", args.len());
-            }
-            args.push(i64_of(q.limit as u64)?.into());
-            sql += &format!(" ORDER BY seq LIMIT ?{}", args.len());
-            let mut s = c.prepare_cached(&sql).map_err(db_err)?;
-            let rows = s
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, Vec<u8>>(0))
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?;
-            rows.iter().map(|b| decode_event(b)).collect()
+            let sql = query::events(&q, Style::Question)?;
+            rows(c, &sql.text, &sql.args, |r| r.get::<_, Vec<u8>>(0))?
+                .iter()
+                .map(|b| decode_event(b))
+                .collect()
         })
         .await
     }
+}
+
+/// Runs a listing query and maps its rows.
+fn rows<T>(
+    c: &Connection,
+    sql: &str,
+    args: &[Arg],
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, Rejection> {
+    let params = args.iter().map(|a| match a {
+        Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+        Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    });
+    let mut s = c.prepare_cached(sql).map_err(db_err)?;
+    s.query_map(rusqlite::params_from_iter(params), f)
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)
 }
 
 fn head(c: &Connection) -> Result<u64, Rejection> {

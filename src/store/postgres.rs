@@ -1,0 +1,812 @@
+//! The PostgreSQL store: several stateless replicas share one record.
+//!
+//! Writes: each replica has one writer thread with its own connection that
+//! commits whatever has queued in one transaction (group commit). Every
+//! writing transaction first locks the one-row `log_head` table and holds
+//! the lock until it commits, so sequences are handed out in commit order
+//! across all replicas and a reader of "everything after N" cannot skip an
+//! event that commits late. The transaction also sends a `NOTIFY` so other
+//! replicas wake up; the log stays the source of truth, so a lost
+//! notification costs latency, never an event.
+//!
+//! Reads: a pool of async connections. Every failure to reach the database
+//! is `UNAVAILABLE`; the writer and the pool reconnect by themselves.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::exec::{Executor, Outcome, WriteTx};
+use super::query::{self, Arg, Style, int};
+use super::{ChannelQuery, EventQuery, Job, MessageQuery, Publish, TokenRecord};
+use crate::convert;
+use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
+use crate::pb;
+
+/// The schema migrations, in order.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// Most commands committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Read connections per replica.
+pub const POOL_SIZE: usize = 16;
+/// How long a call waits for the database before `UNAVAILABLE`.
+pub const DB_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `NOTIFY` channel that announces new events.
+pub const EVENTS_CHANNEL: &str = "backchannel_events";
+/// The `NOTIFY` channel that announces token changes.
+pub const TOKENS_CHANNEL: &str = "backchannel_tokens";
+/// Advisory lock key that serialises migrations of replicas starting at once.
+const MIGRATION_LOCK: i64 = 0x6263_6d69_6772_6174;
+
+/// Something another replica changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New events were committed.
+    Events,
+    /// A token was issued or revoked.
+    Tokens,
+    /// The notification connection was (re)established: anything may have changed.
+    Reconnected,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> Rejection {
+    // Errors without a SQLSTATE are I/O or a closed connection; classes 08
+    // (connection), 53 (resources), 57 (operator intervention) and 40
+    // (serialization) are transient too.
+    let transient = match e.code() {
+        None => true,
+        Some(c) => matches!(&c.code()[..2], "08" | "53" | "57" | "40"),
+    };
+    if transient {
+        tracing::warn!(error = %e, "database unavailable");
+        Rejection::new(
+            Reason::STORE_UNAVAILABLE,
+            "the database is unavailable; retry (with the same request_id for writes)",
+        )
+    } else {
+        tracing::error!(error = %e, "database error");
+        Rejection::new(Reason::INTERNAL, "internal store error")
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> Rejection {
+    tracing::error!(error = %e, "corrupt record");
+    Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
+}
+
+fn unavailable(what: impl std::fmt::Display) -> Rejection {
+    tracing::warn!(error = %what, "database unavailable");
+    Rejection::new(
+        Reason::STORE_UNAVAILABLE,
+        "the database is unavailable; retry (with the same request_id for writes)",
+    )
+}
+
+fn config(url: &str) -> Result<tokio_postgres::Config, Rejection> {
+    let mut c = tokio_postgres::Config::from_str(url)
+        .map_err(|e| Rejection::new(Reason::STORE_UNAVAILABLE, format!("bad database URL: {e}")))?;
+    if c.get_connect_timeout().is_none() {
+        c.connect_timeout(DB_TIMEOUT);
+    }
+    c.keepalives(true).keepalives_idle(Duration::from_secs(30));
+    if c.get_application_name().is_none() {
+        c.application_name("backchannel");
+    }
+    Ok(c)
+}
+
+/// The PostgreSQL store's read side; the write side is its writer thread.
+pub struct Postgres {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+/// Connects, applies migrations (one replica at a time), and starts the
+/// writer thread. Returns the reader, the writer's queue and the log head.
+pub async fn start(
+    url: &str,
+    publish: Publish,
+) -> Result<(Arc<Postgres>, mpsc::Sender<Job>, u64), Rejection> {
+    let cfg = config(url)?;
+    migrate(&cfg).await?;
+    let mgr = Manager::from_config(
+        cfg.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(DB_TIMEOUT))
+        .create_timeout(Some(DB_TIMEOUT))
+        .recycle_timeout(Some(DB_TIMEOUT))
+        .build()
+        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("pool: {e}")))?;
+    let store = Arc::new(Postgres {
+        pool,
+        config: cfg.clone(),
+    });
+    let head = store.head().await?;
+    let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    let writer_cfg = postgres::Config::from(cfg);
+    std::thread::Builder::new()
+        .name("backchannel-writer".into())
+        .spawn(move || writer(writer_cfg, rx, publish))
+        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
+    Ok((store, tx, head))
+}
+
+async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
+    let (mut client, conn) = cfg.connect(NoTls).await.map_err(pg_err)?;
+    let driver = tokio::spawn(conn);
+    let result = async {
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version BIGINT PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(pg_err)?;
+        let applied: i64 = client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let applied = usize::try_from(applied).map_err(corrupt)?;
+        if applied > MIGRATIONS.len() {
+            return Err(Rejection::new(
+                Reason::INTERNAL,
+                format!(
+                    "the database has schema version {applied}, newer than this binary knows ({})",
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = client.transaction().await.map_err(pg_err)?;
+            tx.batch_execute(sql).await.map_err(pg_err)?;
+            let version = int(i as u64 + 1)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            tracing::info!(version, "applied schema migration");
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| corrupt(format!("no randomness: {e}")))?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('page_key', $1) ON CONFLICT DO NOTHING",
+                &[&&key[..]],
+            )
+            .await
+            .map_err(pg_err)?;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+    .await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The writer thread: like the embedded store's, plus the `log_head` lock
+/// and a reconnect when the database goes away. A batch whose commit
+/// cannot be confirmed is answered `UNAVAILABLE`, never a false success;
+/// a retry with the same `request_id` then creates nothing twice.
+fn writer(cfg: postgres::Config, mut rx: mpsc::Receiver<Job>, publish: Publish) {
+    let mut conn: Option<postgres::Client> = None;
+    let mut stmts: HashMap<&'static str, postgres::Statement> = HashMap::new();
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            stmts.clear();
+            conn = match cfg.connect(postgres::NoTls) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let r = unavailable(e);
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(r.clone()));
+                    }
+                    continue;
+                }
+            };
+        }
+        let Some(client) = conn.as_mut() else {
+            continue;
+        };
+        let now = Time::now();
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
+        match commit_batch(client, &mut stmts, &jobs, now, &mut results, &mut events) {
+            Ok(()) => {
+                publish(events);
+                for (job, r) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                if client.is_closed() || e.reason == Reason::STORE_UNAVAILABLE {
+                    conn = None;
+                }
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    tracing::info!("writer stopped");
+}
+
+fn commit_batch(
+    client: &mut postgres::Client,
+    stmts: &mut HashMap<&'static str, postgres::Statement>,
+    jobs: &[Job],
+    now: Time,
+    results: &mut Vec<Result<Outcome, Rejection>>,
+    events: &mut Vec<Event>,
+) -> Result<(), Rejection> {
+    let mut tx = client.transaction().map_err(pg_err)?;
+    let head: i64 = tx
+        .query_one("SELECT head FROM log_head FOR UPDATE", &[])
+        .map_err(pg_err)?
+        .get(0);
+    let mut head = u64::try_from(head).map_err(corrupt)?;
+    let mut tokens_changed = false;
+    for job in jobs {
+        let mut sp = tx.savepoint("job").map_err(pg_err)?;
+        let mut wt = PgTx {
+            tx: &mut sp,
+            stmts: &mut *stmts,
+        };
+        let mut ex = Executor {
+            tx: &mut wt,
+            head,
+            events: Vec::new(),
+            now,
+        };
+        match ex.run(&job.caller, &job.command) {
+            Ok(out) => {
+                head = ex.head;
+                events.append(&mut ex.events);
+                sp.commit().map_err(pg_err)?;
+                tokens_changed |= matches!(
+                    out,
+                    Outcome::TokenIssued { .. } | Outcome::TokenRevoked { .. }
+                );
+                results.push(Ok(out));
+            }
+            // The database failed, not the request: the batch fails.
+            Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
+                return Err(r);
+            }
+            Err(r) => {
+                sp.rollback().map_err(pg_err)?;
+                results.push(Err(r));
+            }
+        }
+    }
+    if !events.is_empty() {
+        let h = int(head)?;
+        tx.execute("UPDATE log_head SET head = $1", &[&h])
+            .map_err(pg_err)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&EVENTS_CHANNEL, &head.to_string()],
+        )
+        .map_err(pg_err)?;
+    }
+    if tokens_changed {
+        tx.execute("SELECT pg_notify($1, '')", &[&TOKENS_CHANNEL])
+            .map_err(pg_err)?;
+    }
+    tx.commit().map_err(pg_err)
+}
+
+/// A write transaction (or savepoint) on the writer's connection, with the
+/// writer's prepared statements.
+struct PgTx<'a, 'b> {
+    tx: &'a mut postgres::Transaction<'b>,
+    stmts: &'a mut HashMap<&'static str, postgres::Statement>,
+}
+
+impl PgTx<'_, '_> {
+    fn st(&mut self, sql: &'static str) -> Result<postgres::Statement, Rejection> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql).map_err(pg_err)?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn opt_bytes(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Vec<u8>>, Rejection> {
+        let st = self.st(sql)?;
+        let row = self.tx.query_opt(&st, params).map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Rejection> {
+        let st = self.st(sql)?;
+        self.tx.execute(&st, params).map_err(pg_err)
+    }
+}
+
+fn decode_message(b: &[u8]) -> Result<Message, Rejection> {
+    convert::message_from_pb(pb::Message::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+fn decode_channel(b: &[u8]) -> Result<Channel, Rejection> {
+    convert::channel_from_pb(pb::Channel::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+fn decode_party(b: &[u8]) -> Result<Party, Rejection> {
+    convert::party_from_pb(pb::Party::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
+    convert::event_from_pb(pb::Event::decode(b).map_err(corrupt)?).map_err(corrupt)
+}
+
+impl WriteTx for PgTx<'_, '_> {
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection> {
+        self.opt_bytes("SELECT data FROM parties WHERE id = $1", &[&id.as_str()])?
+            .map(|b| decode_party(&b))
+            .transpose()
+    }
+
+    fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection> {
+        let data = pb::Party::from(p).encode_to_vec();
+        let n = self.exec(
+            "INSERT INTO parties (id, data) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&p.id.as_str(), &data],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_token(
+        &mut self,
+        id: Id,
+        party: &PartyId,
+        hash: &[u8; 32],
+        now: Time,
+    ) -> Result<(), Rejection> {
+        self.exec(
+            "INSERT INTO tokens (id, party_id, secret_hash, create_time) VALUES ($1, $2, $3, $4)",
+            &[&id.to_string(), &party.as_str(), &&hash[..], &now.0],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection> {
+        let st = self.st("SELECT revoke_time FROM tokens WHERE id = $1")?;
+        let row = self.tx.query_opt(&st, &[&id.to_string()]).map_err(pg_err)?;
+        match row.map(|r| r.get::<_, Option<i64>>(0)) {
+            None => Ok(None),
+            Some(Some(_)) => Ok(Some(false)),
+            Some(None) => {
+                self.exec(
+                    "UPDATE tokens SET revoke_time = $2 WHERE id = $1",
+                    &[&id.to_string(), &now.0],
+                )?;
+                Ok(Some(true))
+            }
+        }
+    }
+
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
+        self.opt_bytes(
+            "SELECT data FROM channels WHERE id = $1",
+            &[&id.to_string()],
+        )?
+        .map(|b| decode_channel(&b))
+        .transpose()
+    }
+
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        let data = pb::Channel::from(c).encode_to_vec();
+        let state = i64::from(convert::channel_state_pb(c.state) as i32);
+        let id = c.id.to_string();
+        match insert_seq {
+            Some(seq) => {
+                self.exec(
+                    "INSERT INTO channels (seq, id, state, data) VALUES ($1, $2, $3, $4)",
+                    &[&int(seq)?, &id, &state, &data],
+                )?;
+                for p in c.members() {
+                    self.exec(
+                        "INSERT INTO channel_members (party_id, channel_id) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING",
+                        &[&p.as_str(), &id],
+                    )?;
+                }
+            }
+            None => {
+                self.exec(
+                    "UPDATE channels SET state = $2, data = $3 WHERE id = $1",
+                    &[&id, &state, &data],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
+        self.opt_bytes(
+            "SELECT data FROM messages WHERE id = $1",
+            &[&id.to_string()],
+        )?
+        .map(|b| decode_message(&b))
+        .transpose()
+    }
+
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        let data = pb::Message::from(m).encode_to_vec();
+        let state = i64::from(convert::message_state_pb(m.state) as i32);
+        match insert_seq {
+            Some(seq) => self.exec(
+                "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &int(seq)?,
+                    &m.id.to_string(),
+                    &m.channel_id.to_string(),
+                    &m.thread_id.to_string(),
+                    &state,
+                    &m.respond_by.map(|t| t.0),
+                    &data,
+                ],
+            )?,
+            None => self.exec(
+                "UPDATE messages SET state = $2, data = $3 WHERE id = $1",
+                &[&m.id.to_string(), &state, &data],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
+        let st = self.st("SELECT id FROM messages
+             WHERE respond_by IS NOT NULL AND state IN (1, 2, 3, 4) AND respond_by <= $1
+             ORDER BY respond_by LIMIT $2")?;
+        let rows = self
+            .tx
+            .query(&st, &[&now.0, &int(limit as u64)?])
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| Id::parse(r.get::<_, &str>(0)).map_err(corrupt))
+            .collect()
+    }
+
+    fn request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+    ) -> Result<Option<([u8; 32], Id)>, Rejection> {
+        let st = self.st("SELECT fingerprint, resource_id FROM requests
+             WHERE caller = $1 AND method = $2 AND request_id = $3")?;
+        let row = self
+            .tx
+            .query_opt(&st, &[&caller, &method, &request_id.to_string()])
+            .map_err(pg_err)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((
+                r.get::<_, Vec<u8>>(0)
+                    .try_into()
+                    .map_err(|_| corrupt("bad fingerprint"))?,
+                Id::parse(r.get::<_, &str>(1)).map_err(corrupt)?,
+            ))),
+        }
+    }
+
+    fn insert_request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+        fingerprint: &[u8; 32],
+        resource: Id,
+    ) -> Result<(), Rejection> {
+        self.exec(
+            "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &caller,
+                &method,
+                &request_id.to_string(),
+                &&fingerprint[..],
+                &resource.to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn append(&mut self, e: &Event) -> Result<(), Rejection> {
+        let m = e.message();
+        self.exec(
+            "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &int(e.sequence)?,
+                &e.channel_id.to_string(),
+                &m.map(|m| m.id.to_string()),
+                &m.map(|m| m.thread_id.to_string()),
+                &i64::from(convert::event_type_pb(e.kind) as i32),
+                &pb::Event::from(e).encode_to_vec(),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn bind(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| match a {
+            Arg::Int(i) => i as &(dyn ToSql + Sync),
+            Arg::Text(t) => t as &(dyn ToSql + Sync),
+        })
+        .collect()
+}
+
+impl Postgres {
+    async fn client(&self) -> Result<deadpool_postgres::Object, Rejection> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    /// Runs a read with a deadline, so a call never hangs on the database.
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Rejection>>,
+    ) -> Result<T, Rejection> {
+        tokio::time::timeout(DB_TIMEOUT, f)
+            .await
+            .map_err(|_| unavailable("read timed out"))?
+    }
+
+    async fn rows(&self, sql: &str, args: &[Arg]) -> Result<Vec<tokio_postgres::Row>, Rejection> {
+        self.timed(async {
+            let c = self.client().await?;
+            let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+            c.query(&st, &bind(args)).await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn one_bytes(&self, sql: &str, key: String) -> Result<Option<Vec<u8>>, Rejection> {
+        let rows = self.rows(sql, &[Arg::Text(key)]).await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// The key that signs page tokens.
+    pub async fn page_key(&self) -> Result<Vec<u8>, Rejection> {
+        self.one_bytes("SELECT value FROM meta WHERE key = $1", "page_key".into())
+            .await?
+            .ok_or_else(|| corrupt("no page key"))
+    }
+
+    /// Every token.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Rejection> {
+        let rows = self
+            .rows(
+                "SELECT id, party_id, secret_hash, revoke_time IS NOT NULL FROM tokens",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenRecord {
+                    token_id: Id::parse(r.get::<_, &str>(0)).map_err(corrupt)?,
+                    party_id: PartyId::trusted(r.get(1)),
+                    secret_hash: r
+                        .get::<_, Vec<u8>>(2)
+                        .try_into()
+                        .map_err(|_| corrupt("bad token hash"))?,
+                    revoked: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    /// One party.
+    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, Rejection> {
+        self.one_bytes("SELECT data FROM parties WHERE id = $1", id.to_string())
+            .await?
+            .map(|b| decode_party(&b))
+            .transpose()
+    }
+
+    /// Parties ordered by id, after `after`.
+    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, Rejection> {
+        let rows = self
+            .rows(
+                "SELECT data FROM parties WHERE id > $1 ORDER BY id LIMIT $2",
+                &[Arg::Text(after), Arg::Int(int(limit as u64)?)],
+            )
+            .await?;
+        rows.iter().map(|r| decode_party(r.get(0))).collect()
+    }
+
+    /// One channel.
+    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, Rejection> {
+        self.one_bytes("SELECT data FROM channels WHERE id = $1", id.to_string())
+            .await?
+            .map(|b| decode_channel(&b))
+            .transpose()
+    }
+
+    /// One message.
+    pub async fn message(&self, id: Id) -> Result<Option<Message>, Rejection> {
+        self.one_bytes("SELECT data FROM messages WHERE id = $1", id.to_string())
+            .await?
+            .map(|b| decode_message(&b))
+            .transpose()
+    }
+
+    /// The last committed sequence.
+    pub async fn head(&self) -> Result<u64, Rejection> {
+        let rows = self.rows("SELECT head FROM log_head", &[]).await?;
+        let h: i64 = rows.first().ok_or_else(|| corrupt("no log head"))?.get(0);
+        u64::try_from(h).map_err(corrupt)
+    }
+
+    /// A page of channels, newest first.
+    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, Rejection> {
+        let sql = query::channels(&q, Style::Dollar)?;
+        let rows = self.rows(&sql.text, &sql.args).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    u64::try_from(r.get::<_, i64>(0)).map_err(corrupt)?,
+                    decode_channel(r.get(1))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A page of messages and the head it was read at (one snapshot).
+    pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
+        self.timed(async {
+            let mut c = self.client().await?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg_err)?;
+            let head = match q.head {
+                Some(h) => h,
+                None => {
+                    let h: i64 = tx
+                        .query_one("SELECT head FROM log_head", &[])
+                        .await
+                        .map_err(pg_err)?
+                        .get(0);
+                    u64::try_from(h).map_err(corrupt)?
+                }
+            };
+            let sql = query::messages(&q, head, Style::Dollar)?;
+            let st = tx.prepare_cached(&sql.text).await.map_err(pg_err)?;
+            let rows = tx.query(&st, &bind(&sql.args)).await.map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            let page = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        u64::try_from(r.get::<_, i64>(0)).map_err(corrupt)?,
+                        decode_message(r.get(1))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Rejection>>()?;
+            Ok((page, head))
+        })
+        .await
+    }
+
+    /// A page of events, oldest first.
+    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+        let sql = query::events(&q, Style::Dollar)?;
+        let rows = self.rows(&sql.text, &sql.args).await?;
+        rows.iter().map(|r| decode_event(r.get(0))).collect()
+    }
+
+    /// Changes made through any replica, as they are announced. The
+    /// connection is re-established whenever it drops.
+    pub fn watch(self: &Arc<Self>) -> mpsc::Receiver<Change> {
+        let (tx, rx) = mpsc::channel(64);
+        let cfg = self.config.clone();
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                if let Err(e) = listen(&cfg, &tx).await {
+                    tracing::warn!(error = %e.message, "change notifications interrupted; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        rx
+    }
+}
+
+async fn listen(cfg: &tokio_postgres::Config, out: &mpsc::Sender<Change>) -> Result<(), Rejection> {
+    let (client, mut conn) = cfg.connect(NoTls).await.map_err(pg_err)?;
+    let (note_tx, mut note_rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if note_tx.send(n.channel().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification connection failed");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "LISTEN {EVENTS_CHANNEL}; LISTEN {TOKENS_CHANNEL};"
+        ))
+        .await
+        .map_err(pg_err)?;
+    // Whatever happened while we were not listening.
+    let _ = out.send(Change::Reconnected).await;
+    while let Some(channel) = note_rx.recv().await {
+        let change = if channel == TOKENS_CHANNEL {
+            Change::Tokens
+        } else {
+            Change::Events
+        };
+        if out.send(change).await.is_err() {
+            break;
+        }
+    }
+    driver.abort();
+    Err(unavailable("notification connection closed"))
+}

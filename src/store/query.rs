@@ -1,0 +1,140 @@
+//! The listing queries, written once for every SQL backend: each builds its
+//! statement text and arguments, with the backend's placeholder style.
+
+use super::{ChannelQuery, EventQuery, MessageQuery};
+use crate::convert;
+use crate::domain::{Reason, Rejection};
+
+/// A bound argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// A 64-bit integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+/// How a backend writes its placeholders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// SQLite: `?1`.
+    Question,
+    /// PostgreSQL: `$1`.
+    Dollar,
+}
+
+/// A statement and its arguments.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    /// The statement text.
+    pub text: String,
+    /// Its arguments, in placeholder order.
+    pub args: Vec<Arg>,
+    style: Style,
+}
+
+/// Converts a sequence or count to the database's signed integer.
+pub fn int(n: u64) -> Result<i64, Rejection> {
+    i64::try_from(n).map_err(|_| Rejection::new(Reason::INTERNAL, "number out of range"))
+}
+
+impl Sql {
+    fn new(style: Style, text: &str) -> Sql {
+        Sql {
+            text: text.to_owned(),
+            args: Vec::new(),
+            style,
+        }
+    }
+
+    /// Adds an argument and returns its placeholder.
+    fn arg(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        match self.style {
+            Style::Question => format!("?{}", self.args.len()),
+            Style::Dollar => format!("${}", self.args.len()),
+        }
+    }
+
+    /// Appends ` AND <column> IN (channels of party)`.
+    fn member_of(&mut self, column: &str, party: &str) {
+        let p = self.arg(Arg::Text(party.to_owned()));
+        self.text += &format!(
+            " AND {column} IN (SELECT channel_id FROM channel_members WHERE party_id = {p})"
+        );
+    }
+
+    /// Appends ` AND <column> = <value>`.
+    fn eq(&mut self, column: &str, value: Arg) {
+        let p = self.arg(value);
+        self.text += &format!(" AND {column} = {p}");
+    }
+
+    fn order_limit(&mut self, order: &str, limit: usize) -> Result<(), Rejection> {
+        let p = self.arg(Arg::Int(int(limit as u64)?));
+        self.text += &format!(" ORDER BY {order} LIMIT {p}");
+        Ok(())
+    }
+}
+
+/// Channels, newest first: rows of (seq, data).
+pub fn channels(q: &ChannelQuery, style: Style) -> Result<Sql, Rejection> {
+    let mut s = Sql::new(style, "SELECT seq, data FROM channels WHERE seq < ");
+    let p = s.arg(Arg::Int(int(q.before)?));
+    s.text += &p;
+    for party in [&q.viewer, &q.party].into_iter().flatten() {
+        s.member_of("id", party.as_str());
+    }
+    if let Some(state) = q.state {
+        s.eq(
+            "state",
+            Arg::Int(i64::from(convert::channel_state_pb(state) as i32)),
+        );
+    }
+    s.order_limit("seq DESC", q.limit)?;
+    Ok(s)
+}
+
+/// Messages sent at or before `head`, newest first: rows of (seq, data).
+pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Rejection> {
+    let mut s = Sql::new(style, "SELECT seq, data FROM messages WHERE seq < ");
+    let p = s.arg(Arg::Int(int(q.before)?));
+    s.text += &p;
+    let p = s.arg(Arg::Int(int(head)?));
+    s.text += &format!(" AND seq <= {p}");
+    for party in [&q.viewer, &q.party].into_iter().flatten() {
+        s.member_of("channel_id", party.as_str());
+    }
+    if let Some(c) = q.channel {
+        s.eq("channel_id", Arg::Text(c.to_string()));
+    }
+    if let Some(t) = q.thread {
+        s.eq("thread_id", Arg::Text(t.to_string()));
+    }
+    if let Some(state) = q.state {
+        s.eq(
+            "state",
+            Arg::Int(i64::from(convert::message_state_pb(state) as i32)),
+        );
+    }
+    s.order_limit("seq DESC", q.limit)?;
+    Ok(s)
+}
+
+/// Events after `q.after`, oldest first: rows of (data).
+pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
+    let mut s = Sql::new(style, "SELECT data FROM events WHERE seq > ");
+    let p = s.arg(Arg::Int(int(q.after)?));
+    s.text += &p;
+    if let Some(v) = &q.viewer {
+        s.member_of("channel_id", v.as_str());
+    }
+    if let Some(c) = q.channel {
+        s.eq("channel_id", Arg::Text(c.to_string()));
+    }
+    if let Some(m) = q.message {
+        s.eq("message_id", Arg::Text(m.to_string()));
+    }
+    s.order_limit("seq", q.limit)?;
+    Ok(s)
+}
