@@ -62,13 +62,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
-    if config.database_url.is_some() && config.admin_token.is_none() {
-        return Err(
-            "with --database-url, set BACKCHANNEL_ADMIN_TOKEN so that every replica \
-                    shares one admin token"
-                .into(),
-        );
-    }
     let limits = config.limits();
     crate::codec::set_max_request_bytes(limits.request_bytes);
 
@@ -108,6 +101,11 @@ pub async fn run(
     let (admin_token, admin_file) =
         auth::admin_token(config.admin_token.clone(), &config.data_dir)?;
     match admin_file {
+        Some(path) if config.database_url.is_some() => tracing::warn!(
+            path = %path.display(),
+            "admin token file; replicas sharing a database should share one admin token: \
+             set BACKCHANNEL_ADMIN_TOKEN"
+        ),
         Some(path) => tracing::info!(path = %path.display(), "admin token file"),
         None => tracing::info!("admin token from BACKCHANNEL_ADMIN_TOKEN"),
     }

@@ -34,6 +34,7 @@ pub struct Server {
     /// Its data directory.
     pub data_dir: PathBuf,
     _tmp: Option<Arc<tempfile::TempDir>>,
+    db: Option<Arc<TestDb>>,
     /// Every log line it printed, for diagnosis.
     pub log: Arc<Mutex<Vec<String>>>,
     extra_args: Vec<String>,
@@ -59,9 +60,34 @@ impl Server {
 
     /// Starts a server with options and a fresh temporary data directory.
     pub async fn start_with(opts: Options) -> Server {
-        let tmp = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let data_dir = tmp.path().join("data");
-        Server::spawn(data_dir, Some(tmp), opts).await
+        Server::start_replicas_with(1, opts).await.remove(0)
+    }
+
+    /// Starts `n` servers on one record. On the PostgreSQL backend they are
+    /// replicas of one fresh database; on the embedded backend `n` must be 1.
+    pub async fn start_replicas(n: usize) -> Vec<Server> {
+        Server::start_replicas_with(n, Options::default()).await
+    }
+
+    async fn start_replicas_with(n: usize, mut opts: Options) -> Vec<Server> {
+        let db = backend_is_postgres().then(|| Arc::new(TestDb::create()));
+        assert!(
+            n == 1 || db.is_some(),
+            "replicas need the PostgreSQL backend"
+        );
+        if let Some(db) = &db {
+            opts.args.push("--database-url".into());
+            opts.args.push(db.url.clone());
+        }
+        let mut servers = Vec::new();
+        for _ in 0..n {
+            let tmp = Arc::new(tempfile::tempdir().expect("temp dir"));
+            let data_dir = tmp.path().join("data");
+            let mut s = Server::spawn(data_dir, Some(tmp), opts.clone()).await;
+            s.db = db.clone();
+            servers.push(s);
+        }
+        servers
     }
 
     async fn spawn(
@@ -115,6 +141,7 @@ impl Server {
             addr: addr.parse().expect("addr"),
             data_dir,
             _tmp: tmp,
+            db: None,
             log,
             extra_args: opts.args.clone(),
             env: opts.env.clone(),
@@ -149,7 +176,14 @@ impl Server {
             env: self.env.clone(),
             no_admin_env: false,
         };
-        Server::spawn(self.data_dir.clone(), self._tmp.clone(), opts).await
+        let mut s = Server::spawn(self.data_dir.clone(), self._tmp.clone(), opts).await;
+        s.db = self.db.clone();
+        s
+    }
+
+    /// The test database, on the PostgreSQL backend.
+    pub fn database(&self) -> Option<&TestDb> {
+        self.db.as_deref()
     }
 
     /// A gRPC channel to the server.
@@ -195,6 +229,89 @@ impl Server {
     /// The data directory's path.
     pub fn data_path(&self) -> &Path {
         &self.data_dir
+    }
+}
+
+/// Whether the suite runs against PostgreSQL (`BACKCHANNEL_TEST_BACKEND=postgres`)
+/// rather than the embedded store.
+pub fn backend_is_postgres() -> bool {
+    std::env::var("BACKCHANNEL_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The PostgreSQL server the tests use (`DATABASE_URL`, trust auth locally).
+pub fn admin_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database for one test, dropped when the test ends.
+pub struct TestDb {
+    /// The database's name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+/// Runs blocking PostgreSQL work on a thread outside the async runtime.
+pub fn with_admin_db<T: Send + 'static>(
+    f: impl FnOnce(&mut postgres::Client) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin_database_url(), postgres::NoTls)
+            .expect("connect to PostgreSQL (is it running? see ./scripts/test.sh)");
+        f(&mut c)
+    })
+    .join()
+    .expect("database thread")
+}
+
+impl TestDb {
+    /// Creates a database with a unique name.
+    pub fn create() -> TestDb {
+        let name = format!("bc_test_{}", uuid::Uuid::new_v4().simple());
+        let n = name.clone();
+        with_admin_db(move |c| {
+            c.batch_execute(&format!("CREATE DATABASE {n}"))
+                .expect("create test database")
+        });
+        let base = admin_database_url();
+        let (prefix, query) = match base.split_once('?') {
+            Some((p, q)) => (p.to_string(), format!("?{q}")),
+            None => (base.clone(), String::new()),
+        };
+        let root = match prefix.rsplit_once('/') {
+            Some((r, _)) if r.contains("://") && r.len() > r.find("://").unwrap() + 3 => {
+                r.to_string()
+            }
+            _ => prefix.clone(),
+        };
+        TestDb {
+            url: format!("{root}/{name}{query}"),
+            name,
+        }
+    }
+
+    /// Ends every connection of the servers to this database (a fault).
+    pub fn kill_connections(&self) -> u64 {
+        let n = self.name.clone();
+        with_admin_db(move |c| {
+            c.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&n],
+            )
+            .expect("terminate backends")
+            .len() as u64
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let n = self.name.clone();
+        with_admin_db(move |c| {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"));
+        });
     }
 }
 
