@@ -72,7 +72,38 @@ for component in rustfmt clippy; do
   fi
 done
 
+# PostgreSQL: the behavioural suite runs once on the embedded store and once
+# on PostgreSQL (each test in a fresh database it drops afterwards).
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+pg_ready() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -d "$DATABASE_URL" -q
+  else
+    (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
+  fi
+}
+if ! pg_ready; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    for version in /etc/postgresql/*/; do
+      version=$(basename "$version")
+      echo "starting PostgreSQL $version"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    done
+    for _ in $(seq 1 60); do pg_ready && break; sleep 0.5; done
+  fi
+fi
+if ! pg_ready; then
+  echo "error: PostgreSQL is not reachable at $DATABASE_URL, and no installed cluster could be" >&2
+  echo "started. Install it (apt-get install postgresql) or set DATABASE_URL to a server where" >&2
+  echo "this user may create databases." >&2
+  exit 1
+fi
+echo "PostgreSQL: $DATABASE_URL"
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== suite on the embedded store"
 cargo test --all-targets
 cargo test --doc
+echo "== suite on PostgreSQL"
+BACKCHANNEL_TEST_BACKEND=postgres cargo test --tests
