@@ -2,6 +2,8 @@
 //! with a temporary data directory, and talk to it with the generated clients.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod stream;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,17 +62,23 @@ impl Server {
 
     /// Starts a server with options and a fresh temporary data directory.
     pub async fn start_with(opts: Options) -> Server {
-        Server::start_replicas_with(1, opts).await.remove(0)
+        Server::start_replicas_with(1, opts, false).await.remove(0)
     }
 
     /// Starts `n` servers on one record. On the PostgreSQL backend they are
     /// replicas of one fresh database; on the embedded backend `n` must be 1.
     pub async fn start_replicas(n: usize) -> Vec<Server> {
-        Server::start_replicas_with(n, Options::default()).await
+        Server::start_replicas_with(n, Options::default(), false).await
     }
 
-    async fn start_replicas_with(n: usize, mut opts: Options) -> Vec<Server> {
-        let db = backend_is_postgres().then(|| Arc::new(TestDb::create()));
+    /// Starts `n` replicas on one fresh PostgreSQL database, whatever the
+    /// suite's backend.
+    pub async fn start_postgres_replicas(n: usize) -> Vec<Server> {
+        Server::start_replicas_with(n, Options::default(), true).await
+    }
+
+    async fn start_replicas_with(n: usize, mut opts: Options, postgres: bool) -> Vec<Server> {
+        let db = (postgres || backend_is_postgres()).then(|| Arc::new(TestDb::create()));
         assert!(
             n == 1 || db.is_some(),
             "replicas need the PostgreSQL backend"
