@@ -199,16 +199,19 @@ impl Authenticator {
 
 /// Refuses a call without a valid token before its body is decoded, so that
 /// `UNAUTHENTICATED` wins over `INVALID_ARGUMENT` (DESIGN §4) even for a body
-/// that does not decode or is over the size limit. Handlers still resolve
-/// their caller themselves.
+/// that does not decode or is over the size limit. The caller's [`Identity`]
+/// is left in the request's extensions for the handler.
 #[derive(Clone)]
 pub struct RequireToken(pub std::sync::Arc<Authenticator>);
 
 impl tonic::service::Interceptor for RequireToken {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        self.0
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let who = self
+            .0
             .authenticate(req.metadata())
             .map_err(|r| crate::error::status(&r))?;
+        // The handler reads the caller from here instead of checking again.
+        req.extensions_mut().insert(who);
         Ok(req)
     }
 }

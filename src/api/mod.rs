@@ -34,7 +34,10 @@ pub struct Ctx {
 impl Ctx {
     /// The caller named by the request's token.
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Identity, Rejection> {
-        self.auth.authenticate(req.metadata())
+        match req.extensions().get::<Identity>() {
+            Some(who) => Ok(who.clone()),
+            None => self.auth.authenticate(req.metadata()),
+        }
     }
 
     /// The caller named by the request's token.
