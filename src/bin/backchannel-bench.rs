@@ -1,0 +1,2366 @@
+//! `backchannel-bench`: measures a real Backchannel server over real sockets.
+//!
+//! By default it starts the `backchannel` binary that sits next to its own
+//! executable (so `cargo build --release` first) with a temporary data
+//! directory, or on a fresh PostgreSQL database (`--database-url`), or it
+//! drives a server that is already running (`--target ADDR --admin-token T`).
+//! It registers its own parties and channels, then runs the scenarios of
+//! docs/PERFORMANCE.md, prints one table per scenario and, with `--json
+//! FILE`, writes the same figures as JSON.
+//!
+//! It never asserts a speed. It exits non-zero when an event was lost, a
+//! call failed, or a scenario could not run.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backchannel::pb;
+use backchannel::pb::channel_service_client::ChannelServiceClient;
+use backchannel::pb::message_service_client::MessageServiceClient;
+use backchannel::pb::party_service_client::PartyServiceClient;
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tonic::Status;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The scenarios, in the order a full run performs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// `grpc.health.v1.Health/Check`: the no-op ceiling.
+    Baseline,
+    /// Durable `SendMessage` at several concurrency levels.
+    Send,
+    /// Whole relays: send, accept, forward, acknowledge.
+    Lifecycle,
+    /// Many subscribers on one channel while writers run at a set rate.
+    Fanout,
+    /// One subscriber replaying the whole log from `start_after = 0`.
+    Catchup,
+    /// `GetMessage` and `ListMessages` with few vs many messages stored.
+    Scale,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Baseline => "baseline",
+            Scenario::Send => "send",
+            Scenario::Lifecycle => "lifecycle",
+            Scenario::Fanout => "fanout",
+            Scenario::Catchup => "catchup",
+            Scenario::Scale => "scale",
+        }
+    }
+}
+
+/// Benchmark of a real Backchannel server (see docs/PERFORMANCE.md).
+#[derive(Debug, Parser)]
+#[command(name = "backchannel-bench")]
+struct Args {
+    /// Run every scenario briefly (a smoke test: figures are not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Run the started server on PostgreSQL: a fresh database
+    /// `bc_bench_<uuid>` is created on this server and dropped afterwards.
+    #[arg(long, value_name = "URL", conflicts_with = "target")]
+    database_url: Option<String>,
+    /// Drive a running server at ADDR (host:port) instead of starting one.
+    #[arg(long, value_name = "ADDR", requires = "admin_token")]
+    target: Option<String>,
+    /// The admin token of the `--target` server.
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// Only these scenarios (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// The `backchannel` binary to start (default: next to this executable).
+    #[arg(long, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// Messages written for `catchup` and the large `scale` point (default
+    /// 300,000, and at most 90 s of writing; 20,000 with --quick). Given
+    /// explicitly, all N are written however long it takes.
+    #[arg(long, value_name = "N")]
+    catchup_events: Option<u64>,
+    /// The `fanout` points, as SUBSCRIBERSxEVENTS_PER_S (comma-separated),
+    /// instead of the default ones.
+    #[arg(long, value_name = "SxR", value_delimiter = ',', value_parser = parse_point)]
+    fanout: Vec<(usize, u64)>,
+    /// HTTP/2 connections shared round-robin by the request tasks.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds measured per point (default 2.5; 0.5 with --quick).
+    #[arg(long, value_name = "S")]
+    measure_secs: Option<f64>,
+    /// Seconds of warm-up before each point (default 0.75; 0.2 with --quick).
+    #[arg(long, value_name = "S")]
+    warmup_secs: Option<f64>,
+}
+
+fn parse_point(s: &str) -> Result<(usize, u64), String> {
+    let bad = || format!("'{s}' is not SUBSCRIBERSxEVENTS_PER_S (e.g. 1000x500)");
+    let (a, b) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (a, b) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || b == 0 {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// How long each point runs.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    warmup: Duration,
+    measure: Duration,
+}
+
+/// Everything a run is configured with.
+struct Plan {
+    quick: bool,
+    timing: Timing,
+    connections: usize,
+    levels: Vec<usize>,
+    lifecycle_in_flight: usize,
+    fanout: Vec<(usize, u64)>,
+    catchup_events: u64,
+    /// When the number of messages is the default, writing stops after this
+    /// long even if it has not reached it (and says so).
+    catchup_cap: Option<Duration>,
+    scale_small: u64,
+    scale_calls: usize,
+    drain_timeout: Duration,
+}
+
+impl Plan {
+    fn new(a: &Args) -> Plan {
+        let quick = a.quick;
+        let timing = Timing {
+            warmup: Duration::from_secs_f64(a.warmup_secs.unwrap_or(if quick {
+                0.2
+            } else {
+                0.75
+            })),
+            measure: Duration::from_secs_f64(a.measure_secs.unwrap_or(if quick {
+                0.5
+            } else {
+                2.5
+            })),
+        };
+        Plan {
+            quick,
+            timing,
+            connections: a.connections.max(1),
+            levels: vec![1, 16, 64, 256],
+            lifecycle_in_flight: 64,
+            fanout: if !a.fanout.is_empty() {
+                a.fanout.clone()
+            } else if quick {
+                vec![(10, 500), (100, 200), (1000, 50)]
+            } else {
+                vec![(10, 2000), (100, 2000), (1000, 500), (1000, 1000)]
+            },
+            catchup_events: a.catchup_events.unwrap_or(if quick {
+                20_000
+            } else {
+                DEFAULT_CATCHUP_EVENTS
+            }),
+            catchup_cap: a
+                .catchup_events
+                .is_none()
+                .then(|| Duration::from_secs(if quick { 60 } else { 90 })),
+            scale_small: 1000,
+            scale_calls: if quick { 200 } else { 2000 },
+            drain_timeout: Duration::from_secs(if quick { 20 } else { 30 }),
+        }
+    }
+}
+
+/// Messages written for `catchup` and the large `scale` point by default.
+/// The issue asks for 1,000,000; at today's write rate that alone would take
+/// most of the three minutes a default run may last, so the default is
+/// smaller and the output says so (`--catchup-events 1000000` for the lot).
+const DEFAULT_CATCHUP_EVENTS: u64 = 300_000;
+/// The size the issue's `catchup` and `scale` targets speak of.
+const FULL_CATCHUP_EVENTS: u64 = 1_000_000;
+/// Requests in flight while writing the catch-up data set.
+const BULK_CONCURRENCY: usize = 256;
+/// Subscribers per HTTP/2 connection in `fanout`.
+const SUBSCRIBERS_PER_CONNECTION: usize = 100;
+/// Writer tasks that share a `fanout` rate.
+const FANOUT_WRITERS: usize = 16;
+/// Most sends in flight at once in `fanout`.
+const FANOUT_MAX_IN_FLIGHT: usize = 256;
+/// A body of typical size for every message the bench sends.
+const BODY: &str = "Ready to talk if oil sales resume; the details follow through the usual channel. \
+                    Please acknowledge receipt at your convenience.";
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+// ---------------------------------------------------------------------------
+// Latency samples
+
+/// Latency samples in nanoseconds; percentiles are exact (sorted).
+#[derive(Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn extend(&mut self, other: Vec<u64>) {
+        if self.0.is_empty() {
+            self.0 = other;
+        } else {
+            self.0.extend(other);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.0.sort_unstable();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `q` quantile in milliseconds (samples must be finished).
+    fn ms(&self, q: f64) -> Option<f64> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let n = self.0.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+        Some(self.0[rank - 1] as f64 / 1e6)
+    }
+
+    fn max_ms(&self) -> Option<f64> {
+        self.0.last().map(|v| *v as f64 / 1e6)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "count": self.len(),
+            "p50_ms": round3(self.ms(0.50)),
+            "p99_ms": round3(self.ms(0.99)),
+            "p999_ms": round3(self.ms(0.999)),
+            "max_ms": round3(self.max_ms()),
+        })
+    }
+}
+
+fn round3(v: Option<f64>) -> Value {
+    v.map_or(Value::Null, |v| json!((v * 1000.0).round() / 1000.0))
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    fn new(token: &str) -> Result<Bearer> {
+        Ok(Bearer(format!("Bearer {token}").parse()?))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// The clients of one identity over one connection.
+#[derive(Clone)]
+struct Clients {
+    parties: PartyServiceClient<Authed>,
+    channels: ChannelServiceClient<Authed>,
+    messages: MessageServiceClient<Authed>,
+    health: HealthClient<Authed>,
+}
+
+impl Clients {
+    fn new(conn: &Channel, bearer: &Bearer) -> Clients {
+        Clients {
+            parties: PartyServiceClient::with_interceptor(conn.clone(), bearer.clone()),
+            channels: ChannelServiceClient::with_interceptor(conn.clone(), bearer.clone()),
+            messages: MessageServiceClient::with_interceptor(conn.clone(), bearer.clone()),
+            health: HealthClient::with_interceptor(conn.clone(), bearer.clone()),
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+/// One identity's clients, one per shared connection.
+#[derive(Clone)]
+struct Identity {
+    bearer: Bearer,
+    per_conn: Vec<Clients>,
+}
+
+impl Identity {
+    fn new(conns: &[Channel], token: &str) -> Result<Identity> {
+        let bearer = Bearer::new(token)?;
+        Ok(Identity {
+            per_conn: conns.iter().map(|c| Clients::new(c, &bearer)).collect(),
+            bearer,
+        })
+    }
+
+    /// The clients on connection `i` (round-robin).
+    fn on(&self, i: usize) -> Clients {
+        self.per_conn[i % self.per_conn.len()].clone()
+    }
+}
+
+/// Only what the bench reads of a `SubscribeResponse`: the subscribers skip
+/// the rest of each event instead of building it, so that the client's
+/// share of the two cores goes as little as possible to decoding.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteResponse {
+    #[prost(message, optional, tag = "1")]
+    event: Option<LiteEvent>,
+    #[prost(message, optional, tag = "2")]
+    heartbeat: Option<pb::Heartbeat>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteEvent {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+    #[prost(message, optional, tag = "10")]
+    record_time: Option<prost_types::Timestamp>,
+}
+
+async fn subscribe_lite(
+    conn: Channel,
+    bearer: &Bearer,
+    req: pb::SubscribeRequest,
+) -> Result<tonic::Streaming<LiteResponse>, Status> {
+    let mut grpc = tonic::client::Grpc::new(conn);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+    let mut req = tonic::Request::new(req);
+    req.metadata_mut().insert("authorization", bearer.0.clone());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/backchannel.v1.MessageService/Subscribe",
+    );
+    let codec = tonic_prost::ProstCodec::<pb::SubscribeRequest, LiteResponse>::default();
+    Ok(grpc.server_streaming(req, path, codec).await?.into_inner())
+}
+
+fn unix_nanos(t: SystemTime) -> i128 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn ts_nanos(t: &prost_types::Timestamp) -> i128 {
+    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
+}
+
+// ---------------------------------------------------------------------------
+// The server under test
+
+/// A server the bench started; stopped (and its database dropped) on drop.
+struct Spawned {
+    child: Option<Child>,
+    pid: u32,
+    data_dir: PathBuf,
+    db: Option<BenchDb>,
+    warnings: Arc<AtomicUsize>,
+    tail: Arc<Mutex<Vec<String>>>,
+}
+
+impl Spawned {
+    fn start(
+        bin: &Path,
+        admin_token: &str,
+        database_url: Option<&str>,
+    ) -> Result<(Spawned, String)> {
+        if !bin.exists() {
+            return Err(format!(
+                "server binary {} not found: run `cargo build --release` first, or pass --server-bin",
+                bin.display()
+            )
+            .into());
+        }
+        let data_dir = std::env::temp_dir().join(format!(
+            "backchannel-bench-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&data_dir)?;
+        let db = match database_url {
+            Some(url) => Some(BenchDb::create(url)?),
+            None => None,
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .env("BACKCHANNEL_ADMIN_TOKEN", admin_token)
+            .env("RUST_LOG", "info")
+            .env_remove("BACKCHANNEL_DATABASE_URL")
+            .env_remove("BACKCHANNEL_LISTEN")
+            .env_remove("BACKCHANNEL_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(db) = &db {
+            cmd.arg("--database-url").arg(&db.url);
+        }
+        // The server dies with the bench, however the bench ends.
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let warnings = Arc::new(AtomicUsize::new(0));
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let warnings = warnings.clone();
+            let tail = tail.clone();
+            // Drains the server's log for as long as it runs.
+            std::thread::spawn(move || {
+                let mut addr_tx = Some(addr_tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    if v["message"] == "serving"
+                        && let Some(tx) = addr_tx.take()
+                    {
+                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    }
+                    if matches!(v["level"].as_str(), Some("WARN" | "ERROR")) {
+                        warnings.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("[server] {line}");
+                    }
+                    let mut t = tail.lock().unwrap();
+                    if t.len() >= 50 {
+                        t.remove(0);
+                    }
+                    t.push(line);
+                }
+            });
+        }
+        let mut spawned = Spawned {
+            child: Some(child),
+            pid,
+            data_dir,
+            db,
+            warnings,
+            tail,
+        };
+        match addr_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) if !addr.is_empty() => Ok((spawned, addr)),
+            _ => {
+                spawned.stop();
+                Err(format!(
+                    "the server did not start; its last log lines: {:#?}",
+                    spawned.tail.lock().unwrap()
+                )
+                .into())
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child process, which has not been reaped.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        // The database goes after the server that used it.
+        self.db.take();
+    }
+}
+
+/// A fresh PostgreSQL database for one run, dropped afterwards.
+struct BenchDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    fn create(admin_url: &str) -> Result<BenchDb> {
+        let name = format!("bc_bench_{}", uuid::Uuid::new_v4().simple());
+        let (u, n) = (admin_url.to_string(), name.clone());
+        std::thread::spawn(move || -> Result<()> {
+            let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
+            c.batch_execute(&format!("CREATE DATABASE {n}"))?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| "database thread panicked")?
+        .map_err(|e| format!("cannot create the bench database on {admin_url}: {e}"))?;
+        let (prefix, query) = match admin_url.split_once('?') {
+            Some((p, q)) => (p.to_string(), format!("?{q}")),
+            None => (admin_url.to_string(), String::new()),
+        };
+        let root = match prefix.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('/') {
+                Some((host, _)) => format!("{scheme}://{host}"),
+                None => prefix.clone(),
+            },
+            None => prefix.clone(),
+        };
+        progress(format!("PostgreSQL database {name} created"));
+        Ok(BenchDb {
+            admin_url: admin_url.to_string(),
+            url: format!("{root}/{name}{query}"),
+            name,
+        })
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let (u, n) = (self.admin_url.clone(), self.name.clone());
+        let r = std::thread::spawn(move || -> Result<()> {
+            let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))?;
+            Ok(())
+        })
+        .join();
+        match r {
+            Ok(Ok(())) => progress(format!("PostgreSQL database {} dropped", self.name)),
+            _ => progress(format!("warning: could not drop database {}", self.name)),
+        }
+    }
+}
+
+/// The server's resident memory in KiB, if it is a local process we know.
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+// ---------------------------------------------------------------------------
+// The world the scenarios run in
+
+/// Parties, tokens, connections and channels of one run.
+struct World {
+    addr: String,
+    admin: Identity,
+    iran: Identity,
+    france: Identity,
+    us: Identity,
+    ids: Parties,
+    server_pid: Option<u32>,
+}
+
+struct Parties {
+    iran: String,
+    france: String,
+    us: String,
+}
+
+impl World {
+    async fn setup(
+        addr: &str,
+        admin_token: &str,
+        connections: usize,
+        pid: Option<u32>,
+    ) -> Result<World> {
+        let mut conns = Vec::new();
+        for _ in 0..connections {
+            conns.push(connect(addr).await?);
+        }
+        let admin = Identity::new(&conns, admin_token)?;
+        // A suffix keeps runs against one long-lived server apart.
+        let sfx = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let ids = Parties {
+            iran: format!("iran-{sfx}"),
+            france: format!("france-{sfx}"),
+            us: format!("united-states-{sfx}"),
+        };
+        let mut a = admin.on(0);
+        let mut tokens = Vec::new();
+        for id in [&ids.iran, &ids.france, &ids.us] {
+            a.parties
+                .create_party(pb::CreatePartyRequest {
+                    party_id: id.clone(),
+                    display_name: id.to_uppercase(),
+                    kind: pb::party::Kind::State as i32,
+                })
+                .await?;
+            tokens.push(
+                a.parties
+                    .issue_token(pb::IssueTokenRequest {
+                        party_id: id.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .token,
+            );
+        }
+        Ok(World {
+            addr: addr.to_string(),
+            iran: Identity::new(&conns, &tokens[0])?,
+            france: Identity::new(&conns, &tokens[1])?,
+            us: Identity::new(&conns, &tokens[2])?,
+            admin,
+            ids,
+            server_pid: pid,
+        })
+    }
+
+    /// Opens iran → france → united-states.
+    async fn channel(&self, name: &str) -> Result<String> {
+        Ok(self
+            .admin
+            .on(0)
+            .channels
+            .create_channel(pb::CreateChannelRequest {
+                display_name: name.into(),
+                parties: vec![self.ids.iran.clone(), self.ids.us.clone()],
+                mediators: vec![self.ids.france.clone()],
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner()
+            .id)
+    }
+
+    /// The log's head, as the admin sees it now.
+    async fn head(&self, channel: &str) -> Result<u64> {
+        Ok(self
+            .admin
+            .on(0)
+            .messages
+            .list_messages(pb::ListMessagesRequest {
+                channel_id: channel.into(),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .head_sequence)
+    }
+
+    fn rss(&self) -> Option<u64> {
+        rss_kib(self.server_pid)
+    }
+}
+
+fn send_req(channel: &str, n: u64) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        channel_id: channel.into(),
+        subject: format!("bench message {n}"),
+        body: BODY.into(),
+        labels: [("topic".to_string(), "bench".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Closed-loop load
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// One operation: task number and iteration in, per-step nanoseconds out.
+type Op = Arc<dyn Fn(usize, u64) -> BoxFut<Result<[u64; 4], Status>> + Send + Sync>;
+
+/// What a closed-loop run measured.
+struct Load {
+    whole: Samples,
+    steps: [Samples; 4],
+    errors: u64,
+    first_error: Option<String>,
+    secs: f64,
+    cpu: Cpu,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.whole.len() as f64 / self.secs
+    }
+}
+
+/// `conc` tasks each run `op` back to back for warm-up + measurement; only
+/// operations that start and end inside the measurement window count.
+async fn closed_loop(conc: usize, t: Timing, pid: Option<u32>, op: Op) -> Load {
+    let start = Instant::now();
+    let m0 = start + t.warmup;
+    let m1 = m0 + t.measure;
+    let cpu = cpu_window(pid, m0, m1);
+    let mut handles = Vec::with_capacity(conc);
+    for task in 0..conc {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut whole = Vec::new();
+            let mut steps: [Vec<u64>; 4] = Default::default();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let mut i = 0u64;
+            loop {
+                let a = Instant::now();
+                if a >= m1 {
+                    break;
+                }
+                let r = op(task, i).await;
+                i += 1;
+                let b = Instant::now();
+                match r {
+                    Ok(s) => {
+                        if a >= m0 && b <= m1 {
+                            whole.push((b - a).as_nanos() as u64);
+                            for (k, v) in s.iter().enumerate() {
+                                if *v > 0 {
+                                    steps[k].push(*v);
+                                }
+                            }
+                        }
+                    }
+                    Err(s) => {
+                        errors += 1;
+                        first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                        // Do not spin on a failing server.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (whole, steps, errors, first_error)
+        }));
+    }
+    let mut load = Load {
+        whole: Samples::default(),
+        steps: Default::default(),
+        errors: 0,
+        first_error: None,
+        secs: t.measure.as_secs_f64(),
+        cpu: Cpu::default(),
+    };
+    for h in handles {
+        match h.await {
+            Ok((w, s, e, f)) => {
+                load.whole.extend(w);
+                for (k, v) in s.into_iter().enumerate() {
+                    load.steps[k].extend(v);
+                }
+                load.errors += e;
+                if load.first_error.is_none() {
+                    load.first_error = f;
+                }
+            }
+            Err(e) => {
+                load.errors += 1;
+                load.first_error.get_or_insert(format!("task failed: {e}"));
+            }
+        }
+    }
+    load.cpu = cpu.await.unwrap_or_default();
+    load.whole.finish();
+    for s in &mut load.steps {
+        s.finish();
+    }
+    load
+}
+
+/// CPU used over a window, in % of one core (200 % = both cores of this
+/// machine), by the server and by the bench itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    server: Option<f64>,
+    bench: Option<f64>,
+}
+
+impl Cpu {
+    fn cell(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+        format!("{}/{}", f(self.server), f(self.bench))
+    }
+
+    fn add_json(&self, j: &mut Value) {
+        j["server_cpu_pct"] = self.server.map_or(Value::Null, |v| json!(round1(v)));
+        j["bench_cpu_pct"] = self.bench.map_or(Value::Null, |v| json!(round1(v)));
+    }
+}
+
+/// User + system CPU seconds of a process (`self` or a pid), from /proc.
+fn cpu_secs(who: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
+}
+
+/// Measures [`Cpu`] between `m0` and `m1`.
+fn cpu_window(pid: Option<u32>, m0: Instant, m1: Instant) -> tokio::task::JoinHandle<Cpu> {
+    tokio::spawn(async move {
+        let sample = || (pid.and_then(|p| cpu_secs(&p.to_string())), cpu_secs("self"));
+        tokio::time::sleep_until(m0.into()).await;
+        let (s0, b0) = sample();
+        tokio::time::sleep_until(m1.into()).await;
+        let (s1, b1) = sample();
+        let secs = (m1 - m0).as_secs_f64();
+        let pct = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs * 100.0);
+        Cpu {
+            server: pct(s0, s1),
+            bench: pct(b0, b1),
+        }
+    })
+}
+
+fn elapsed_ns(a: Instant) -> u64 {
+    (a.elapsed().as_nanos() as u64).max(1)
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+/// The figures of a run, as they are printed and written.
+struct Report {
+    json: serde_json::Map<String, Value>,
+    errors: u64,
+    lost: u64,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn error(&mut self, what: &str, load: &Load) {
+        if load.errors > 0 {
+            self.errors += load.errors;
+            self.failures.push(format!(
+                "{what}: {} calls failed (first: {})",
+                load.errors,
+                load.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v < 10.0 => format!("{v:.3}"),
+        Some(v) if v < 100.0 => format!("{v:.2}"),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+fn fmt_rate(v: f64) -> String {
+    if v >= 100.0 {
+        let n = v.round() as u64;
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn table(title: &str, note: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = format!("\n== {title}\n");
+    if !note.is_empty() {
+        out.push_str(note);
+        out.push('\n');
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w[i] - c.chars().count();
+            if i == 0 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str("  ");
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(headers.iter().map(|h| h.to_string()).collect()));
+    out.push_str(&line(w.iter().map(|n| "-".repeat(*n)).collect()));
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+async fn run_baseline_send(
+    world: &World,
+    plan: &Plan,
+    baseline: bool,
+    send: bool,
+    report: &mut Report,
+    text: &mut String,
+) -> Result<()> {
+    let channel = world.channel("bench send").await?;
+    let mut base_rows = Vec::new();
+    let mut send_rows = Vec::new();
+    let mut base_json = Vec::new();
+    let mut send_json = Vec::new();
+    for &c in &plan.levels {
+        let mut base_rate = None;
+        if baseline {
+            let admin = world.admin.clone();
+            let op: Op = Arc::new(move |task, _| {
+                let mut h = admin.on(task).health;
+                Box::pin(async move {
+                    h.check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+                    Ok([0; 4])
+                })
+            });
+            let l = closed_loop(c, plan.timing, world.server_pid, op).await;
+            report.error(&format!("baseline c={c}"), &l);
+            progress(format!(
+                "baseline c={c}: {} calls/s, p99 {} ms",
+                fmt_rate(l.rate()),
+                fmt_ms(l.whole.ms(0.99))
+            ));
+            base_rate = Some(l.rate());
+            base_rows.push(vec![
+                c.to_string(),
+                fmt_rate(l.rate()),
+                fmt_ms(l.whole.ms(0.5)),
+                fmt_ms(l.whole.ms(0.99)),
+                fmt_ms(l.whole.ms(0.999)),
+                l.cpu.cell(),
+                l.errors.to_string(),
+            ]);
+            let mut j = l.whole.json();
+            j["concurrency"] = json!(c);
+            j["calls_per_s"] = json!(round1(l.rate()));
+            j["errors"] = json!(l.errors);
+            l.cpu.add_json(&mut j);
+            base_json.push(j);
+        }
+        if send {
+            let iran = world.iran.clone();
+            let ch = channel.clone();
+            let op: Op = Arc::new(move |task, i| {
+                let mut m = iran.on(task).messages;
+                let req = send_req(&ch, i);
+                Box::pin(async move {
+                    m.send_message(req).await?;
+                    Ok([0; 4])
+                })
+            });
+            let l = closed_loop(c, plan.timing, world.server_pid, op).await;
+            report.error(&format!("send c={c}"), &l);
+            let ratio = base_rate.filter(|b| *b > 0.0).map(|b| l.rate() / b);
+            progress(format!(
+                "send c={c}: {} calls/s, p99 {} ms{}",
+                fmt_rate(l.rate()),
+                fmt_ms(l.whole.ms(0.99)),
+                ratio.map_or(String::new(), |r| format!(", {r:.2}x baseline"))
+            ));
+            send_rows.push(vec![
+                c.to_string(),
+                fmt_rate(l.rate()),
+                fmt_ms(l.whole.ms(0.5)),
+                fmt_ms(l.whole.ms(0.99)),
+                fmt_ms(l.whole.ms(0.999)),
+                ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                l.cpu.cell(),
+                l.errors.to_string(),
+            ]);
+            let mut j = l.whole.json();
+            j["concurrency"] = json!(c);
+            j["calls_per_s"] = json!(round1(l.rate()));
+            j["ratio_to_baseline"] =
+                ratio.map_or(Value::Null, |r| json!((r * 1000.0).round() / 1000.0));
+            j["errors"] = json!(l.errors);
+            l.cpu.add_json(&mut j);
+            send_json.push(j);
+        }
+    }
+    let conns = format!(
+        "{} HTTP/2 connections shared round-robin; {:.2} s warm-up, {:.2} s measured per level",
+        plan.connections,
+        plan.timing.warmup.as_secs_f64(),
+        plan.timing.measure.as_secs_f64()
+    );
+    if baseline {
+        text.push_str(&table(
+            "baseline: grpc.health.v1.Health/Check (the no-op ceiling)",
+            &conns,
+            &[
+                "concurrency",
+                "calls/s",
+                "p50 ms",
+                "p99 ms",
+                "p999 ms",
+                "CPU srv/bench %",
+                "errors",
+            ],
+            &base_rows,
+        ));
+        report.json.insert("baseline".into(), json!(base_json));
+    }
+    if send {
+        text.push_str(&table(
+            "send: durable SendMessage",
+            &conns,
+            &[
+                "concurrency",
+                "calls/s",
+                "p50 ms",
+                "p99 ms",
+                "p999 ms",
+                "x baseline",
+                "CPU srv/bench %",
+                "errors",
+            ],
+            &send_rows,
+        ));
+        report.json.insert("send".into(), json!(send_json));
+    }
+    Ok(())
+}
+
+async fn run_lifecycle(
+    world: &World,
+    plan: &Plan,
+    report: &mut Report,
+    text: &mut String,
+) -> Result<()> {
+    let channel = world.channel("bench lifecycle").await?;
+    let (iran, france, us) = (world.iran.clone(), world.france.clone(), world.us.clone());
+    let op: Op = Arc::new(move |task, i| {
+        let mut s = iran.on(task).messages;
+        let mut f = france.on(task).messages;
+        let mut u = us.on(task).messages;
+        let req = send_req(&channel, i);
+        Box::pin(async move {
+            let mut t = [0u64; 4];
+            let a = Instant::now();
+            let m = s.send_message(req).await?.into_inner();
+            t[0] = elapsed_ns(a);
+            let a = Instant::now();
+            f.accept_message(pb::AcceptMessageRequest {
+                message_id: m.id.clone(),
+                note: "received".into(),
+                ..Default::default()
+            })
+            .await?;
+            t[1] = elapsed_ns(a);
+            let a = Instant::now();
+            let m = f
+                .forward_message(pb::ForwardMessageRequest {
+                    message_id: m.id,
+                    note: "handed on".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            t[2] = elapsed_ns(a);
+            if m.state != pb::message::State::Delivered as i32 {
+                return Err(Status::internal(format!(
+                    "forward by the last mediator left the message in state {}",
+                    m.state
+                )));
+            }
+            let a = Instant::now();
+            u.acknowledge_message(pb::AcknowledgeMessageRequest {
+                message_id: m.id,
+                ..Default::default()
+            })
+            .await?;
+            t[3] = elapsed_ns(a);
+            Ok(t)
+        })
+    });
+    let l = closed_loop(plan.lifecycle_in_flight, plan.timing, world.server_pid, op).await;
+    report.error("lifecycle", &l);
+    progress(format!(
+        "lifecycle: {} relays/s, relay p99 {} ms",
+        fmt_rate(l.rate()),
+        fmt_ms(l.whole.ms(0.99))
+    ));
+    let names = ["send", "accept", "forward", "acknowledge"];
+    let mut rows = Vec::new();
+    let mut steps = serde_json::Map::new();
+    for (k, n) in names.iter().enumerate() {
+        rows.push(vec![
+            n.to_string(),
+            fmt_ms(l.steps[k].ms(0.5)),
+            fmt_ms(l.steps[k].ms(0.99)),
+            fmt_ms(l.steps[k].ms(0.999)),
+        ]);
+        steps.insert(n.to_string(), l.steps[k].json());
+    }
+    rows.push(vec![
+        "whole relay".into(),
+        fmt_ms(l.whole.ms(0.5)),
+        fmt_ms(l.whole.ms(0.99)),
+        fmt_ms(l.whole.ms(0.999)),
+    ]);
+    text.push_str(&table(
+        "lifecycle: whole relays (send by iran, accept + forward by france, acknowledge by united-states)",
+        &format!(
+            "{} relays in flight: {} relays/s ({} durable writes/s), {} failed calls, CPU server/bench {} %",
+            plan.lifecycle_in_flight,
+            fmt_rate(l.rate()),
+            fmt_rate(l.rate() * 4.0),
+            l.errors,
+            l.cpu.cell()
+        ),
+        &["step", "p50 ms", "p99 ms", "p999 ms"],
+        &rows,
+    ));
+    report.json.insert(
+        "lifecycle".into(),
+        json!({
+            "in_flight": plan.lifecycle_in_flight,
+            "relays": l.whole.len(),
+            "relays_per_s": round1(l.rate()),
+            "writes_per_s": round1(l.rate() * 4.0),
+            "relay": l.whole.json(),
+            "steps": steps,
+            "errors": l.errors,
+            "server_cpu_pct": l.cpu.server.map(round1),
+            "bench_cpu_pct": l.cpu.bench.map(round1),
+        }),
+    );
+    Ok(())
+}
+
+/// What one fan-out subscriber saw.
+#[derive(Default)]
+struct SubSeen {
+    seqs: Vec<u64>,
+    latencies: Vec<u64>,
+    in_window: u64,
+    disorder: u64,
+    error: Option<String>,
+    timed_out: bool,
+}
+
+/// The measurement window of a fan-out point, by the monotonic clock (for
+/// counting deliveries) and by the wall clock (for picking the events whose
+/// latency counts, by their `record_time`).
+#[derive(Debug, Clone, Copy)]
+struct Windows {
+    m0: Instant,
+    m1: Instant,
+    wall0: i128,
+    wall1: i128,
+}
+
+/// When subscribers may stop: the last expected sequence, and a deadline.
+type EndSignal = Option<(u64, tokio::time::Instant)>;
+
+async fn fanout_subscriber(
+    conn: Channel,
+    bearer: Bearer,
+    req: pb::SubscribeRequest,
+    ready: Arc<(AtomicUsize, Notify)>,
+    mut end: watch::Receiver<EndSignal>,
+    windows: Arc<OnceLock<Windows>>,
+) -> SubSeen {
+    let mut seen = SubSeen::default();
+    let mut stream = match subscribe_lite(conn, &bearer, req).await {
+        Ok(s) => s,
+        Err(s) => {
+            seen.error = Some(format!("subscribe: {:?}: {}", s.code(), s.message()));
+            ready.0.fetch_add(1, Ordering::SeqCst);
+            ready.1.notify_one();
+            return seen;
+        }
+    };
+    let mut is_ready = false;
+    let mut last = 0u64;
+    loop {
+        let target = *end.borrow_and_update();
+        if let Some((t, _)) = target
+            && last >= t
+        {
+            break;
+        }
+        let deadline = target.map(|(_, d)| d);
+        tokio::select! {
+            biased;
+            m = stream.message() => match m {
+                Ok(Some(r)) => {
+                    if let Some(e) = r.event {
+                        if e.sequence <= last {
+                            seen.disorder += 1;
+                        }
+                        last = last.max(e.sequence);
+                        seen.seqs.push(e.sequence);
+                        if let Some(w) = windows.get() {
+                            let now = Instant::now();
+                            if now >= w.m0 && now <= w.m1 {
+                                seen.in_window += 1;
+                            }
+                            if let Some(rt) = &e.record_time {
+                                let rt = ts_nanos(rt);
+                                if rt >= w.wall0 && rt <= w.wall1 {
+                                    let lat = unix_nanos(SystemTime::now()) - rt;
+                                    seen.latencies.push(lat.max(0) as u64);
+                                }
+                            }
+                        }
+                    } else if let Some(h) = r.heartbeat {
+                        if !is_ready {
+                            is_ready = true;
+                            ready.0.fetch_add(1, Ordering::SeqCst);
+                            ready.1.notify_one();
+                        }
+                        if let Some((t, _)) = target && h.head_sequence >= t {
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    seen.error = Some("the stream ended without a status".into());
+                    break;
+                }
+                Err(s) => {
+                    seen.error = Some(format!("{:?}: {}", s.code(), s.message()));
+                    break;
+                }
+            },
+            r = end.changed() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                seen.timed_out = true;
+                break;
+            }
+        }
+    }
+    if !is_ready {
+        ready.0.fetch_add(1, Ordering::SeqCst);
+        ready.1.notify_one();
+    }
+    seen
+}
+
+/// Every sequence of `channel` after `after`, as the admin lists them.
+async fn channel_sequences(world: &World, channel: &str, after: u64) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut req = pb::ListEventsRequest {
+        channel_id: channel.into(),
+        after_sequence: after,
+        page_size: 1000,
+        ..Default::default()
+    };
+    let mut m = world.admin.on(0).messages;
+    loop {
+        let r = m.list_events(req.clone()).await?.into_inner();
+        out.extend(r.events.iter().map(|e| e.sequence));
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        req.page_token = r.next_page_token;
+    }
+}
+
+/// How many of `expected` (sorted) appear in `got`.
+fn matched(expected: &[u64], got: &mut Vec<u64>) -> usize {
+    got.sort_unstable();
+    got.dedup();
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < expected.len() && j < got.len() {
+        match expected[i].cmp(&got[j]) {
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+        }
+    }
+    n
+}
+async fn fanout_point(
+    world: &World,
+    plan: &Plan,
+    subs: usize,
+    rate: u64,
+    report: &mut Report,
+) -> Result<(Vec<String>, Value)> {
+    let channel = world
+        .channel(&format!("bench fanout {subs}x{rate}"))
+        .await?;
+    // Let the previous point's subscriptions wind down first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = world.rss();
+    let h0 = world.head(&channel).await?;
+    let nconn = subs.div_ceil(SUBSCRIBERS_PER_CONNECTION);
+    let mut sub_conns = Vec::new();
+    for _ in 0..nconn {
+        sub_conns.push(connect(&world.addr).await?);
+    }
+    let ready = Arc::new((AtomicUsize::new(0), Notify::new()));
+    let (end_tx, end_rx) = watch::channel::<EndSignal>(None);
+    let windows = Arc::new(OnceLock::new());
+    let connecting = Instant::now();
+    let mut handles = Vec::with_capacity(subs);
+    for s in 0..subs {
+        let req = pb::SubscribeRequest {
+            start_after: Some(h0),
+            channel_ids: vec![channel.clone()],
+            heartbeat_seconds: 1,
+            ..Default::default()
+        };
+        handles.push(tokio::spawn(fanout_subscriber(
+            sub_conns[s % nconn].clone(),
+            world.us.bearer.clone(),
+            req,
+            ready.clone(),
+            end_rx.clone(),
+            windows.clone(),
+        )));
+    }
+    // Every subscriber has had its caught-up heartbeat: connected and idle.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let notified = ready.1.notified();
+        if ready.0.load(Ordering::SeqCst) >= subs {
+            break;
+        }
+        if Instant::now() > give_up {
+            for h in &handles {
+                h.abort();
+            }
+            return Err(format!(
+                "only {} of {subs} subscribers were ready after 60 s",
+                ready.0.load(Ordering::SeqCst)
+            )
+            .into());
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+    }
+    let connect_secs = connecting.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = world.rss();
+
+    // Writers: FANOUT_WRITERS tasks, each on its own tick, spread evenly.
+    let period = Duration::from_secs_f64(FANOUT_WRITERS as f64 / rate as f64);
+    let (i_now, w_now) = (Instant::now(), unix_nanos(SystemTime::now()));
+    let start = i_now + Duration::from_millis(20);
+    let m0 = start + plan.timing.warmup;
+    let m1 = m0 + plan.timing.measure;
+    let wall = |t: Instant| w_now + (t - i_now).as_nanos() as i128;
+    let _ = windows.set(Windows {
+        m0,
+        m1,
+        wall0: wall(m0),
+        wall1: wall(m1),
+    });
+    // Open loop: each tick starts a send without waiting for the previous
+    // one, so the rate does not depend on the latency (up to
+    // FANOUT_MAX_IN_FLIGHT sends at once; beyond that the rate drops, and
+    // `written/s` shows it).
+    let cpu = cpu_window(world.server_pid, m0, m1);
+    let written = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FANOUT_MAX_IN_FLIGHT));
+    let mut writers = Vec::new();
+    for w in 0..FANOUT_WRITERS {
+        let m = world.iran.on(w).messages;
+        let channel = channel.clone();
+        let (written, failed, first_error) = (written.clone(), failed.clone(), first_error.clone());
+        let in_flight = in_flight.clone();
+        let first = start + period.mul_f64(w as f64 / FANOUT_WRITERS as f64);
+        writers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(first.into(), period);
+            let mut i = 0u64;
+            loop {
+                tick.tick().await;
+                if Instant::now() >= m1 {
+                    break;
+                }
+                i += 1;
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut m = m.clone();
+                let req = send_req(&channel, i);
+                let (written, failed, first_error) =
+                    (written.clone(), failed.clone(), first_error.clone());
+                tokio::spawn(async move {
+                    match m.send_message(req).await {
+                        Ok(_) => {
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(s) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    for w in writers {
+        w.await?;
+    }
+    // Every send has ended once every permit is back.
+    drop(in_flight.acquire_many(FANOUT_MAX_IN_FLIGHT as u32).await?);
+    let write_errors = failed.load(Ordering::Relaxed);
+    let first_error = first_error.lock().unwrap().take();
+    let writers_done = Instant::now();
+    let written = written.load(Ordering::Relaxed);
+    let expected = channel_sequences(world, &channel, h0).await?;
+    let target = expected.last().copied().unwrap_or(h0);
+    let _ = end_tx.send(Some((target, (Instant::now() + plan.drain_timeout).into())));
+    let mut all = Samples::default();
+    let (mut lost, mut extra, mut disorder, mut in_window) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sub_errors, mut timed_out) = (0u64, 0u64);
+    let mut first_sub_error = None;
+    for h in handles {
+        let mut seen = h.await?;
+        let n = matched(&expected, &mut seen.seqs);
+        lost += (expected.len() - n) as u64;
+        extra += (seen.seqs.len() - n) as u64;
+        disorder += seen.disorder;
+        in_window += seen.in_window;
+        all.extend(seen.latencies);
+        if seen.timed_out {
+            timed_out += 1;
+        }
+        if let Some(e) = seen.error {
+            sub_errors += 1;
+            first_sub_error.get_or_insert(e);
+        }
+    }
+    let drain_secs = writers_done.elapsed().as_secs_f64();
+    let cpu = cpu.await.unwrap_or_default();
+    drop(end_tx);
+    drop(sub_conns);
+    let rss_after = world.rss();
+    all.finish();
+    let secs = plan.timing.measure.as_secs_f64();
+    let delivered = in_window as f64 / secs;
+    let write_rate = written as f64 / (plan.timing.warmup + plan.timing.measure).as_secs_f64();
+    let per_sub = match (rss_before, rss_idle) {
+        (Some(b), Some(i)) => Some(i.saturating_sub(b) as f64 / subs as f64),
+        _ => None,
+    };
+    report.lost += lost;
+    if lost > 0 || extra > 0 || disorder > 0 {
+        report.failures.push(format!(
+            "fanout {subs}x{rate}: {lost} events lost, {extra} unexpected, {disorder} out of order \
+             ({timed_out} subscribers still waiting after {:?})",
+            plan.drain_timeout
+        ));
+    }
+    if write_errors > 0 {
+        report.errors += write_errors;
+        report.failures.push(format!(
+            "fanout {subs}x{rate}: {write_errors} sends failed (first: {})",
+            first_error.unwrap_or_default()
+        ));
+    }
+    if sub_errors > 0 {
+        report.errors += sub_errors;
+        report.failures.push(format!(
+            "fanout {subs}x{rate}: {sub_errors} subscriptions failed (first: {})",
+            first_sub_error.unwrap_or_default()
+        ));
+    }
+    progress(format!(
+        "fanout {subs} subscribers x {rate} ev/s: {} deliveries/s, p99 {} ms, {lost} lost, {} KiB/subscriber",
+        fmt_rate(delivered),
+        fmt_ms(all.ms(0.99)),
+        per_sub.map_or("-".into(), |v| format!("{v:.1}"))
+    ));
+    let row = vec![
+        subs.to_string(),
+        fmt_rate(rate as f64),
+        fmt_rate(write_rate),
+        fmt_rate(delivered),
+        fmt_ms(all.ms(0.5)),
+        fmt_ms(all.ms(0.99)),
+        fmt_ms(all.max_ms()),
+        lost.to_string(),
+        per_sub.map_or("-".into(), |v| format!("{v:.1}")),
+        rss_after.map_or("-".into(), |v| format!("{:.0}", v as f64 / 1024.0)),
+        format!("{connect_secs:.2}"),
+        format!("{drain_secs:.2}"),
+        cpu.cell(),
+    ];
+    let mut j = all.json();
+    cpu.add_json(&mut j);
+    let obj = j.as_object_mut().expect("object");
+    obj.insert("subscribers".into(), json!(subs));
+    obj.insert("subscriber_connections".into(), json!(nconn));
+    obj.insert("target_events_per_s".into(), json!(rate));
+    obj.insert("written".into(), json!(written));
+    obj.insert("written_per_s".into(), json!(round1(write_rate)));
+    obj.insert("expected_events".into(), json!(expected.len()));
+    obj.insert("delivered_per_s".into(), json!(round1(delivered)));
+    obj.insert("lost".into(), json!(lost));
+    obj.insert("unexpected".into(), json!(extra));
+    obj.insert("out_of_order".into(), json!(disorder));
+    obj.insert("write_errors".into(), json!(write_errors));
+    obj.insert("subscription_errors".into(), json!(sub_errors));
+    obj.insert("rss_before_kib".into(), json!(rss_before));
+    obj.insert("rss_idle_kib".into(), json!(rss_idle));
+    obj.insert("rss_after_kib".into(), json!(rss_after));
+    obj.insert(
+        "rss_per_subscriber_kib".into(),
+        per_sub.map_or(Value::Null, |v| json!(round1(v))),
+    );
+    obj.insert(
+        "connect_s".into(),
+        json!(round1(connect_secs * 100.0) / 100.0),
+    );
+    obj.insert("drain_s".into(), json!(round1(drain_secs * 100.0) / 100.0));
+    Ok((row, j))
+}
+
+async fn run_fanout(
+    world: &World,
+    plan: &Plan,
+    report: &mut Report,
+    text: &mut String,
+) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut points = Vec::new();
+    for &(subs, rate) in &plan.fanout {
+        match fanout_point(world, plan, subs, rate, report).await {
+            Ok((row, j)) => {
+                rows.push(row);
+                points.push(j);
+            }
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("fanout {subs}x{rate} could not run: {e}"));
+                progress(format!("fanout {subs}x{rate} could not run: {e}"));
+            }
+        }
+    }
+    text.push_str(&table(
+        "fanout: subscribers on one channel while writers send at a set rate",
+        &format!(
+            "subscribers as united-states with a channel filter, {SUBSCRIBERS_PER_CONNECTION} per connection; \
+             {FANOUT_WRITERS} writer tasks on spread ticks, open loop (each tick starts a send; up to {FANOUT_MAX_IN_FLIGHT} in flight); latency = receipt - record_time of events written in the \
+             {:.2} s window (after {:.2} s warm-up); RSS/sub = (idle - before) / subscribers, RSS end = after the point; \
+             drain = writers stopped -> last subscriber done",
+            plan.timing.measure.as_secs_f64(),
+            plan.timing.warmup.as_secs_f64()
+        ),
+        &[
+            "subscribers",
+            "target ev/s",
+            "written/s",
+            "delivered/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "lost",
+            "RSS/sub KiB",
+            "RSS end MiB",
+            "connect s",
+            "drain s",
+            "CPU srv/bench %",
+        ],
+        &rows,
+    ));
+    report.json.insert("fanout".into(), json!(points));
+    Ok(())
+}
+
+/// Writes `n` messages on `channel` with many requests in flight; returns a
+/// sample of their ids and how long it took.
+async fn bulk_write(
+    world: &World,
+    channel: &str,
+    n: u64,
+    concurrency: usize,
+    label: &str,
+    cap: Option<Duration>,
+    report: &mut Report,
+) -> Result<Bulk> {
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let sample = Arc::new(Mutex::new(Vec::new()));
+    let stride = (n / 4000).max(1);
+    let started = Instant::now();
+    let reporter = {
+        let done = done.clone();
+        let label = label.to_string();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let d = done.load(Ordering::Relaxed);
+                progress(format!(
+                    "{label}: wrote {} of {} messages ({}/s)",
+                    fmt_rate(d as f64),
+                    fmt_rate(n as f64),
+                    fmt_rate(d as f64 / started.elapsed().as_secs_f64())
+                ));
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let mut m = world.iran.on(t).messages;
+        let (next, done, sample) = (next.clone(), done.clone(), sample.clone());
+        let channel = channel.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (mut errors, mut first_error) = (0u64, None);
+            loop {
+                if cap.is_some_and(|c| started.elapsed() >= c) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                match m.send_message(send_req(&channel, i)).await {
+                    Ok(r) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if i % stride == 0 {
+                            sample.lock().unwrap().push(r.into_inner().id);
+                        }
+                    }
+                    Err(s) => {
+                        errors += 1;
+                        first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (errors, first_error)
+        }));
+    }
+    let mut errors = 0;
+    let mut first = None;
+    for t in tasks {
+        let (e, f) = t.await?;
+        errors += e;
+        if first.is_none() {
+            first = f;
+        }
+    }
+    reporter.abort();
+    if errors > 0 {
+        report.errors += errors;
+        report.failures.push(format!(
+            "{label}: {errors} sends failed (first: {})",
+            first.unwrap_or_default()
+        ));
+    }
+    let written = done.load(Ordering::Relaxed);
+    Ok(Bulk {
+        ids: std::mem::take(&mut *sample.lock().unwrap()),
+        written,
+        secs: started.elapsed().as_secs_f64(),
+        capped: written + errors < n,
+    })
+}
+
+/// What [`bulk_write`] did.
+struct Bulk {
+    /// A sample of the ids written (about 4,000, spread evenly).
+    ids: Vec<String>,
+    /// Messages written.
+    written: u64,
+    /// How long it took.
+    secs: f64,
+    /// Whether it stopped at its time cap before writing all it was asked.
+    capped: bool,
+}
+
+/// The catch-up read: one admin subscriber from `start_after = 0` to the
+/// caught-up heartbeat.
+async fn catchup_read(world: &World) -> Result<Value> {
+    let conn = connect(&world.addr).await?;
+    let started = Instant::now();
+    let mut stream = subscribe_lite(
+        conn,
+        &world.admin.bearer,
+        pb::SubscribeRequest {
+            start_after: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (mut count, mut last, mut gaps, mut disorder) = (0u64, 0u64, 0u64, 0u64);
+    let mut next_progress = Instant::now() + Duration::from_secs(3);
+    let head = loop {
+        let r = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .map_err(|_| "catchup: no item from the stream within 60 s")??
+            .ok_or("catchup: the stream ended before the caught-up heartbeat")?;
+        if let Some(e) = r.event {
+            count += 1;
+            if e.sequence <= last {
+                disorder += 1;
+            } else {
+                gaps += e.sequence - last - 1;
+                last = e.sequence;
+            }
+            if count.is_multiple_of(65536) && Instant::now() >= next_progress {
+                next_progress = Instant::now() + Duration::from_secs(3);
+                progress(format!(
+                    "catchup: read {} events ({}/s)",
+                    fmt_rate(count as f64),
+                    fmt_rate(count as f64 / started.elapsed().as_secs_f64())
+                ));
+            }
+        } else if let Some(h) = r.heartbeat {
+            break h.head_sequence;
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    // The admin sees every event, unfiltered: anything below the head that
+    // did not arrive is lost.
+    gaps += head.saturating_sub(last);
+    Ok(json!({
+        "events": count,
+        "head_sequence": head,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "events_per_s": round1(count as f64 / secs),
+        "lost": gaps,
+        "out_of_order": disorder,
+    }))
+}
+
+/// Latency of reads with what is stored now.
+/// Sequential calls of `f`: up to `calls / 10` unrecorded (at most the
+/// warm-up time), then up to `calls` recorded (at most the measurement time:
+/// a slow server must not make the run endless). `f` returns how many items
+/// it got; the least of those is returned beside the samples.
+async fn sequential<F, Fut>(calls: usize, t: Timing, mut f: F) -> Result<(Samples, usize)>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<usize, Status>>,
+{
+    let warming = Instant::now();
+    let mut i = 0;
+    while i < calls / 10 && warming.elapsed() < t.warmup {
+        f(i).await?;
+        i += 1;
+    }
+    let mut s = Samples::default();
+    let mut min_items = usize::MAX;
+    let started = Instant::now();
+    while s.len() < calls && started.elapsed() < t.measure {
+        let a = Instant::now();
+        let items = f(i).await?;
+        s.0.push(elapsed_ns(a));
+        min_items = min_items.min(items);
+        i += 1;
+    }
+    s.finish();
+    Ok((s, min_items))
+}
+
+/// Latency of reads with what is stored now.
+async fn scale_point(
+    world: &World,
+    plan: &Plan,
+    label: &str,
+    channel: &str,
+    ids: &[String],
+    channel_messages: u64,
+) -> Result<(Vec<String>, Value)> {
+    if ids.is_empty() {
+        return Err(format!("scale {label}: no message was written").into());
+    }
+    let head = world.head(channel).await?;
+    let c = world.iran.on(0).messages;
+    let (calls, cap) = (plan.scale_calls, plan.timing);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ channel_messages;
+    let (get, _) = sequential(calls, cap, |_| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let req = pb::GetMessageRequest {
+            message_id: ids[(rng % ids.len() as u64) as usize].clone(),
+        };
+        let mut c = c.clone();
+        async move { c.get_message(req).await.map(|_| 1) }
+    })
+    .await?;
+    let list = |channel_id: String| {
+        let c = c.clone();
+        move |_| {
+            let req = pb::ListMessagesRequest {
+                channel_id: channel_id.clone(),
+                page_size: 50,
+                ..Default::default()
+            };
+            let mut c = c.clone();
+            async move {
+                c.list_messages(req)
+                    .await
+                    .map(|r| r.into_inner().messages.len())
+            }
+        }
+    };
+    let (list_channel, items) = sequential(calls, cap, list(channel.to_string())).await?;
+    let (list_all, _) = sequential(calls, cap, list(String::new())).await?;
+    if items < 50 {
+        return Err(format!("scale {label}: a ListMessages page had {items} items, not 50").into());
+    }
+    progress(format!(
+        "scale {label}: GetMessage p99 {} ms, ListMessages(channel) p99 {} ms, ListMessages(all) p99 {} ms",
+        fmt_ms(get.ms(0.99)),
+        fmt_ms(list_channel.ms(0.99)),
+        fmt_ms(list_all.ms(0.99)),
+    ));
+    let row = vec![
+        label.to_string(),
+        fmt_rate(channel_messages as f64),
+        fmt_rate(head as f64),
+        get.len()
+            .min(list_channel.len())
+            .min(list_all.len())
+            .to_string(),
+        fmt_ms(get.ms(0.5)),
+        fmt_ms(get.ms(0.99)),
+        fmt_ms(list_channel.ms(0.5)),
+        fmt_ms(list_channel.ms(0.99)),
+        fmt_ms(list_all.ms(0.5)),
+        fmt_ms(list_all.ms(0.99)),
+    ];
+    let j = json!({
+        "point": label,
+        "channel_messages": channel_messages,
+        "log_head": head,
+        "get_message": get.json(),
+        "list_messages_channel": list_channel.json(),
+        "list_messages_all": list_all.json(),
+    });
+    Ok((row, j))
+}
+
+// ---------------------------------------------------------------------------
+// Main
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("backchannel-bench: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Ctrl-C drops the run, which stops the server and removes its data.
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+        }
+    });
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("backchannel-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the selected scenarios; `Ok(false)` if anything was lost or failed.
+async fn run(args: Args) -> Result<bool> {
+    let plan = Plan::new(&args);
+    let on = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
+    let run_started = Instant::now();
+
+    let (addr, admin_token, mut spawned, server_bin, backend) = match &args.target {
+        Some(addr) => (
+            addr.clone(),
+            args.admin_token.clone().unwrap_or_default(),
+            None,
+            None,
+            "remote".to_string(),
+        ),
+        None => {
+            let bin = match &args.server_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?.with_file_name("backchannel"),
+            };
+            let token = format!(
+                "bench-{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            progress(format!("starting {}", bin.display()));
+            let (s, addr) = Spawned::start(&bin, &token, args.database_url.as_deref())?;
+            let backend = if args.database_url.is_some() {
+                "postgres"
+            } else {
+                "embedded"
+            };
+            (addr, token, Some(s), Some(bin), backend.to_string())
+        }
+    };
+    let pid = spawned.as_ref().map(|s| s.pid);
+    progress(format!(
+        "server at {addr} ({backend}{})",
+        pid.map_or(String::new(), |p| format!(", pid {p}"))
+    ));
+    let world = World::setup(&addr, &admin_token, plan.connections, pid).await?;
+    let debug_server = server_bin
+        .as_ref()
+        .is_some_and(|b| b.components().any(|c| c.as_os_str() == "debug"));
+
+    let mut report = Report {
+        json: serde_json::Map::new(),
+        errors: 0,
+        lost: 0,
+        failures: Vec::new(),
+    };
+    let mut sections: HashMap<&str, String> = HashMap::new();
+    let mut scale_rows = Vec::new();
+    let mut scale_json = Vec::new();
+    let mut large_written = None;
+
+    // scale, small point: a fresh record holds little.
+    if on(Scenario::Scale) {
+        let r = async {
+            let ch = world.channel("bench scale small").await?;
+            let b = bulk_write(
+                &world,
+                &ch,
+                plan.scale_small,
+                64,
+                "scale (small)",
+                None,
+                &mut report,
+            )
+            .await?;
+            scale_point(&world, &plan, "small", &ch, &b.ids, b.written).await
+        }
+        .await;
+        match r {
+            Ok((row, j)) => {
+                scale_rows.push(row);
+                scale_json.push(j);
+            }
+            Err(e) => report
+                .failures
+                .push(format!("scale (small) could not run: {e}")),
+        }
+    }
+    if on(Scenario::Baseline) || on(Scenario::Send) {
+        let mut text = String::new();
+        if let Err(e) = run_baseline_send(
+            &world,
+            &plan,
+            on(Scenario::Baseline),
+            on(Scenario::Send),
+            &mut report,
+            &mut text,
+        )
+        .await
+        {
+            report
+                .failures
+                .push(format!("baseline/send could not run: {e}"));
+        }
+        sections.insert("send", text);
+    }
+    if on(Scenario::Lifecycle) {
+        let mut text = String::new();
+        if let Err(e) = run_lifecycle(&world, &plan, &mut report, &mut text).await {
+            report
+                .failures
+                .push(format!("lifecycle could not run: {e}"));
+        }
+        sections.insert("lifecycle", text);
+    }
+    if on(Scenario::Fanout) {
+        let mut text = String::new();
+        if let Err(e) = run_fanout(&world, &plan, &mut report, &mut text).await {
+            report.failures.push(format!("fanout could not run: {e}"));
+        }
+        sections.insert("fanout", text);
+    }
+    if on(Scenario::Catchup) || on(Scenario::Scale) {
+        let n = plan.catchup_events;
+        let r = async {
+            let ch = world.channel("bench catchup").await?;
+            progress(format!("catchup: writing {} messages", fmt_rate(n as f64)));
+            let b = bulk_write(
+                &world,
+                &ch,
+                n,
+                BULK_CONCURRENCY,
+                "catchup",
+                plan.catchup_cap,
+                &mut report,
+            )
+            .await?;
+            progress(format!(
+                "catchup: wrote {} messages in {:.1} s ({}/s){}",
+                fmt_rate(b.written as f64),
+                b.secs,
+                fmt_rate(b.written as f64 / b.secs),
+                if b.capped {
+                    " -- stopped at the time cap"
+                } else {
+                    ""
+                }
+            ));
+            let mut catchup = None;
+            if on(Scenario::Catchup) {
+                let mut j = catchup_read(&world).await?;
+                j["asked"] = json!(n);
+                j["written"] = json!(b.written);
+                j["write_capped"] = json!(b.capped);
+                j["write_seconds"] = json!((b.secs * 1000.0).round() / 1000.0);
+                j["written_per_s"] = json!(round1(b.written as f64 / b.secs));
+                j["write_concurrency"] = json!(BULK_CONCURRENCY);
+                catchup = Some(j);
+            }
+            let mut large = None;
+            if on(Scenario::Scale) {
+                large = Some(scale_point(&world, &plan, "large", &ch, &b.ids, b.written).await?);
+            }
+            Ok::<_, Error>((catchup, large, b))
+        }
+        .await;
+        match r {
+            Ok((catchup, large, b)) => {
+                large_written = Some((b.written, b.capped));
+                if let Some(j) = catchup {
+                    let lost =
+                        j["lost"].as_u64().unwrap_or(0) + j["out_of_order"].as_u64().unwrap_or(0);
+                    if lost > 0 {
+                        report.lost += lost;
+                        report
+                            .failures
+                            .push(format!("catchup: {lost} events lost or out of order"));
+                    }
+                    progress(format!(
+                        "catchup: read {} events in {} s ({} events/s)",
+                        j["events"],
+                        j["seconds"],
+                        fmt_rate(j["events_per_s"].as_f64().unwrap_or(0.0))
+                    ));
+                    sections.insert(
+                        "catchup",
+                        table(
+                            "catchup: one subscriber replays the log from start_after=0 to the caught-up heartbeat",
+                            &format!(
+                                "written first with {BULK_CONCURRENCY} SendMessage calls in flight: {} messages in {} s ({}/s){}",
+                                fmt_rate(b.written as f64),
+                                j["write_seconds"],
+                                fmt_rate(j["written_per_s"].as_f64().unwrap_or(0.0)),
+                                if b.written < FULL_CATCHUP_EVENTS {
+                                    format!(
+                                        "\nNOTE: {} messages, not the 1,000,000 of the target{} (--catchup-events 1000000 for that)",
+                                        fmt_rate(b.written as f64),
+                                        if b.capped { "; writing stopped at its time cap" } else { "" }
+                                    )
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                            &["events read", "seconds", "events/s", "lost"],
+                            &[vec![
+                                fmt_rate(j["events"].as_f64().unwrap_or(0.0)),
+                                format!("{:.2}", j["seconds"].as_f64().unwrap_or(0.0)),
+                                fmt_rate(j["events_per_s"].as_f64().unwrap_or(0.0)),
+                                j["lost"].to_string(),
+                            ]],
+                        ),
+                    );
+                    report.json.insert("catchup".into(), j);
+                }
+                if let Some((row, j)) = large {
+                    scale_rows.push(row);
+                    scale_json.push(j);
+                }
+            }
+            Err(e) => report
+                .failures
+                .push(format!("catchup/scale (large) could not run: {e}")),
+        }
+    }
+    if on(Scenario::Scale) {
+        let mut ratios = Value::Null;
+        let mut note = format!(
+            "sequential calls by iran, each kind {} times (or for {:.2} s if that is sooner) after up to {} \
+             warm-up calls: GetMessage of random stored ids, ListMessages page_size=50 on the channel, \
+             and with no filter (all it may see)",
+            plan.scale_calls,
+            plan.timing.measure.as_secs_f64(),
+            plan.scale_calls / 10
+        );
+        if scale_json.len() == 2 {
+            let r = |k: &str, q: &str| -> Value {
+                match (scale_json[0][k][q].as_f64(), scale_json[1][k][q].as_f64()) {
+                    (Some(a), Some(b)) if a > 0.0 => json!(((b / a) * 100.0).round() / 100.0),
+                    _ => Value::Null,
+                }
+            };
+            ratios = json!({
+                "get_message_p50": r("get_message", "p50_ms"),
+                "get_message_p99": r("get_message", "p99_ms"),
+                "list_messages_channel_p50": r("list_messages_channel", "p50_ms"),
+                "list_messages_channel_p99": r("list_messages_channel", "p99_ms"),
+                "list_messages_all_p50": r("list_messages_all", "p50_ms"),
+                "list_messages_all_p99": r("list_messages_all", "p99_ms"),
+            });
+            scale_rows.push(vec![
+                "large/small".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("{}x", ratios["get_message_p50"]),
+                format!("{}x", ratios["get_message_p99"]),
+                format!("{}x", ratios["list_messages_channel_p50"]),
+                format!("{}x", ratios["list_messages_channel_p99"]),
+                format!("{}x", ratios["list_messages_all_p50"]),
+                format!("{}x", ratios["list_messages_all_p99"]),
+            ]);
+        }
+        if let Some((written, capped)) = large_written
+            && written < FULL_CATCHUP_EVENTS
+        {
+            note.push_str(&format!(
+                "\nNOTE: the large point holds {} messages, not 1,000,000{} (--catchup-events 1000000 for that)",
+                fmt_rate(written as f64),
+                if capped { ", as writing stopped at its time cap" } else { "" }
+            ));
+        }
+        sections.insert(
+            "scale",
+            table(
+                "scale: read latency with few vs many messages stored",
+                &note,
+                &[
+                    "point",
+                    "channel msgs",
+                    "log events",
+                    "calls",
+                    "get p50 ms",
+                    "get p99 ms",
+                    "list(ch) p50",
+                    "list(ch) p99",
+                    "list(all) p50",
+                    "list(all) p99",
+                ],
+                &scale_rows,
+            ),
+        );
+        report.json.insert(
+            "scale".into(),
+            json!({ "points": scale_json, "ratio_large_to_small": ratios }),
+        );
+    }
+
+    // Stop the server (and drop its database) before reporting.
+    let warnings = spawned.as_ref().map(|s| s.warnings.load(Ordering::Relaxed));
+    drop(world);
+    if let Some(s) = spawned.as_mut() {
+        s.stop();
+    }
+    drop(spawned);
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    let timestamp = prost_types::Timestamp::from(SystemTime::now()).to_string();
+    let total_secs = run_started.elapsed().as_secs_f64();
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "backchannel-bench{}: {backend} backend, {cores} cores, commit {}{}, {timestamp}, {total_secs:.0} s\n",
+        if plan.quick { " --quick (smoke test: figures are not meaningful)" } else { "" },
+        &commit[..commit.len().min(12)],
+        if dirty == Some(true) { " (dirty)" } else { "" },
+    ));
+    if debug_server {
+        out.push_str("the server is a debug build: figures are not meaningful\n");
+    }
+    for s in ["send", "lifecycle", "fanout", "catchup", "scale"] {
+        if let Some(t) = sections.get(s) {
+            out.push_str(t);
+        }
+    }
+    out.push('\n');
+    let ok = report.failures.is_empty() && report.lost == 0 && report.errors == 0;
+    if ok {
+        out.push_str("ok: no event lost, no call failed\n");
+    } else {
+        out.push_str("FAILED:\n");
+        for f in &report.failures {
+            out.push_str(&format!("  - {f}\n"));
+        }
+    }
+    print!("{out}");
+
+    if let Some(path) = &args.json {
+        let scenarios: Vec<&str> = [
+            Scenario::Baseline,
+            Scenario::Send,
+            Scenario::Lifecycle,
+            Scenario::Fanout,
+            Scenario::Catchup,
+            Scenario::Scale,
+        ]
+        .into_iter()
+        .filter(|s| on(*s))
+        .map(Scenario::name)
+        .collect();
+        let doc = json!({
+            "tool": "backchannel-bench",
+            "timestamp": timestamp,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "cores": cores,
+            "backend": backend,
+            "quick": plan.quick,
+            "server_binary": server_bin.map(|b| b.display().to_string()),
+            "server_debug_build": debug_server,
+            "target": args.target,
+            "settings": {
+                "warmup_s": plan.timing.warmup.as_secs_f64(),
+                "measure_s": plan.timing.measure.as_secs_f64(),
+                "connections": plan.connections,
+                "concurrency_levels": plan.levels,
+                "lifecycle_in_flight": plan.lifecycle_in_flight,
+                "fanout_points": plan.fanout.iter().map(|(s, r)| json!({"subscribers": s, "events_per_s": r})).collect::<Vec<_>>(),
+                "fanout_writers": FANOUT_WRITERS,
+                "subscribers_per_connection": SUBSCRIBERS_PER_CONNECTION,
+                "catchup_events": plan.catchup_events,
+                "scale_small_messages": plan.scale_small,
+                "scale_calls": plan.scale_calls,
+            },
+            "scenarios_run": scenarios,
+            "scenarios": Value::Object(report.json.clone()),
+            "server_warnings": warnings,
+            "errors": report.errors,
+            "lost": report.lost,
+            "failures": report.failures,
+            "ok": ok,
+            "total_seconds": round1(total_secs),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        progress(format!("wrote {}", path.display()));
+    }
+    Ok(ok)
+}

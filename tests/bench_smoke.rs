@@ -1,0 +1,109 @@
+//! The benchmark's smoke test: `backchannel-bench --quick` against the
+//! debug `backchannel` binary. It asserts that every scenario ran, that no
+//! call failed and that no event was lost — never a speed.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longer than a quick run can take on a debug build, even on a busy machine.
+const LIMIT: Duration = Duration::from_secs(240);
+
+#[test]
+fn quick_bench_runs_every_scenario_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("bench.json");
+    let stdout_path = dir.path().join("stdout");
+    let stderr_path = dir.path().join("stderr");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel-bench"));
+    cmd.arg("--quick")
+        .arg("--server-bin")
+        .arg(env!("CARGO_BIN_EXE_backchannel"))
+        .arg("--json")
+        .arg(&json_path)
+        // A debug server writes slowly; this is enough to exercise catchup.
+        .arg("--catchup-events")
+        .arg("5000")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    if common::backend_is_postgres() {
+        cmd.arg("--database-url").arg(common::admin_database_url());
+    }
+    let mut child = cmd.spawn().expect("start backchannel-bench");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > LIMIT {
+            // The bench's server dies with it (PR_SET_PDEATHSIG).
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        std::fs::read_to_string(&stdout_path).unwrap_or_default(),
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
+    let status = status.unwrap_or_else(|| panic!("the bench ran over {LIMIT:?}\n{output}"));
+    assert!(status.success(), "the bench failed: {status}\n{output}");
+
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("the JSON report"))
+            .expect("the JSON report parses");
+    assert_eq!(doc["ok"], true, "{output}");
+    assert_eq!(doc["lost"], 0, "{output}");
+    assert_eq!(doc["errors"], 0, "{output}");
+    assert!(doc["cores"].as_u64().unwrap_or(0) >= 1);
+    assert!(doc["git_commit"].is_string());
+    let backend = if common::backend_is_postgres() {
+        "postgres"
+    } else {
+        "embedded"
+    };
+    assert_eq!(doc["backend"], backend);
+    let s = &doc["scenarios"];
+    for name in [
+        "baseline",
+        "send",
+        "lifecycle",
+        "fanout",
+        "catchup",
+        "scale",
+    ] {
+        assert!(!s[name].is_null(), "scenario {name} missing: {doc:#}");
+    }
+    // Only what does not depend on the machine's speed: a busy debug
+    // server may fit no call into a short window, but none may fail.
+    for name in ["baseline", "send"] {
+        let levels = s[name].as_array().expect("levels");
+        assert_eq!(levels.len(), 4, "{name}: {doc:#}");
+        for l in levels {
+            assert_eq!(l["errors"], 0, "{name}: {l}");
+        }
+    }
+    assert_eq!(s["lifecycle"]["errors"], 0, "{doc:#}");
+    let fanout = s["fanout"].as_array().expect("fanout points");
+    assert_eq!(fanout.len(), 3, "{doc:#}");
+    for p in fanout {
+        assert_eq!(p["lost"], 0, "fanout point lost events: {p:#}");
+        assert_eq!(p["unexpected"], 0, "{p:#}");
+        assert_eq!(p["out_of_order"], 0, "{p:#}");
+        assert!(p["expected_events"].as_u64().unwrap_or(0) > 0, "{p:#}");
+    }
+    assert_eq!(s["catchup"]["lost"], 0, "{doc:#}");
+    assert!(
+        s["catchup"]["events"].as_u64().unwrap_or(0) >= 5000,
+        "{doc:#}"
+    );
+    assert_eq!(
+        s["scale"]["points"].as_array().map(Vec::len),
+        Some(2),
+        "{doc:#}"
+    );
+}
