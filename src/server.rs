@@ -16,9 +16,11 @@ use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::Pa
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
 use crate::domain::{Caller, Command};
+use crate::domain::{Reason, Rejection};
 use crate::feed::{Feed, Follow};
 use crate::pb;
-use crate::store::{Change, Store};
+use crate::store::{Change, Committed, Store};
+use prost::Message as _;
 
 /// Any startup failure, for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -264,7 +266,7 @@ async fn tail(
         }
         loop {
             let page = store
-                .events(crate::store::EventQuery {
+                .frames(crate::store::EventQuery {
                     viewer: None,
                     channel: None,
                     message: None,
@@ -272,7 +274,7 @@ async fn tail(
                     limit: crate::feed::REPLAY_PAGE,
                 })
                 .await;
-            match page {
+            match page.and_then(|frames| committed(frames)) {
                 Ok(events) if events.is_empty() => break,
                 Ok(events) => {
                     let full = events.len() == crate::feed::REPLAY_PAGE;
@@ -288,6 +290,24 @@ async fn tail(
             }
         }
     }
+}
+
+/// Events read back from the shared log, decoded to learn their audience;
+/// their stored encoding is what subscribers receive.
+fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, Rejection> {
+    frames
+        .into_iter()
+        .map(|f| {
+            let event = pb::Event::decode(&f.data[..])
+                .map_err(|e| e.to_string())
+                .and_then(crate::convert::event_from_pb)
+                .map_err(|e| Rejection::new(Reason::INTERNAL, format!("corrupt event: {e}")))?;
+            Ok(Committed {
+                event,
+                data: f.data,
+            })
+        })
+        .collect()
 }
 
 /// Expires overdue messages: runs `ExpireDue` through the writer every tick.

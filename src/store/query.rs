@@ -1,9 +1,9 @@
 //! The listing queries, written once for every SQL backend: each builds its
 //! statement text and arguments, with the backend's placeholder style.
 
-use super::{ChannelQuery, EventQuery, MessageQuery};
+use super::{ChannelQuery, EventQuery, Frame, MessageQuery};
 use crate::convert;
-use crate::domain::{Reason, Rejection};
+use crate::domain::{Id, Reason, Rejection};
 
 /// A bound argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,9 +121,13 @@ pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Reject
     Ok(s)
 }
 
-/// Events after `q.after`, oldest first: rows of (data).
+/// Events after `q.after`, oldest first: rows of
+/// (seq, channel_id, message_id, thread_id, type, data).
 pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
-    let mut s = Sql::new(style, "SELECT data FROM events WHERE seq > ");
+    let mut s = Sql::new(
+        style,
+        "SELECT seq, channel_id, message_id, thread_id, type, data FROM events WHERE seq > ",
+    );
     let p = s.arg(Arg::Int(int(q.after)?));
     s.text += &p;
     if let Some(v) = &q.viewer {
@@ -137,4 +141,29 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
     }
     s.order_limit("seq", q.limit)?;
     Ok(s)
+}
+
+/// A row of [`events`] as a [`Frame`]; the encoding is not decoded.
+pub fn frame(
+    seq: i64,
+    channel_id: &str,
+    message_id: Option<&str>,
+    thread_id: Option<&str>,
+    kind: i64,
+    data: Vec<u8>,
+) -> Result<Frame, Rejection> {
+    let bad = |e: String| {
+        tracing::error!(error = %e, "corrupt event row");
+        Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
+    };
+    let id = |s: &str| Id::parse(s).map_err(bad);
+    Ok(Frame {
+        sequence: u64::try_from(seq).map_err(|e| bad(e.to_string()))?,
+        channel_id: id(channel_id)?,
+        message_id: message_id.map(id).transpose()?,
+        thread_id: thread_id.map(id).transpose()?,
+        kind: convert::event_type(i32::try_from(kind).map_err(|e| bad(e.to_string()))?)
+            .map_err(bad)?,
+        data: data.into(),
+    })
 }

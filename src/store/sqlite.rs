@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::exec::{Executor, WriteTx};
 use super::query::{self, Arg, Style};
-use super::{ChannelQuery, EventQuery, Job, MessageQuery, Publish, TokenRecord};
+use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
@@ -437,7 +437,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event) -> Result<(), Rejection> {
+    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection> {
         let m = e.message();
         let seq = i64_of(e.sequence)?;
         self.0
@@ -452,7 +452,7 @@ impl WriteTx for Tx<'_> {
                     m.map(|m| m.id.to_string()),
                     m.map(|m| m.thread_id.to_string()),
                     convert::event_type_pb(e.kind) as i32,
-                    encode(pb::Event::from(e))
+                    data
                 ])
             })
             .map_err(db_err)?;
@@ -612,16 +612,36 @@ impl Sqlite {
         .await
     }
 
-    /// A page of events, oldest first.
-    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+    /// A page of events as stored, oldest first.
+    pub async fn frames(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
         self.read(move |c| {
             let sql = query::events(&q, Style::Question)?;
-            rows(c, &sql.text, &sql.args, |r| r.get::<_, Vec<u8>>(0))?
-                .iter()
-                .map(|b| decode_event(b))
-                .collect()
+            rows(c, &sql.text, &sql.args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })?
+            .into_iter()
+            .map(|(seq, ch, m, t, k, data)| {
+                query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data)
+            })
+            .collect()
         })
         .await
+    }
+
+    /// A page of events, oldest first.
+    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+        self.frames(q)
+            .await?
+            .iter()
+            .map(|f| decode_event(&f.data))
+            .collect()
     }
 }
 
