@@ -278,10 +278,10 @@ impl Follow {
                 let full = page.len() == REPLAY_PAGE;
                 for f in page {
                     last = f.sequence;
-                    if sub.filter.matches(&f) {
-                        if let Err(s) = self.send(sub, tx, &mut revocation, event(f.data)).await {
-                            return s;
-                        }
+                    if sub.filter.matches(&f)
+                        && let Err(s) = self.send(sub, tx, &mut revocation, event(f.data)).await
+                    {
+                        return s;
                     }
                 }
                 if !full {

@@ -274,7 +274,7 @@ async fn tail(
                     limit: crate::feed::REPLAY_PAGE,
                 })
                 .await;
-            match page.and_then(|frames| committed(frames)) {
+            match page.and_then(committed) {
                 Ok(events) if events.is_empty() => break,
                 Ok(events) => {
                     let full = events.len() == crate::feed::REPLAY_PAGE;

@@ -21,7 +21,8 @@ pub struct SubscribeResponse {
 
 /// The item types of [`SubscribeResponse`].
 pub mod subscribe_response {
-    /// An event or a heartbeat.
+    /// An event or a heartbeat (shaped as prost generates oneofs).
+    #[allow(clippy::large_enum_variant)]
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Kind {
         /// A matching event.
