@@ -56,11 +56,15 @@ impl Sql {
         }
     }
 
-    /// Appends ` AND <column> IN (channels of party)`.
+    /// Appends ` AND <party is a member of the row's channel>`. A correlated
+    /// test rather than `IN (…)`, so the rows are still read in sequence
+    /// order and a page stops after `LIMIT` rows instead of sorting every
+    /// row of the party's channels.
     fn member_of(&mut self, column: &str, party: &str) {
         let p = self.arg(Arg::Text(party.to_owned()));
         self.text += &format!(
-            " AND {column} IN (SELECT channel_id FROM channel_members WHERE party_id = {p})"
+            " AND EXISTS (SELECT 1 FROM channel_members m \
+               WHERE m.party_id = {p} AND m.channel_id = {column})"
         );
     }
 
@@ -83,7 +87,7 @@ pub fn channels(q: &ChannelQuery, style: Style) -> Result<Sql, Rejection> {
     let p = s.arg(Arg::Int(int(q.before)?));
     s.text += &p;
     for party in [&q.viewer, &q.party].into_iter().flatten() {
-        s.member_of("id", party.as_str());
+        s.member_of("channels.id", party.as_str());
     }
     if let Some(state) = q.state {
         s.eq(
@@ -103,7 +107,7 @@ pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Reject
     let p = s.arg(Arg::Int(int(head)?));
     s.text += &format!(" AND seq <= {p}");
     for party in [&q.viewer, &q.party].into_iter().flatten() {
-        s.member_of("channel_id", party.as_str());
+        s.member_of("messages.channel_id", party.as_str());
     }
     if let Some(c) = q.channel {
         s.eq("channel_id", Arg::Text(c.to_string()));
@@ -131,7 +135,7 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
     let p = s.arg(Arg::Int(int(q.after)?));
     s.text += &p;
     if let Some(v) = &q.viewer {
-        s.member_of("channel_id", v.as_str());
+        s.member_of("events.channel_id", v.as_str());
     }
     if let Some(c) = q.channel {
         s.eq("channel_id", Arg::Text(c.to_string()));

@@ -3,6 +3,7 @@
 //! One writer thread owns the only write connection and commits whatever
 //! has queued in one transaction (group commit); readers use a small pool.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +56,13 @@ fn open(path: &Path) -> Result<Connection, Rejection> {
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(db_err)?;
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db_err)?;
+    // Savepoint journals in memory: each request in a group commit runs in a
+    // savepoint, and a journal file would cost a write per touched page.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(db_err)?;
+    // 64 MiB of page cache, so indexes stay in memory as the record grows.
+    conn.pragma_update(None, "cache_size", -65536)
         .map_err(db_err)?;
     Ok(conn)
 }
@@ -137,11 +145,17 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Most channels the writer keeps in memory.
+const CHANNEL_CACHE: usize = 10_000;
+
 /// The writer thread: takes the first queued job, then whatever else has
 /// queued (up to [`MAX_BATCH`]), runs each in a savepoint so one refusal
 /// undoes only itself, commits once, publishes the events, then answers.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    // This thread is the only writer, so what it read or wrote stays true;
+    // cleared whenever a batch does not commit.
+    let mut channels: HashMap<Id, Channel> = HashMap::new();
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -154,13 +168,19 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
         let now = Time::now();
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
+        if channels.len() > CHANNEL_CACHE {
+            channels.clear();
+        }
         let committed = (|| -> Result<(), Rejection> {
-            let mut tx = conn
+            let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             for job in &jobs {
-                let mut sp = tx.savepoint().map_err(db_err)?;
-                let mut wt = Tx(&sp);
+                run(&tx, "SAVEPOINT job")?;
+                let mut wt = Tx {
+                    conn: &tx,
+                    channels: Some(&mut channels),
+                };
                 let mut ex = Executor {
                     tx: &mut wt,
                     head,
@@ -171,11 +191,16 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
                     Ok(out) => {
                         head = ex.head;
                         events.append(&mut ex.events);
-                        sp.commit().map_err(db_err)?;
+                        run(&tx, "RELEASE job")?;
                         results.push(Ok(out));
                     }
+                    // The store failed, not the request: the batch fails.
+                    Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
+                        return Err(r);
+                    }
                     Err(r) => {
-                        sp.rollback().map_err(db_err)?;
+                        run(&tx, "ROLLBACK TO job")?;
+                        run(&tx, "RELEASE job")?;
                         results.push(Err(r));
                     }
                 }
@@ -191,6 +216,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
             }
             Err(e) => {
                 head = start_head;
+                channels.clear();
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(e.clone()));
                 }
@@ -200,8 +226,20 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
     tracing::info!("writer stopped");
 }
 
-/// A write transaction (or savepoint) on the writer's connection.
-struct Tx<'c>(&'c Connection);
+/// Runs a statement without parameters, prepared once.
+fn run(c: &Connection, sql: &str) -> Result<(), Rejection> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(db_err)
+}
+
+/// A write transaction (or savepoint) on the writer's connection, with the
+/// writer's channel cache; or, for reads, a plain connection without one.
+struct Tx<'c> {
+    conn: &'c Connection,
+    channels: Option<&'c mut HashMap<Id, Channel>>,
+}
 
 fn encode<T: prost::Message>(m: T) -> Vec<u8> {
     m.encode_to_vec()
@@ -227,10 +265,20 @@ fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
     convert::event_from_pb(pb::Event::decode(b).map_err(corrupt)?).map_err(corrupt)
 }
 
+impl Tx<'_> {
+    /// A read on a pooled connection: no cache.
+    fn reader(conn: &Connection) -> Tx<'_> {
+        Tx {
+            conn,
+            channels: None,
+        }
+    }
+}
+
 impl WriteTx for Tx<'_> {
     fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection> {
         let b: Option<Vec<u8>> = self
-            .0
+            .conn
             .prepare_cached("SELECT data FROM parties WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
             .map_err(db_err)?;
@@ -239,7 +287,7 @@ impl WriteTx for Tx<'_> {
 
     fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection> {
         let n = self
-            .0
+            .conn
             .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
             .map_err(db_err)?;
@@ -253,7 +301,7 @@ impl WriteTx for Tx<'_> {
         hash: &[u8; 32],
         now: Time,
     ) -> Result<(), Rejection> {
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO tokens (id, party_id, secret_hash, create_time) VALUES (?1, ?2, ?3, ?4)",
             )
@@ -264,7 +312,7 @@ impl WriteTx for Tx<'_> {
 
     fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection> {
         let revoked: Option<Option<i64>> = self
-            .0
+            .conn
             .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
@@ -272,7 +320,7 @@ impl WriteTx for Tx<'_> {
             None => Ok(None),
             Some(Some(_)) => Ok(Some(false)),
             Some(None) => {
-                self.0
+                self.conn
                     .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![id.to_string(), now.0]))
                     .map_err(db_err)?;
@@ -282,28 +330,38 @@ impl WriteTx for Tx<'_> {
     }
 
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
+        if let Some(c) = self.channels.as_ref().and_then(|m| m.get(&id)) {
+            return Ok(Some(c.clone()));
+        }
         let b: Option<Vec<u8>> = self
-            .0
+            .conn
             .prepare_cached("SELECT data FROM channels WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
-        b.map(|b| decode_channel(&b)).transpose()
+        let c = b.map(|b| decode_channel(&b)).transpose()?;
+        if let (Some(c), Some(m)) = (&c, self.channels.as_mut()) {
+            m.insert(id, c.clone());
+        }
+        Ok(c)
     }
 
     fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        if let Some(m) = self.channels.as_mut() {
+            m.insert(c.id, c.clone());
+        }
         let data = encode(pb::Channel::from(c));
         let state = convert::channel_state_pb(c.state) as i32;
         match insert_seq {
             Some(seq) => {
                 let seq = i64_of(seq)?;
-                self.0
+                self.conn
                     .prepare_cached(
                         "INSERT INTO channels (seq, id, state, data) VALUES (?1, ?2, ?3, ?4)",
                     )
                     .and_then(|mut s| s.execute(params![seq, c.id.to_string(), state, data]))
                     .map_err(db_err)?;
                 let mut s = self
-                    .0
+            .conn
                     .prepare_cached(
                         "INSERT OR IGNORE INTO channel_members (party_id, channel_id) VALUES (?1, ?2)",
                     )
@@ -314,7 +372,7 @@ impl WriteTx for Tx<'_> {
                 }
             }
             None => {
-                self.0
+                self.conn
                     .prepare_cached("UPDATE channels SET state = ?2, data = ?3 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![c.id.to_string(), state, data]))
                     .map_err(db_err)?;
@@ -325,7 +383,7 @@ impl WriteTx for Tx<'_> {
 
     fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
         let b: Option<Vec<u8>> = self
-            .0
+            .conn
             .prepare_cached("SELECT data FROM messages WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
@@ -338,7 +396,7 @@ impl WriteTx for Tx<'_> {
         match insert_seq {
             Some(seq) => {
                 let seq = i64_of(seq)?;
-                self.0
+                self.conn
                 .prepare_cached(
                     "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -356,7 +414,7 @@ impl WriteTx for Tx<'_> {
                 })
             }
             None => self
-                .0
+                .conn
                 .prepare_cached("UPDATE messages SET state = ?2, data = ?3 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![m.id.to_string(), state, data])),
         }
@@ -366,9 +424,9 @@ impl WriteTx for Tx<'_> {
 
     fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
         let mut s = self
-            .0
+            .conn
             .prepare_cached(
-                "SELECT id FROM messages
+                "SELECT id FROM messages INDEXED BY messages_due
                  WHERE respond_by IS NOT NULL AND state IN (1, 2, 3, 4) AND respond_by <= ?1
                  ORDER BY respond_by LIMIT ?2",
             )
@@ -390,7 +448,7 @@ impl WriteTx for Tx<'_> {
         request_id: Id,
     ) -> Result<Option<([u8; 32], Id)>, Rejection> {
         let row: Option<(Vec<u8>, String)> = self
-            .0
+            .conn
             .prepare_cached(
                 "SELECT fingerprint, resource_id FROM requests
                  WHERE caller = ?1 AND method = ?2 AND request_id = ?3",
@@ -419,7 +477,7 @@ impl WriteTx for Tx<'_> {
         fingerprint: &[u8; 32],
         resource: Id,
     ) -> Result<(), Rejection> {
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -440,7 +498,7 @@ impl WriteTx for Tx<'_> {
     fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection> {
         let m = e.message();
         let seq = i64_of(e.sequence)?;
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -528,7 +586,7 @@ impl Sqlite {
 
     /// One party.
     pub async fn party(self: &Arc<Self>, id: PartyId) -> Result<Option<Party>, Rejection> {
-        self.read(move |c| Tx(c).party(&id)).await
+        self.read(move |c| Tx::reader(c).party(&id)).await
     }
 
     /// Parties ordered by id, after `after`.
@@ -555,12 +613,12 @@ impl Sqlite {
 
     /// One channel.
     pub async fn channel(self: &Arc<Self>, id: Id) -> Result<Option<Channel>, Rejection> {
-        self.read(move |c| Tx(c).channel(id)).await
+        self.read(move |c| Tx::reader(c).channel(id)).await
     }
 
     /// One message.
     pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, Rejection> {
-        self.read(move |c| Tx(c).message(id)).await
+        self.read(move |c| Tx::reader(c).message(id)).await
     }
 
     /// The last sequence in the log.
