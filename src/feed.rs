@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -177,6 +177,35 @@ pub struct Follow {
     pub auth: Arc<Authenticator>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Most subscriptions open at once.
+    pub max_subscriptions: usize,
+    /// Subscriptions open now.
+    pub open: Arc<AtomicUsize>,
+}
+
+/// Counts one open subscription for as long as it lives.
+struct OpenSubscription(Arc<AtomicUsize>);
+
+impl OpenSubscription {
+    fn new(open: &Arc<AtomicUsize>, max: usize) -> Result<OpenSubscription, Rejection> {
+        let prev = open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenSubscription(open.clone());
+        if prev >= max {
+            return Err(Rejection::new(
+                Reason::TOO_MANY_SUBSCRIPTIONS,
+                format!("the server holds its maximum of {max} subscriptions; retry later"),
+            ));
+        }
+        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).set((prev + 1) as f64);
+        Ok(guard)
+    }
+}
+
+impl Drop for OpenSubscription {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).set(now as f64);
+    }
 }
 
 type Out = Result<pb::SubscribeResponse, Status>;
@@ -191,7 +220,8 @@ enum Stop {
 impl Follow {
     /// Starts a subscription; its responses arrive on the returned stream.
     /// The caller has checked that `start_after` is not beyond the head.
-    pub fn start(&self, sub: Subscription) -> SubscriptionStream {
+    pub fn start(&self, sub: Subscription) -> Result<SubscriptionStream, Rejection> {
+        let open = OpenSubscription::new(&self.open, self.max_subscriptions)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let (end_tx, end_rx) = oneshot::channel();
         let this = self.clone();
@@ -199,16 +229,17 @@ impl Follow {
         // from now on can be missed.
         let ring = this.feed.ring.subscribe();
         tokio::spawn(async move {
+            let _open = open;
             if let Stop::End(status) = this.run(&sub, ring, &tx).await {
                 // Delivered after whatever is still queued, even if the
                 // queue is full.
                 let _ = end_tx.send(status);
             }
         });
-        SubscriptionStream {
+        Ok(SubscriptionStream {
             queue: rx,
             end: Some(end_rx),
-        }
+        })
     }
 
     /// Sends one response, unless the server stops or the token is revoked
@@ -246,7 +277,9 @@ impl Follow {
         let mut caught_up_sent = false;
         let mut revocation = tokio::time::interval(REVOCATION_CHECK);
         revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replay_reason = "start";
         'replay: loop {
+            metrics::counter!(crate::observe::REPLAYS, "reason" => replay_reason).increment(1);
             // Replay the durable log from `last` until it is exhausted.
             loop {
                 if self.shutdown.is_cancelled() {
@@ -278,10 +311,11 @@ impl Follow {
                 let full = page.len() == REPLAY_PAGE;
                 for f in page {
                     last = f.sequence;
-                    if sub.filter.matches(&f)
-                        && let Err(s) = self.send(sub, tx, &mut revocation, event(f.data)).await
-                    {
-                        return s;
+                    if sub.filter.matches(&f) {
+                        deliver(self.feed.head().saturating_sub(f.sequence));
+                        if let Err(s) = self.send(sub, tx, &mut revocation, event(f.data)).await {
+                            return s;
+                        }
                     }
                 }
                 if !full {
@@ -317,10 +351,12 @@ impl Follow {
                             }
                             if seq != last + 1 {
                                 // A gap: what is missing is in the log.
+                                replay_reason = "gap";
                                 continue 'replay;
                             }
                             last = seq;
                             if sub.filter.matches(&p.frame) && p.visible_to(&sub.who.caller) {
+                                deliver(self.feed.head().saturating_sub(seq));
                                 if let Err(s) = self.send(sub, tx, &mut revocation, event(p.frame.data.clone())).await {
                                     return s;
                                 }
@@ -329,6 +365,7 @@ impl Follow {
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::debug!(missed = n, last, "subscriber fell behind the window; replaying from the log");
+                            replay_reason = "lag";
                             continue 'replay;
                         }
                         Err(broadcast::error::RecvError::Closed) => return shutting_down(),
@@ -343,6 +380,12 @@ impl Follow {
             }
         }
     }
+}
+
+/// Counts a delivery and how far behind the head it was.
+fn deliver(lag: u64) {
+    metrics::counter!(crate::observe::EVENTS_DELIVERED).increment(1);
+    metrics::histogram!(crate::observe::SUBSCRIBER_LAG).record(lag as f64);
 }
 
 /// The response stream of one subscription: its queue, then its final status.

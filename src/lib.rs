@@ -14,6 +14,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod feed;
+pub mod observe;
 pub mod server;
 pub mod store;
 pub mod wire;

@@ -66,6 +66,12 @@ fn pg_err(e: tokio_postgres::Error) -> Rejection {
         None => true,
         Some(c) => matches!(&c.code()[..2], "08" | "53" | "57" | "40"),
     };
+    let reason = if transient {
+        "STORE_UNAVAILABLE"
+    } else {
+        "INTERNAL"
+    };
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason).increment(1);
     if transient {
         tracing::warn!(error = %e, "database unavailable");
         Rejection::new(
@@ -84,6 +90,7 @@ fn corrupt(e: impl std::fmt::Display) -> Rejection {
 }
 
 fn unavailable(what: impl std::fmt::Display) -> Rejection {
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => "STORE_UNAVAILABLE").increment(1);
     tracing::warn!(error = %what, "database unavailable");
     Rejection::new(
         Reason::STORE_UNAVAILABLE,
@@ -250,7 +257,11 @@ fn writer(cfg: postgres::Config, mut rx: mpsc::Receiver<Job>, publish: Publish) 
         let now = Time::now();
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
-        match commit_batch(client, &mut stmts, &jobs, now, &mut results, &mut events) {
+        let started = std::time::Instant::now();
+        metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
+        let outcome = commit_batch(client, &mut stmts, &jobs, now, &mut results, &mut events);
+        metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(()) => {
                 publish(events);
                 for (job, r) in jobs.drain(..).zip(results) {

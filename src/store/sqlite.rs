@@ -34,6 +34,12 @@ fn db_err(e: rusqlite::Error) -> Rejection {
         Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | OutOfMemory)
     );
     tracing::error!(error = %e, "sqlite error");
+    let reason = if unavailable {
+        "STORE_UNAVAILABLE"
+    } else {
+        "INTERNAL"
+    };
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason).increment(1);
     if unavailable {
         Rejection::new(
             Reason::STORE_UNAVAILABLE,
@@ -199,6 +205,8 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
         }
         let start_head = head;
         let now = Time::now();
+        let started = std::time::Instant::now();
+        metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
         if channels.len() > CHANNEL_CACHE {
@@ -240,6 +248,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
             }
             tx.commit().map_err(db_err)
         })();
+        metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
         match committed {
             Ok(()) => {
                 publish(events);
