@@ -19,6 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         // Our codec: a request that does not decode is INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::codec::StrictCodec")
+        // Hand-written, so that events go out as the bytes encoded at commit.
+        .extern_path(
+            ".backchannel.v1.SubscribeResponse",
+            "crate::wire::SubscribeResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

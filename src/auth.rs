@@ -210,6 +210,7 @@ impl tonic::service::Interceptor for RequireToken {
             .0
             .authenticate(req.metadata())
             .map_err(|r| crate::error::status(&r))?;
+        tracing::Span::current().record("caller", who.caller.actor());
         // The handler reads the caller from here instead of checking again.
         req.extensions_mut().insert(who);
         Ok(req)

@@ -23,6 +23,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default most subscriptions one server holds.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+/// Default most concurrent HTTP/2 streams per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Default per-request timeout in seconds (streams excepted).
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+
+/// Commands other than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// Asks a running server's gRPC health service (plaintext); exits 0 when
+    /// it is SERVING and 1 otherwise. For container health checks.
+    Health {
+        /// The server's address.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        addr: String,
+        /// The service to ask about; empty means the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
 /// Command-line and environment settings of the `backchannel` binary.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -31,6 +53,10 @@ pub enum LogFormat {
     about = "The record of mediated messages, over gRPC"
 )]
 pub struct Config {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+
     /// Address to serve gRPC on (port 0 picks a free port; the log says which).
     #[arg(long, env = "BACKCHANNEL_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -55,6 +81,34 @@ pub struct Config {
     /// The admin token. Unset: generated once into `<data-dir>/admin.token`.
     #[arg(long, env = "BACKCHANNEL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Address to serve Prometheus metrics on (`GET /metrics`); off when unset.
+    #[arg(long, env = "BACKCHANNEL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "BACKCHANNEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BACKCHANNEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: require clients to present a certificate they sign (mTLS).
+    #[arg(long, env = "BACKCHANNEL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds a unary call may take before it fails with DEADLINE_EXCEEDED.
+    #[arg(long, env = "BACKCHANNEL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: u64,
+
+    /// Most open subscriptions; beyond it Subscribe is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BACKCHANNEL_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+
+    /// Most concurrent calls and streams on one HTTP/2 connection.
+    #[arg(long, env = "BACKCHANNEL_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
 
     /// Milliseconds between checks for messages past their deadline.
     #[arg(long, env = "BACKCHANNEL_EXPIRY_INTERVAL_MS", default_value_t = DEFAULT_EXPIRY_INTERVAL_MS)]

@@ -1,8 +1,10 @@
 //! Fan-out of committed events to subscribers: one path for all of them.
 //!
-//! The writer publishes each committed event, converted once, into a bounded
-//! broadcast ring (the in-memory window of the last [`WINDOW_EVENTS`] events). Each subscription is a task that replays the
-//! durable log from its position, then follows the ring. A subscriber that
+//! The writer publishes each committed event into a bounded broadcast ring
+//! (the in-memory window of the last [`WINDOW_EVENTS`] events). Each
+//! subscription is a task that replays the durable log from its position,
+//! then follows the ring. Events travel as the bytes they were encoded to at
+//! commit (see [`crate::wire`]): no subscriber decodes or encodes them. A subscriber that
 //! falls behind the ring (lagged) or sees a gap goes back to the log from its
 //! last sequence, so it loses nothing, holds at most its own small queue, and
 //! never slows the writer or other subscribers.
@@ -10,7 +12,7 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,9 +24,11 @@ use tonic::Status;
 
 use crate::auth::{Authenticator, Identity};
 use crate::convert;
-use crate::domain::{Event, EventType, Id, Reason, Rejection, Time};
+use bytes::Bytes;
+
+use crate::domain::{Caller, EventType, Id, PartyId, Reason, Rejection, Subject, Time};
 use crate::pb;
-use crate::store::{EventQuery, Store};
+use crate::store::{Committed, EventQuery, Frame, Store};
 
 use std::future::Future as _;
 
@@ -39,12 +43,36 @@ pub const DEFAULT_HEARTBEAT_SECS: u32 = 15;
 /// How often a subscription checks that its token is still valid.
 pub const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 
-/// One committed event, converted once for every subscriber.
+/// One committed event, as every subscriber receives it.
 pub struct Published {
-    /// The domain event (for filtering and need-to-know).
-    pub event: Event,
-    /// Its wire form.
-    pub wire: pb::Event,
+    /// Its routing columns and encoding.
+    pub frame: Frame,
+    /// The parties who may see it (principals and mediators).
+    pub audience: Vec<PartyId>,
+}
+
+impl Published {
+    fn of(c: Committed) -> Published {
+        let audience = match &c.event.subject {
+            Subject::Message(m) => std::iter::once(&m.sender)
+                .chain(std::iter::once(&m.recipient))
+                .chain(m.hops.iter().map(|h| &h.mediator))
+                .cloned()
+                .collect(),
+            Subject::Channel(ch) => ch.members().cloned().collect(),
+        };
+        Published {
+            frame: Frame::of(&c),
+            audience,
+        }
+    }
+
+    fn visible_to(&self, caller: &Caller) -> bool {
+        match caller {
+            Caller::Admin => true,
+            Caller::Party(p) => self.audience.contains(p),
+        }
+    }
 }
 
 type Shared = Arc<Published>;
@@ -66,18 +94,14 @@ impl Feed {
     }
 
     /// Publishes a committed batch, in order (called by the writer after commit).
-    pub fn publish(&self, events: Vec<Event>) {
-        let Some(last) = events.last().map(|e| e.sequence) else {
+    pub fn publish(&self, events: Vec<Committed>) {
+        let Some(last) = events.last().map(|c| c.event.sequence) else {
             return;
         };
         self.head.fetch_max(last, Ordering::SeqCst);
-        for event in events {
-            let p = Published {
-                wire: pb::Event::from(&event),
-                event,
-            };
+        for c in events {
             // No receivers is fine: nobody is subscribed.
-            let _ = self.ring.send(Arc::new(p));
+            let _ = self.ring.send(Arc::new(Published::of(c)));
         }
     }
 
@@ -107,11 +131,11 @@ pub struct Filter {
 
 impl Filter {
     /// Whether `e` matches (AND across fields, OR within a field).
-    pub fn matches(&self, e: &Event) -> bool {
-        let msg = e.message();
+    pub fn matches(&self, e: &Frame) -> bool {
         (self.channels.is_empty() || self.channels.contains(&e.channel_id))
-            && (self.messages.is_empty() || msg.is_some_and(|m| self.messages.contains(&m.id)))
-            && (self.threads.is_empty() || msg.is_some_and(|m| self.threads.contains(&m.thread_id)))
+            && (self.messages.is_empty()
+                || e.message_id.is_some_and(|m| self.messages.contains(&m)))
+            && (self.threads.is_empty() || e.thread_id.is_some_and(|t| self.threads.contains(&t)))
             && (self.types.is_empty() || self.types.contains(&e.kind))
     }
 
@@ -153,6 +177,35 @@ pub struct Follow {
     pub auth: Arc<Authenticator>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Most subscriptions open at once.
+    pub max_subscriptions: usize,
+    /// Subscriptions open now.
+    pub open: Arc<AtomicUsize>,
+}
+
+/// Counts one open subscription for as long as it lives.
+struct OpenSubscription(Arc<AtomicUsize>);
+
+impl OpenSubscription {
+    fn new(open: &Arc<AtomicUsize>, max: usize) -> Result<OpenSubscription, Rejection> {
+        let prev = open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenSubscription(open.clone());
+        if prev >= max {
+            return Err(Rejection::new(
+                Reason::TOO_MANY_SUBSCRIPTIONS,
+                format!("the server holds its maximum of {max} subscriptions; retry later"),
+            ));
+        }
+        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).set((prev + 1) as f64);
+        Ok(guard)
+    }
+}
+
+impl Drop for OpenSubscription {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).set(now as f64);
+    }
 }
 
 type Out = Result<pb::SubscribeResponse, Status>;
@@ -167,7 +220,8 @@ enum Stop {
 impl Follow {
     /// Starts a subscription; its responses arrive on the returned stream.
     /// The caller has checked that `start_after` is not beyond the head.
-    pub fn start(&self, sub: Subscription) -> SubscriptionStream {
+    pub fn start(&self, sub: Subscription) -> Result<SubscriptionStream, Rejection> {
+        let open = OpenSubscription::new(&self.open, self.max_subscriptions)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let (end_tx, end_rx) = oneshot::channel();
         let this = self.clone();
@@ -175,16 +229,17 @@ impl Follow {
         // from now on can be missed.
         let ring = this.feed.ring.subscribe();
         tokio::spawn(async move {
+            let _open = open;
             if let Stop::End(status) = this.run(&sub, ring, &tx).await {
                 // Delivered after whatever is still queued, even if the
                 // queue is full.
                 let _ = end_tx.send(status);
             }
         });
-        SubscriptionStream {
+        Ok(SubscriptionStream {
             queue: rx,
             end: Some(end_rx),
-        }
+        })
     }
 
     /// Sends one response, unless the server stops or the token is revoked
@@ -222,7 +277,9 @@ impl Follow {
         let mut caught_up_sent = false;
         let mut revocation = tokio::time::interval(REVOCATION_CHECK);
         revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replay_reason = "start";
         'replay: loop {
+            metrics::counter!(crate::observe::REPLAYS, "reason" => replay_reason).increment(1);
             // Replay the durable log from `last` until it is exhausted.
             loop {
                 if self.shutdown.is_cancelled() {
@@ -235,9 +292,11 @@ impl Follow {
                     Ok(h) => h,
                     Err(r) => return Stop::End(r.into()),
                 };
+                // Need-to-know is part of the query: only channels the
+                // viewer is part of (a message's parties are its channel's).
                 let page = match self
                     .store
-                    .events(EventQuery {
+                    .frames(EventQuery {
                         viewer: viewer.clone(),
                         channel: sub.filter.only_channel(),
                         message: sub.filter.only_message(),
@@ -250,11 +309,11 @@ impl Follow {
                     Err(r) => return Stop::End(r.into()),
                 };
                 let full = page.len() == REPLAY_PAGE;
-                for e in page {
-                    last = e.sequence;
-                    if sub.filter.matches(&e) && e.visible_to(&sub.who.caller) {
-                        let wire = pb::Event::from(&e);
-                        if let Err(s) = self.send(sub, tx, &mut revocation, event(wire)).await {
+                for f in page {
+                    last = f.sequence;
+                    if sub.filter.matches(&f) {
+                        deliver(self.feed.head().saturating_sub(f.sequence));
+                        if let Err(s) = self.send(sub, tx, &mut revocation, event(f.data)).await {
                             return s;
                         }
                     }
@@ -286,17 +345,19 @@ impl Follow {
                     }
                     r = ring.recv() => match r {
                         Ok(p) => {
-                            let seq = p.event.sequence;
+                            let seq = p.frame.sequence;
                             if seq <= last {
                                 continue;
                             }
                             if seq != last + 1 {
                                 // A gap: what is missing is in the log.
+                                replay_reason = "gap";
                                 continue 'replay;
                             }
                             last = seq;
-                            if sub.filter.matches(&p.event) && p.event.visible_to(&sub.who.caller) {
-                                if let Err(s) = self.send(sub, tx, &mut revocation, event(p.wire.clone())).await {
+                            if sub.filter.matches(&p.frame) && p.visible_to(&sub.who.caller) {
+                                deliver(self.feed.head().saturating_sub(seq));
+                                if let Err(s) = self.send(sub, tx, &mut revocation, event(p.frame.data.clone())).await {
                                     return s;
                                 }
                                 quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
@@ -304,6 +365,7 @@ impl Follow {
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::debug!(missed = n, last, "subscriber fell behind the window; replaying from the log");
+                            replay_reason = "lag";
                             continue 'replay;
                         }
                         Err(broadcast::error::RecvError::Closed) => return shutting_down(),
@@ -318,6 +380,12 @@ impl Follow {
             }
         }
     }
+}
+
+/// Counts a delivery and how far behind the head it was.
+fn deliver(lag: u64) {
+    metrics::counter!(crate::observe::EVENTS_DELIVERED).increment(1);
+    metrics::histogram!(crate::observe::SUBSCRIBER_LAG).record(lag as f64);
 }
 
 /// The response stream of one subscription: its queue, then its final status.
@@ -352,19 +420,15 @@ impl Stream for SubscriptionStream {
     }
 }
 
-fn event(e: pb::Event) -> pb::SubscribeResponse {
-    pb::SubscribeResponse {
-        kind: Some(pb::subscribe_response::Kind::Event(e)),
-    }
+fn event(data: Bytes) -> pb::SubscribeResponse {
+    pb::SubscribeResponse::encoded_event(data)
 }
 
 fn heartbeat(head: u64) -> pb::SubscribeResponse {
-    pb::SubscribeResponse {
-        kind: Some(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
-            head_sequence: head,
-            time: Some(convert::timestamp(Time::now())),
-        })),
-    }
+    pb::SubscribeResponse::of(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
+        head_sequence: head,
+        time: Some(convert::timestamp(Time::now())),
+    }))
 }
 
 fn shutting_down() -> Stop {

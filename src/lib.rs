@@ -14,13 +14,16 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod feed;
+pub mod observe;
 pub mod server;
 pub mod store;
+pub mod wire;
 
 /// The generated protobuf types, clients and servers of `backchannel.v1`.
 pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("backchannel.v1");
+    pub use crate::wire::{SubscribeResponse, subscribe_response};
 
     /// The encoded descriptor set of `backchannel.v1` (for reflection).
     pub const FILE_DESCRIPTOR_SET: &[u8] =

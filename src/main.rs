@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use backchannel::config::{Config, LogFormat};
+use backchannel::config::{Config, LogFormat, Subcommand};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -19,6 +19,9 @@ fn init_tracing(format: LogFormat) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if let Some(Subcommand::Health { addr, service }) = &config.command {
+        return backchannel::server::health_check(addr, service).await;
+    }
     init_tracing(config.log_format);
     match backchannel::server::run(config, backchannel::server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,9 +16,11 @@ use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::Pa
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
 use crate::domain::{Caller, Command};
+use crate::domain::{Reason, Rejection};
 use crate::feed::{Feed, Follow};
 use crate::pb;
-use crate::store::{Change, Store};
+use crate::store::{Change, Committed, Store};
+use prost::Message as _;
 
 /// Any startup failure, for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,6 +66,10 @@ pub async fn run(
 ) -> Result<(), BoxError> {
     let limits = config.limits();
     crate::codec::set_max_request_bytes(limits.request_bytes);
+    if let Some(addr) = config.metrics_listen {
+        crate::observe::serve_metrics(addr).await?;
+    }
+    let tls = tls_config(&config)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -118,6 +124,8 @@ pub async fn run(
             store: store.clone(),
             auth: auth.clone(),
             shutdown: shutdown_token.clone(),
+            max_subscriptions: config.max_subscriptions,
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         },
         auth,
         limits: limits.clone(),
@@ -169,39 +177,34 @@ pub async fn run(
         require_token,
     );
 
-    for name in [
-        "",
-        "backchannel.v1.PartyService",
-        "backchannel.v1.ChannelService",
-        "backchannel.v1.MessageService",
-    ] {
-        health
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
+    set_health(&health, true).await;
+    let prober = tokio::spawn(probe_store(
+        store.clone(),
+        health.clone(),
+        shutdown_token.clone(),
+    ));
 
     let health_on_stop = health.clone();
     let stopping = shutdown_token.clone();
     let stop = async move {
         shutdown.await;
-        // Ends every open stream with UNAVAILABLE so clients reconnect.
+        // Load balancers stop routing first; then every open stream ends
+        // with UNAVAILABLE so clients reconnect elsewhere.
         stopping.cancel();
-        for name in [
-            "",
-            "backchannel.v1.PartyService",
-            "backchannel.v1.ChannelService",
-            "backchannel.v1.MessageService",
-        ] {
-            health_on_stop
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        set_health(&health_on_stop, false).await;
     };
 
-    tracing::info!(%addr, "serving");
-    let serve = Server::builder()
+    tracing::info!(%addr, tls = tls.is_some(), "serving");
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serve = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
+        .layer(crate::observe::ObserveLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -220,6 +223,7 @@ pub async fn run(
         () = grace => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
     expiry.abort();
+    prober.abort();
     if let Some(t) = tailer {
         t.abort();
     }
@@ -227,6 +231,115 @@ pub async fn run(
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The services whose health is reported (`""` is the whole server).
+const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    "backchannel.v1.PartyService",
+    "backchannel.v1.ChannelService",
+    "backchannel.v1.MessageService",
+];
+
+/// How often the store is probed for the health status.
+pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Reports NOT_SERVING while the store cannot be reached, SERVING again
+/// when it can, until shutdown (which reports NOT_SERVING for good).
+async fn probe_store(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = store.head().await.is_ok();
+        if ok != serving && !shutdown.is_cancelled() {
+            serving = ok;
+            if ok {
+                tracing::info!("store reachable again: SERVING");
+            } else {
+                tracing::warn!("store unreachable: NOT_SERVING");
+            }
+            set_health(&health, ok).await;
+        }
+    }
+}
+
+/// Server TLS from the settings: a certificate and key, and optionally a CA
+/// whose client certificates are required.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, BoxError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+    );
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// The `health` subcommand: asks a running server over plaintext.
+pub async fn health_check(addr: &str, service: &str) -> std::process::ExitCode {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let asked = async {
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(3))
+            .connect()
+            .await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let r = client
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?;
+        Ok::<_, BoxError>(r.into_inner().status)
+    };
+    match asked.await {
+        Ok(s) if s == ServingStatus::Serving as i32 => {
+            println!("SERVING");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            println!(
+                "{}",
+                ServingStatus::try_from(s).map_or("UNKNOWN", |s| s.as_str_name())
+            );
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("health check failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// How often the tailer reads the shared log even without a notification.
@@ -264,7 +377,7 @@ async fn tail(
         }
         loop {
             let page = store
-                .events(crate::store::EventQuery {
+                .frames(crate::store::EventQuery {
                     viewer: None,
                     channel: None,
                     message: None,
@@ -272,7 +385,7 @@ async fn tail(
                     limit: crate::feed::REPLAY_PAGE,
                 })
                 .await;
-            match page {
+            match page.and_then(committed) {
                 Ok(events) if events.is_empty() => break,
                 Ok(events) => {
                     let full = events.len() == crate::feed::REPLAY_PAGE;
@@ -288,6 +401,24 @@ async fn tail(
             }
         }
     }
+}
+
+/// Events read back from the shared log, decoded to learn their audience;
+/// their stored encoding is what subscribers receive.
+fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, Rejection> {
+    frames
+        .into_iter()
+        .map(|f| {
+            let event = pb::Event::decode(&f.data[..])
+                .map_err(|e| e.to_string())
+                .and_then(crate::convert::event_from_pb)
+                .map_err(|e| Rejection::new(Reason::INTERNAL, format!("corrupt event: {e}")))?;
+            Ok(Committed {
+                event,
+                data: f.data,
+            })
+        })
+        .collect()
 }
 
 /// Expires overdue messages: runs `ExpireDue` through the writer every tick.

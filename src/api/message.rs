@@ -413,7 +413,7 @@ impl pb::message_service_server::MessageService for MessageApi {
             filter,
             start_after,
             heartbeat: Duration::from_secs(u64::from(secs)),
-        });
+        })?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

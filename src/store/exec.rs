@@ -53,8 +53,8 @@ pub trait WriteTx {
         fingerprint: &[u8; 32],
         resource: Id,
     ) -> Result<(), Rejection>;
-    /// Appends an event to the log.
-    fn append(&mut self, e: &Event) -> Result<(), Rejection>;
+    /// Appends an event, encoded as `data`, to the log.
+    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection>;
 }
 
 /// What a command produced.
@@ -94,7 +94,7 @@ pub struct Executor<'a, T: WriteTx> {
     /// The last sequence handed out (the log's head).
     pub head: u64,
     /// Events appended by the current command.
-    pub events: Vec<Event>,
+    pub events: Vec<super::Committed>,
     /// The time of recording.
     pub now: Time,
 }
@@ -422,8 +422,12 @@ impl<T: WriteTx> Executor<'_, T> {
             record_time: self.now,
             subject,
         };
-        self.tx.append(&event)?;
-        self.events.push(event);
+        // Encoded once: the log stores these bytes and subscribers get them.
+        let data = bytes::Bytes::from(prost::Message::encode_to_vec(&crate::pb::Event::from(
+            &event,
+        )));
+        self.tx.append(&event, &data)?;
+        self.events.push(super::Committed { event, data });
         Ok(self.head)
     }
 

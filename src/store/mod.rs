@@ -11,19 +11,63 @@ pub mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 pub use exec::Outcome;
 pub use postgres::Change;
 
 use crate::domain::{
-    Caller, Channel, ChannelState, Command, Event, Id, Message, MessageState, Party, PartyId,
-    Reason, Rejection,
+    Caller, Channel, ChannelState, Command, Event, EventType, Id, Message, MessageState, Party,
+    PartyId, Reason, Rejection,
 };
+
+/// An event as committed: the value, and its encoding as stored in the log
+/// (and sent to subscribers as it is).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The event.
+    pub event: Event,
+    /// Its protobuf encoding.
+    pub data: Bytes,
+}
+
+/// An event as read back from the log for a subscriber: the columns that
+/// route it, and its stored encoding, never decoded.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Its channel.
+    pub channel_id: Id,
+    /// Its message, on message events.
+    pub message_id: Option<Id>,
+    /// Its message's thread, on message events.
+    pub thread_id: Option<Id>,
+    /// Its type.
+    pub kind: EventType,
+    /// Its protobuf encoding.
+    pub data: Bytes,
+}
+
+impl Frame {
+    /// The routing columns and encoding of a committed event.
+    pub fn of(c: &Committed) -> Frame {
+        let m = c.event.message();
+        Frame {
+            sequence: c.event.sequence,
+            channel_id: c.event.channel_id,
+            message_id: m.map(|m| m.id),
+            thread_id: m.map(|m| m.thread_id),
+            kind: c.event.kind,
+            data: c.data.clone(),
+        }
+    }
+}
 
 /// Called by the writer, after a commit and before answering, with the
 /// events it committed (in sequence order).
-pub type Publish = Box<dyn Fn(Vec<Event>) + Send + 'static>;
+pub type Publish = Box<dyn Fn(Vec<Committed>) + Send + 'static>;
 
 /// A queued write.
 pub struct Job {
@@ -220,6 +264,11 @@ impl Store {
     /// A page of messages, newest first, and the head it was read at.
     pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
         read!(self.messages(q))
+    }
+
+    /// A page of events as stored, oldest first, for subscribers.
+    pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
+        read!(self.frames(q))
     }
 
     /// A page of events, oldest first.

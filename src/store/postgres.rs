@@ -26,7 +26,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::exec::{Executor, Outcome, WriteTx};
 use super::query::{self, Arg, Style, int};
-use super::{ChannelQuery, EventQuery, Job, MessageQuery, Publish, TokenRecord};
+use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
@@ -66,6 +66,12 @@ fn pg_err(e: tokio_postgres::Error) -> Rejection {
         None => true,
         Some(c) => matches!(&c.code()[..2], "08" | "53" | "57" | "40"),
     };
+    let reason = if transient {
+        "STORE_UNAVAILABLE"
+    } else {
+        "INTERNAL"
+    };
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason).increment(1);
     if transient {
         tracing::warn!(error = %e, "database unavailable");
         Rejection::new(
@@ -84,6 +90,7 @@ fn corrupt(e: impl std::fmt::Display) -> Rejection {
 }
 
 fn unavailable(what: impl std::fmt::Display) -> Rejection {
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => "STORE_UNAVAILABLE").increment(1);
     tracing::warn!(error = %what, "database unavailable");
     Rejection::new(
         Reason::STORE_UNAVAILABLE,
@@ -250,7 +257,11 @@ fn writer(cfg: postgres::Config, mut rx: mpsc::Receiver<Job>, publish: Publish) 
         let now = Time::now();
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
-        match commit_batch(client, &mut stmts, &jobs, now, &mut results, &mut events) {
+        let started = std::time::Instant::now();
+        metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
+        let outcome = commit_batch(client, &mut stmts, &jobs, now, &mut results, &mut events);
+        metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(()) => {
                 publish(events);
                 for (job, r) in jobs.drain(..).zip(results) {
@@ -276,7 +287,7 @@ fn commit_batch(
     jobs: &[Job],
     now: Time,
     results: &mut Vec<Result<Outcome, Rejection>>,
-    events: &mut Vec<Event>,
+    events: &mut Vec<super::Committed>,
 ) -> Result<(), Rejection> {
     let mut tx = client.transaction().map_err(pg_err)?;
     let head: i64 = tx
@@ -563,7 +574,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event) -> Result<(), Rejection> {
+    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection> {
         let m = e.message();
         self.exec(
             "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
@@ -574,7 +585,7 @@ impl WriteTx for PgTx<'_, '_> {
                 &m.map(|m| m.id.to_string()),
                 &m.map(|m| m.thread_id.to_string()),
                 &i64::from(convert::event_type_pb(e.kind) as i32),
-                &pb::Event::from(e).encode_to_vec(),
+                &data,
             ],
         )?;
         Ok(())
@@ -745,11 +756,22 @@ impl Postgres {
         .await
     }
 
-    /// A page of events, oldest first.
-    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+    /// A page of events as stored, oldest first.
+    pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
         let sql = query::events(&q, Style::Dollar)?;
         let rows = self.rows(&sql.text, &sql.args).await?;
-        rows.iter().map(|r| decode_event(r.get(0))).collect()
+        rows.iter()
+            .map(|r| query::frame(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect()
+    }
+
+    /// A page of events, oldest first.
+    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+        self.frames(q)
+            .await?
+            .iter()
+            .map(|f| decode_event(&f.data))
+            .collect()
     }
 
     /// Changes made through any replica, as they are announced. The

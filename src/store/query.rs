@@ -1,9 +1,9 @@
 //! The listing queries, written once for every SQL backend: each builds its
 //! statement text and arguments, with the backend's placeholder style.
 
-use super::{ChannelQuery, EventQuery, MessageQuery};
+use super::{ChannelQuery, EventQuery, Frame, MessageQuery};
 use crate::convert;
-use crate::domain::{Reason, Rejection};
+use crate::domain::{Id, Reason, Rejection};
 
 /// A bound argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +56,15 @@ impl Sql {
         }
     }
 
-    /// Appends ` AND <column> IN (channels of party)`.
+    /// Appends ` AND <party is a member of the row's channel>`. A correlated
+    /// test rather than `IN (…)`, so the rows are still read in sequence
+    /// order and a page stops after `LIMIT` rows instead of sorting every
+    /// row of the party's channels.
     fn member_of(&mut self, column: &str, party: &str) {
         let p = self.arg(Arg::Text(party.to_owned()));
         self.text += &format!(
-            " AND {column} IN (SELECT channel_id FROM channel_members WHERE party_id = {p})"
+            " AND EXISTS (SELECT 1 FROM channel_members m \
+               WHERE m.party_id = {p} AND m.channel_id = {column})"
         );
     }
 
@@ -83,7 +87,7 @@ pub fn channels(q: &ChannelQuery, style: Style) -> Result<Sql, Rejection> {
     let p = s.arg(Arg::Int(int(q.before)?));
     s.text += &p;
     for party in [&q.viewer, &q.party].into_iter().flatten() {
-        s.member_of("id", party.as_str());
+        s.member_of("channels.id", party.as_str());
     }
     if let Some(state) = q.state {
         s.eq(
@@ -103,7 +107,7 @@ pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Reject
     let p = s.arg(Arg::Int(int(head)?));
     s.text += &format!(" AND seq <= {p}");
     for party in [&q.viewer, &q.party].into_iter().flatten() {
-        s.member_of("channel_id", party.as_str());
+        s.member_of("messages.channel_id", party.as_str());
     }
     if let Some(c) = q.channel {
         s.eq("channel_id", Arg::Text(c.to_string()));
@@ -121,13 +125,17 @@ pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Reject
     Ok(s)
 }
 
-/// Events after `q.after`, oldest first: rows of (data).
+/// Events after `q.after`, oldest first: rows of
+/// (seq, channel_id, message_id, thread_id, type, data).
 pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
-    let mut s = Sql::new(style, "SELECT data FROM events WHERE seq > ");
+    let mut s = Sql::new(
+        style,
+        "SELECT seq, channel_id, message_id, thread_id, type, data FROM events WHERE seq > ",
+    );
     let p = s.arg(Arg::Int(int(q.after)?));
     s.text += &p;
     if let Some(v) = &q.viewer {
-        s.member_of("channel_id", v.as_str());
+        s.member_of("events.channel_id", v.as_str());
     }
     if let Some(c) = q.channel {
         s.eq("channel_id", Arg::Text(c.to_string()));
@@ -137,4 +145,29 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
     }
     s.order_limit("seq", q.limit)?;
     Ok(s)
+}
+
+/// A row of [`events`] as a [`Frame`]; the encoding is not decoded.
+pub fn frame(
+    seq: i64,
+    channel_id: &str,
+    message_id: Option<&str>,
+    thread_id: Option<&str>,
+    kind: i64,
+    data: Vec<u8>,
+) -> Result<Frame, Rejection> {
+    let bad = |e: String| {
+        tracing::error!(error = %e, "corrupt event row");
+        Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
+    };
+    let id = |s: &str| Id::parse(s).map_err(bad);
+    Ok(Frame {
+        sequence: u64::try_from(seq).map_err(|e| bad(e.to_string()))?,
+        channel_id: id(channel_id)?,
+        message_id: message_id.map(id).transpose()?,
+        thread_id: thread_id.map(id).transpose()?,
+        kind: convert::event_type(i32::try_from(kind).map_err(|e| bad(e.to_string()))?)
+            .map_err(bad)?,
+        data: data.into(),
+    })
 }

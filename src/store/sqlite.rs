@@ -3,6 +3,7 @@
 //! One writer thread owns the only write connection and commits whatever
 //! has queued in one transaction (group commit); readers use a small pool.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::exec::{Executor, WriteTx};
 use super::query::{self, Arg, Style};
-use super::{ChannelQuery, EventQuery, Job, MessageQuery, Publish, TokenRecord};
+use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
@@ -33,6 +34,12 @@ fn db_err(e: rusqlite::Error) -> Rejection {
         Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | OutOfMemory)
     );
     tracing::error!(error = %e, "sqlite error");
+    let reason = if unavailable {
+        "STORE_UNAVAILABLE"
+    } else {
+        "INTERNAL"
+    };
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason).increment(1);
     if unavailable {
         Rejection::new(
             Reason::STORE_UNAVAILABLE,
@@ -56,6 +63,10 @@ fn open(path: &Path) -> Result<Connection, Rejection> {
         .map_err(db_err)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(db_err)?;
+    // Savepoint journals in memory: each request in a group commit runs in a
+    // savepoint, and a journal file would cost a write per touched page.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(db_err)?;
     Ok(conn)
 }
 
@@ -63,6 +74,28 @@ fn open(path: &Path) -> Result<Connection, Rejection> {
 pub struct Sqlite {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Dropped with the store, which ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the WAL is checkpointed into the database file.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Copies the WAL into the database file every [`CHECKPOINT_INTERVAL`]
+/// without blocking the writer (PASSIVE), and once more when the store closes.
+fn checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    loop {
+        let last = !matches!(
+            stop.recv_timeout(CHECKPOINT_INTERVAL),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// Opens (creating and migrating) the database in `dir` and starts the
@@ -81,6 +114,19 @@ pub fn start(
         .map_err(db_err)?
         .try_into()
         .map_err(corrupt)?;
+    // Checkpoints run on their own thread, off the writer's path.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(db_err)?;
+    // The writer touches the newest pages of every index: 16 MiB of cache
+    // (readers keep SQLite's default 2 MiB; the OS caches the file too).
+    conn.pragma_update(None, "cache_size", -16384)
+        .map_err(db_err)?;
+    let checkpoint_conn = open(&path)?;
+    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("backchannel-checkpoint".into())
+        .spawn(move || checkpointer(checkpoint_conn, stopped))
+        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start checkpoints: {e}")))?;
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     std::thread::Builder::new()
         .name("backchannel-writer".into())
@@ -90,6 +136,7 @@ pub fn start(
         Arc::new(Sqlite {
             path,
             idle: Mutex::new(Vec::new()),
+            _stop_checkpoints: stop_checkpoints,
         }),
         tx,
         head,
@@ -137,11 +184,17 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Most channels the writer keeps in memory.
+const CHANNEL_CACHE: usize = 10_000;
+
 /// The writer thread: takes the first queued job, then whatever else has
 /// queued (up to [`MAX_BATCH`]), runs each in a savepoint so one refusal
 /// undoes only itself, commits once, publishes the events, then answers.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    // This thread is the only writer, so what it read or wrote stays true;
+    // cleared whenever a batch does not commit.
+    let mut channels: HashMap<Id, Channel> = HashMap::new();
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -152,15 +205,23 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
         }
         let start_head = head;
         let now = Time::now();
+        let started = std::time::Instant::now();
+        metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
+        if channels.len() > CHANNEL_CACHE {
+            channels.clear();
+        }
         let committed = (|| -> Result<(), Rejection> {
-            let mut tx = conn
+            let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             for job in &jobs {
-                let mut sp = tx.savepoint().map_err(db_err)?;
-                let mut wt = Tx(&sp);
+                run(&tx, "SAVEPOINT job")?;
+                let mut wt = Tx {
+                    conn: &tx,
+                    channels: Some(&mut channels),
+                };
                 let mut ex = Executor {
                     tx: &mut wt,
                     head,
@@ -171,17 +232,23 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
                     Ok(out) => {
                         head = ex.head;
                         events.append(&mut ex.events);
-                        sp.commit().map_err(db_err)?;
+                        run(&tx, "RELEASE job")?;
                         results.push(Ok(out));
                     }
+                    // The store failed, not the request: the batch fails.
+                    Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
+                        return Err(r);
+                    }
                     Err(r) => {
-                        sp.rollback().map_err(db_err)?;
+                        run(&tx, "ROLLBACK TO job")?;
+                        run(&tx, "RELEASE job")?;
                         results.push(Err(r));
                     }
                 }
             }
             tx.commit().map_err(db_err)
         })();
+        metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
         match committed {
             Ok(()) => {
                 publish(events);
@@ -191,6 +258,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
             }
             Err(e) => {
                 head = start_head;
+                channels.clear();
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(e.clone()));
                 }
@@ -200,8 +268,20 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
     tracing::info!("writer stopped");
 }
 
-/// A write transaction (or savepoint) on the writer's connection.
-struct Tx<'c>(&'c Connection);
+/// Runs a statement without parameters, prepared once.
+fn run(c: &Connection, sql: &str) -> Result<(), Rejection> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(db_err)
+}
+
+/// A write transaction (or savepoint) on the writer's connection, with the
+/// writer's channel cache; or, for reads, a plain connection without one.
+struct Tx<'c> {
+    conn: &'c Connection,
+    channels: Option<&'c mut HashMap<Id, Channel>>,
+}
 
 fn encode<T: prost::Message>(m: T) -> Vec<u8> {
     m.encode_to_vec()
@@ -227,10 +307,20 @@ fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
     convert::event_from_pb(pb::Event::decode(b).map_err(corrupt)?).map_err(corrupt)
 }
 
+impl Tx<'_> {
+    /// A read on a pooled connection: no cache.
+    fn reader(conn: &Connection) -> Tx<'_> {
+        Tx {
+            conn,
+            channels: None,
+        }
+    }
+}
+
 impl WriteTx for Tx<'_> {
     fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection> {
         let b: Option<Vec<u8>> = self
-            .0
+            .conn
             .prepare_cached("SELECT data FROM parties WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
             .map_err(db_err)?;
@@ -239,7 +329,7 @@ impl WriteTx for Tx<'_> {
 
     fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection> {
         let n = self
-            .0
+            .conn
             .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
             .map_err(db_err)?;
@@ -253,7 +343,7 @@ impl WriteTx for Tx<'_> {
         hash: &[u8; 32],
         now: Time,
     ) -> Result<(), Rejection> {
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO tokens (id, party_id, secret_hash, create_time) VALUES (?1, ?2, ?3, ?4)",
             )
@@ -264,7 +354,7 @@ impl WriteTx for Tx<'_> {
 
     fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection> {
         let revoked: Option<Option<i64>> = self
-            .0
+            .conn
             .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
@@ -272,7 +362,7 @@ impl WriteTx for Tx<'_> {
             None => Ok(None),
             Some(Some(_)) => Ok(Some(false)),
             Some(None) => {
-                self.0
+                self.conn
                     .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![id.to_string(), now.0]))
                     .map_err(db_err)?;
@@ -282,28 +372,38 @@ impl WriteTx for Tx<'_> {
     }
 
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
+        if let Some(c) = self.channels.as_ref().and_then(|m| m.get(&id)) {
+            return Ok(Some(c.clone()));
+        }
         let b: Option<Vec<u8>> = self
-            .0
+            .conn
             .prepare_cached("SELECT data FROM channels WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
-        b.map(|b| decode_channel(&b)).transpose()
+        let c = b.map(|b| decode_channel(&b)).transpose()?;
+        if let (Some(c), Some(m)) = (&c, self.channels.as_mut()) {
+            m.insert(id, c.clone());
+        }
+        Ok(c)
     }
 
     fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        if let Some(m) = self.channels.as_mut() {
+            m.insert(c.id, c.clone());
+        }
         let data = encode(pb::Channel::from(c));
         let state = convert::channel_state_pb(c.state) as i32;
         match insert_seq {
             Some(seq) => {
                 let seq = i64_of(seq)?;
-                self.0
+                self.conn
                     .prepare_cached(
                         "INSERT INTO channels (seq, id, state, data) VALUES (?1, ?2, ?3, ?4)",
                     )
                     .and_then(|mut s| s.execute(params![seq, c.id.to_string(), state, data]))
                     .map_err(db_err)?;
                 let mut s = self
-                    .0
+            .conn
                     .prepare_cached(
                         "INSERT OR IGNORE INTO channel_members (party_id, channel_id) VALUES (?1, ?2)",
                     )
@@ -314,7 +414,7 @@ impl WriteTx for Tx<'_> {
                 }
             }
             None => {
-                self.0
+                self.conn
                     .prepare_cached("UPDATE channels SET state = ?2, data = ?3 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![c.id.to_string(), state, data]))
                     .map_err(db_err)?;
@@ -325,7 +425,7 @@ impl WriteTx for Tx<'_> {
 
     fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
         let b: Option<Vec<u8>> = self
-            .0
+            .conn
             .prepare_cached("SELECT data FROM messages WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
@@ -338,7 +438,7 @@ impl WriteTx for Tx<'_> {
         match insert_seq {
             Some(seq) => {
                 let seq = i64_of(seq)?;
-                self.0
+                self.conn
                 .prepare_cached(
                     "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -356,7 +456,7 @@ impl WriteTx for Tx<'_> {
                 })
             }
             None => self
-                .0
+                .conn
                 .prepare_cached("UPDATE messages SET state = ?2, data = ?3 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![m.id.to_string(), state, data])),
         }
@@ -366,9 +466,9 @@ impl WriteTx for Tx<'_> {
 
     fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
         let mut s = self
-            .0
+            .conn
             .prepare_cached(
-                "SELECT id FROM messages
+                "SELECT id FROM messages INDEXED BY messages_due
                  WHERE respond_by IS NOT NULL AND state IN (1, 2, 3, 4) AND respond_by <= ?1
                  ORDER BY respond_by LIMIT ?2",
             )
@@ -390,7 +490,7 @@ impl WriteTx for Tx<'_> {
         request_id: Id,
     ) -> Result<Option<([u8; 32], Id)>, Rejection> {
         let row: Option<(Vec<u8>, String)> = self
-            .0
+            .conn
             .prepare_cached(
                 "SELECT fingerprint, resource_id FROM requests
                  WHERE caller = ?1 AND method = ?2 AND request_id = ?3",
@@ -419,7 +519,7 @@ impl WriteTx for Tx<'_> {
         fingerprint: &[u8; 32],
         resource: Id,
     ) -> Result<(), Rejection> {
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -437,10 +537,10 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event) -> Result<(), Rejection> {
+    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection> {
         let m = e.message();
         let seq = i64_of(e.sequence)?;
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -452,7 +552,7 @@ impl WriteTx for Tx<'_> {
                     m.map(|m| m.id.to_string()),
                     m.map(|m| m.thread_id.to_string()),
                     convert::event_type_pb(e.kind) as i32,
-                    encode(pb::Event::from(e))
+                    data
                 ])
             })
             .map_err(db_err)?;
@@ -528,7 +628,7 @@ impl Sqlite {
 
     /// One party.
     pub async fn party(self: &Arc<Self>, id: PartyId) -> Result<Option<Party>, Rejection> {
-        self.read(move |c| Tx(c).party(&id)).await
+        self.read(move |c| Tx::reader(c).party(&id)).await
     }
 
     /// Parties ordered by id, after `after`.
@@ -555,12 +655,12 @@ impl Sqlite {
 
     /// One channel.
     pub async fn channel(self: &Arc<Self>, id: Id) -> Result<Option<Channel>, Rejection> {
-        self.read(move |c| Tx(c).channel(id)).await
+        self.read(move |c| Tx::reader(c).channel(id)).await
     }
 
     /// One message.
     pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, Rejection> {
-        self.read(move |c| Tx(c).message(id)).await
+        self.read(move |c| Tx::reader(c).message(id)).await
     }
 
     /// The last sequence in the log.
@@ -612,16 +712,36 @@ impl Sqlite {
         .await
     }
 
-    /// A page of events, oldest first.
-    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+    /// A page of events as stored, oldest first.
+    pub async fn frames(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
         self.read(move |c| {
             let sql = query::events(&q, Style::Question)?;
-            rows(c, &sql.text, &sql.args, |r| r.get::<_, Vec<u8>>(0))?
-                .iter()
-                .map(|b| decode_event(b))
-                .collect()
+            rows(c, &sql.text, &sql.args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })?
+            .into_iter()
+            .map(|(seq, ch, m, t, k, data)| {
+                query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data)
+            })
+            .collect()
         })
         .await
+    }
+
+    /// A page of events, oldest first.
+    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+        self.frames(q)
+            .await?
+            .iter()
+            .map(|f| decode_event(&f.data))
+            .collect()
     }
 }
 

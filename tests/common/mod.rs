@@ -218,6 +218,14 @@ impl Server {
         Clients::new(self.connect().await, None)
     }
 
+    /// The value of `field` in the first log line whose message is `message`.
+    pub fn log_value(&self, message: &str, field: &str) -> Option<String> {
+        self.log.lock().unwrap().iter().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["message"] == message).then(|| v[field].as_str().map(str::to_owned))?
+        })
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())

@@ -1,0 +1,299 @@
+//! What operators see: Prometheus metrics, and a trace span per RPC with its
+//! method, caller and status.
+//!
+//! Metric names (all prefixed `backchannel_`): `rpc_requests_total{method,code}`,
+//! `rpc_duration_seconds{method}`, `subscriptions_open`,
+//! `events_delivered_total`, `subscriber_lag_events`, `replays_total{reason}`,
+//! `writer_batch_size`, `writer_commit_seconds`, `store_errors_total{reason}`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tonic::codegen::http;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+
+/// Calls by method and status code.
+pub const RPC_REQUESTS: &str = "backchannel_rpc_requests_total";
+/// Call latency by method (until the status is sent; streams: their lifetime).
+pub const RPC_DURATION: &str = "backchannel_rpc_duration_seconds";
+/// Subscriptions open now.
+pub const SUBSCRIPTIONS_OPEN: &str = "backchannel_subscriptions_open";
+/// Events sent to subscribers.
+pub const EVENTS_DELIVERED: &str = "backchannel_events_delivered_total";
+/// How many events behind the head a subscriber was when sent an event.
+pub const SUBSCRIBER_LAG: &str = "backchannel_subscriber_lag_events";
+/// Subscriptions served from the durable log, by reason (start, lag, gap).
+pub const REPLAYS: &str = "backchannel_replays_total";
+/// Requests committed per transaction.
+pub const WRITER_BATCH: &str = "backchannel_writer_batch_size";
+/// Time to commit one batch (including the fsync).
+pub const WRITER_COMMIT: &str = "backchannel_writer_commit_seconds";
+/// Store failures by reason (STORE_UNAVAILABLE, INTERNAL).
+pub const STORE_ERRORS: &str = "backchannel_store_errors_total";
+
+/// Starts the Prometheus endpoint on `addr` (`GET /metrics`); returns the
+/// address it listens on (port 0 picks a free one).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+) -> Result<SocketAddr, Box<dyn std::error::Error + Send + Sync>> {
+    const SECONDS: &[f64] = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    const COUNTS: &[f64] = &[
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 8192.0, 65536.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Full(WRITER_BATCH.into()), COUNTS)?
+        .set_buckets_for_metric(Matcher::Full(SUBSCRIBER_LAG.into()), COUNTS)?
+        .install_recorder()?;
+    describe();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Histograms are drained into their buckets periodically.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "serving metrics");
+    Ok(addr)
+}
+
+/// Help texts, and zeros for what may not have happened yet.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(RPC_REQUESTS, "Calls by method and gRPC status code");
+    describe_histogram!(
+        RPC_DURATION,
+        metrics::Unit::Seconds,
+        "Call latency by method (streams: lifetime)"
+    );
+    describe_gauge!(SUBSCRIPTIONS_OPEN, "Subscriptions open now");
+    describe_counter!(EVENTS_DELIVERED, "Events sent to subscribers");
+    describe_histogram!(
+        SUBSCRIBER_LAG,
+        "Events between the head and each event sent to a subscriber"
+    );
+    describe_counter!(
+        REPLAYS,
+        "Subscriptions served from the durable log, by reason (start, lag, gap)"
+    );
+    describe_histogram!(WRITER_BATCH, "Requests committed per transaction");
+    describe_histogram!(
+        WRITER_COMMIT,
+        metrics::Unit::Seconds,
+        "Time to commit one batch, fsync included"
+    );
+    describe_counter!(STORE_ERRORS, "Store failures by reason");
+    metrics::gauge!(SUBSCRIPTIONS_OPEN).set(0.0);
+    metrics::counter!(EVENTS_DELIVERED).increment(0);
+    for reason in ["STORE_UNAVAILABLE", "INTERNAL"] {
+        metrics::counter!(STORE_ERRORS, "reason" => reason).increment(0);
+    }
+}
+
+/// The gRPC status code names, by number.
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
+        b"0" => "OK",
+        b"1" => "CANCELLED",
+        b"2" => "UNKNOWN",
+        b"3" => "INVALID_ARGUMENT",
+        b"4" => "DEADLINE_EXCEEDED",
+        b"5" => "NOT_FOUND",
+        b"6" => "ALREADY_EXISTS",
+        b"7" => "PERMISSION_DENIED",
+        b"8" => "RESOURCE_EXHAUSTED",
+        b"9" => "FAILED_PRECONDITION",
+        b"10" => "ABORTED",
+        b"11" => "OUT_OF_RANGE",
+        b"12" => "UNIMPLEMENTED",
+        b"13" => "INTERNAL",
+        b"14" => "UNAVAILABLE",
+        b"15" => "DATA_LOSS",
+        b"16" => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The tower layer that observes every call.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+/// A service observed by [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+/// One call being observed; reports itself once, when its status is known.
+struct Call {
+    method: String,
+    start: Instant,
+    span: tracing::Span,
+}
+
+impl Call {
+    fn finish(self, code: &'static str) {
+        let elapsed = self.start.elapsed();
+        metrics::counter!(RPC_REQUESTS, "method" => self.method.clone(), "code" => code)
+            .increment(1);
+        metrics::histogram!(RPC_DURATION, "method" => self.method.clone())
+            .record(elapsed.as_secs_f64());
+        self.span.record("code", code);
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let _g = self.span.enter();
+        match code {
+            "OK" => tracing::debug!(elapsed_ms = ms, "rpc"),
+            "INTERNAL" | "UNAVAILABLE" | "UNKNOWN" | "DATA_LOSS" => {
+                tracing::warn!(elapsed_ms = ms, "rpc")
+            }
+            _ => tracing::info!(elapsed_ms = ms, "rpc"),
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        // The token check fills in `caller`.
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            caller = tracing::field::Empty,
+            code = tracing::field::Empty
+        );
+        let fut = {
+            let _g = span.enter();
+            self.inner.call(req)
+        };
+        let call = Call {
+            method,
+            start: Instant::now(),
+            span: span.clone(),
+        };
+        Box::pin(
+            async move {
+                let res = fut.await?;
+                let (parts, body) = res.into_parts();
+                // A status in the headers is a trailers-only response.
+                let call = match parts.headers.get("grpc-status") {
+                    Some(code) => {
+                        call.finish(code_name(code.as_bytes()));
+                        None
+                    }
+                    None => Some(call),
+                };
+                Ok(http::Response::from_parts(
+                    parts,
+                    ObservedBody { inner: body, call },
+                ))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports its call when the trailers pass.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its status: the client went away.
+            if let Some(call) = this.project().call.take() {
+                call.finish("CANCELLED");
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(call) = this.call.take()
+                {
+                    let code = trailers
+                        .get("grpc-status")
+                        .map_or("UNKNOWN", |c| code_name(c.as_bytes()));
+                    call.finish(code);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(call) = this.call.take() {
+                    call.finish("UNKNOWN");
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,342 @@
+//! What operators rely on: metrics, TLS, health, limits, and the `health`
+//! subcommand — against the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use backchannel::pb;
+use common::stream::*;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn scrape(addr: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_calls_subscriptions_deliveries_replays_and_the_writer() {
+    let server = Server::start_with(Options {
+        args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        ..Options::default()
+    })
+    .await;
+    let addr = server
+        .log_value("serving metrics", "addr")
+        .expect("metrics address in the log");
+    let mut w = world(&server).await;
+    let mut s = subscribe(&mut w.admin.clone(), from(Some(0))).await;
+    for i in 0..5 {
+        w.iran
+            .messages
+            .send_message(send_req(&w.channel.id, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let h = head(&mut w.admin).await;
+    let got = read_through(&mut s, h).await;
+    assert_eq!(got.len() as u64, h);
+    let missing = w
+        .outsider
+        .messages
+        .get_message(pb::GetMessageRequest {
+            message_id: got[1].message_id.clone(),
+        })
+        .await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+
+    let text = eventually("the deliveries to be counted", || {
+        let addr = addr.clone();
+        async move {
+            let t = scrape(&addr).await;
+            (sample(&t, "backchannel_events_delivered_total")? >= h as f64).then_some(t)
+        }
+    })
+    .await;
+    let send = "backchannel_rpc_requests_total{method=\"/backchannel.v1.MessageService/SendMessage\",code=\"OK\"}";
+    assert_eq!(sample(&text, send), Some(5.0), "{text}");
+    let not_found = "backchannel_rpc_requests_total{method=\"/backchannel.v1.MessageService/GetMessage\",code=\"NOT_FOUND\"}";
+    assert_eq!(sample(&text, not_found), Some(1.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            "backchannel_rpc_duration_seconds_count{method=\"/backchannel.v1.MessageService/SendMessage\"}"
+        ) == Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "backchannel_subscriptions_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "backchannel_subscriber_lag_events_count").is_some_and(|n| n >= h as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "backchannel_replays_total{reason=\"start\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "backchannel_writer_batch_size_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "backchannel_writer_commit_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "backchannel_store_errors_total{reason=\"STORE_UNAVAILABLE\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    drop(s);
+    eventually("the subscription to close", || {
+        let addr = addr.clone();
+        async move {
+            (sample(&scrape(&addr).await, "backchannel_subscriptions_open") == Some(0.0))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    Pki {
+        ca: ca_cert.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+async fn who_am_i_over_tls(
+    addr: std::net::SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<bool, String> {
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut c = Clients::new(channel, Some(ADMIN_TOKEN));
+    c.parties
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map(|r| r.into_inner().admin)
+        .map_err(|e| format!("call: {e}"))
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let server = Server::start_with(Options {
+        args: vec![
+            "--tls-cert".into(),
+            file("server.pem", &p.server_cert),
+            "--tls-key".into(),
+            file("server.key", &p.server_key),
+            "--tls-client-ca".into(),
+            file("ca.pem", &p.ca),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let ca = Certificate::from_pem(&p.ca);
+    let with_cert = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&p.client_cert, &p.client_key));
+    assert_eq!(who_am_i_over_tls(server.addr, with_cert).await, Ok(true));
+
+    let without_cert = ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("localhost");
+    let refused = who_am_i_over_tls(server.addr, without_cert).await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got in: {refused:?}"
+    );
+
+    // Plaintext is refused too.
+    let plain = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let r = Clients::new(ch, Some(ADMIN_TOKEN))
+            .parties
+            .who_am_i(pb::WhoAmIRequest {})
+            .await;
+        assert!(r.is_err(), "plaintext got an answer: {r:?}");
+    }
+}
+
+async fn next_status(w: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    tokio::time::timeout(DEADLINE, w.message())
+        .await
+        .expect("a health change in time")
+        .expect("watch")
+        .expect("watch item")
+        .status
+}
+
+#[tokio::test]
+async fn health_says_not_serving_while_the_database_is_unreachable_and_serving_after() {
+    let server = Server::start_postgres_replicas(1).await.remove(0);
+    let db = server.database().expect("postgres").name.clone();
+    let mut health = HealthClient::new(server.connect().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+
+    // The database stops taking connections and drops the ones it had.
+    let name = db.clone();
+    with_admin_db(move |c| {
+        c.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+            .unwrap();
+        c.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .unwrap();
+    });
+    assert_eq!(
+        next_status(&mut watch).await,
+        ServingStatus::NotServing as i32
+    );
+    // Calls fail fast with UNAVAILABLE meanwhile.
+    let mut admin = server.admin().await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin
+            .channels
+            .list_channels(pb::ListChannelsRequest::default()),
+    )
+    .await
+    .expect("no hang");
+    assert_eq!(r.unwrap_err().code(), Code::Unavailable);
+
+    let name = db.clone();
+    with_admin_db(move |c| {
+        c.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+            .unwrap();
+    });
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+    admin
+        .channels
+        .list_channels(pb::ListChannelsRequest::default())
+        .await
+        .expect("recovered by itself");
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_cap_are_resource_exhausted() {
+    let server = Server::start_with(Options {
+        args: vec!["--max-subscriptions".into(), "2".into()],
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let mut a = subscribe(&mut admin, from(None)).await;
+    caught_up(&mut a).await;
+    let mut b = subscribe(&mut admin, from(None)).await;
+    caught_up(&mut b).await;
+    assert_err(
+        admin.messages.subscribe(from(None)).await,
+        Code::ResourceExhausted,
+        "TOO_MANY_SUBSCRIPTIONS",
+    );
+    drop(a);
+    eventually("a slot to free up", || {
+        let mut admin = admin.clone();
+        async move { admin.messages.subscribe(from(None)).await.ok().map(|_| ()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_health_subcommand_exits_zero_for_a_serving_server() {
+    let server = Server::start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args(["health", "--addr", &server.addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args(["health", "--addr", &closed.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
