@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -27,6 +26,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight calls get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// TCP keepalive on accepted connections.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// HTTP/2 keepalive ping interval: dead clients are noticed.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -195,6 +197,12 @@ pub async fn run(
     };
 
     tracing::info!(%addr, tls = tls.is_some(), "serving");
+    // Accepted sockets need TCP_NODELAY set here: tonic ignores its own
+    // nodelay setting for a listener it is handed, and Nagle's algorithm
+    // meeting delayed ACKs costs ~40 ms per call.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -211,7 +219,7 @@ pub async fn run(
         .add_service(crate::codec::RequestFaults(party))
         .add_service(crate::codec::RequestFaults(channel))
         .add_service(crate::codec::RequestFaults(message))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+        .serve_with_incoming_shutdown(incoming, stop);
     // A client that stops reading can hold its connection open; after the
     // grace period the server stops regardless.
     let grace = async {
@@ -255,8 +263,10 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     }
 }
 
-/// Reports NOT_SERVING while the store cannot be reached, SERVING again
-/// when it can, until shutdown (which reports NOT_SERVING for good).
+/// Reports the whole server (`""`) NOT_SERVING while the store cannot be
+/// reached and SERVING again when it can, until shutdown. The per-service
+/// names stay SERVING meanwhile, so a liveness check on one of them does not
+/// restart a process that only waits for its database; shutdown flips all.
 async fn probe_store(
     store: Store,
     health: tonic_health::server::HealthReporter,
@@ -273,12 +283,14 @@ async fn probe_store(
         let ok = store.head().await.is_ok();
         if ok != serving && !shutdown.is_cancelled() {
             serving = ok;
-            if ok {
+            let status = if ok {
                 tracing::info!("store reachable again: SERVING");
+                tonic_health::ServingStatus::Serving
             } else {
                 tracing::warn!("store unreachable: NOT_SERVING");
-            }
-            set_health(&health, ok).await;
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
         }
     }
 }
