@@ -86,7 +86,7 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    /// PEM certificate chain to serve gRPC over TLS; give --tls-key too.
     #[arg(long, env = "BACKCHANNEL_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
