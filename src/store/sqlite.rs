@@ -186,15 +186,41 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
 
 /// Most channels the writer keeps in memory.
 const CHANNEL_CACHE: usize = 10_000;
+/// Most messages the writer keeps in memory (the recently touched ones,
+/// which are the ones that move next).
+const MESSAGE_CACHE: usize = 4_096;
+
+/// What the writer has read or written. It is the only writer, so what it
+/// holds stays true; cleared whenever a batch does not commit.
+#[derive(Default)]
+struct Cache {
+    channels: HashMap<Id, Channel>,
+    messages: HashMap<Id, Message>,
+}
+
+impl Cache {
+    fn clear(&mut self) {
+        self.channels.clear();
+        self.messages.clear();
+    }
+
+    /// Keeps the cache bounded (crudely: a full cache starts over).
+    fn trim(&mut self) {
+        if self.channels.len() > CHANNEL_CACHE {
+            self.channels.clear();
+        }
+        if self.messages.len() > MESSAGE_CACHE {
+            self.messages.clear();
+        }
+    }
+}
 
 /// The writer thread: takes the first queued job, then whatever else has
 /// queued (up to [`MAX_BATCH`]), runs each in a savepoint so one refusal
 /// undoes only itself, commits once, publishes the events, then answers.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    // This thread is the only writer, so what it read or wrote stays true;
-    // cleared whenever a batch does not commit.
-    let mut channels: HashMap<Id, Channel> = HashMap::new();
+    let mut cache = Cache::default();
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -209,9 +235,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
         metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
-        if channels.len() > CHANNEL_CACHE {
-            channels.clear();
-        }
+        cache.trim();
         let committed = (|| -> Result<(), Rejection> {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -220,7 +244,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
                 run(&tx, "SAVEPOINT job")?;
                 let mut wt = Tx {
                     conn: &tx,
-                    channels: Some(&mut channels),
+                    cache: Some(&mut cache),
                 };
                 let mut ex = Executor {
                     tx: &mut wt,
@@ -258,7 +282,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
             }
             Err(e) => {
                 head = start_head;
-                channels.clear();
+                cache.clear();
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(e.clone()));
                 }
@@ -277,10 +301,10 @@ fn run(c: &Connection, sql: &str) -> Result<(), Rejection> {
 }
 
 /// A write transaction (or savepoint) on the writer's connection, with the
-/// writer's channel cache; or, for reads, a plain connection without one.
+/// writer's cache; or, for reads, a plain connection without one.
 struct Tx<'c> {
     conn: &'c Connection,
-    channels: Option<&'c mut HashMap<Id, Channel>>,
+    cache: Option<&'c mut Cache>,
 }
 
 fn encode<T: prost::Message>(m: T) -> Vec<u8> {
@@ -310,10 +334,7 @@ fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
 impl Tx<'_> {
     /// A read on a pooled connection: no cache.
     fn reader(conn: &Connection) -> Tx<'_> {
-        Tx {
-            conn,
-            channels: None,
-        }
+        Tx { conn, cache: None }
     }
 }
 
@@ -372,7 +393,7 @@ impl WriteTx for Tx<'_> {
     }
 
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
-        if let Some(c) = self.channels.as_ref().and_then(|m| m.get(&id)) {
+        if let Some(c) = self.cache.as_ref().and_then(|m| m.channels.get(&id)) {
             return Ok(Some(c.clone()));
         }
         let b: Option<Vec<u8>> = self
@@ -381,15 +402,15 @@ impl WriteTx for Tx<'_> {
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
         let c = b.map(|b| decode_channel(&b)).transpose()?;
-        if let (Some(c), Some(m)) = (&c, self.channels.as_mut()) {
-            m.insert(id, c.clone());
+        if let (Some(c), Some(m)) = (&c, self.cache.as_mut()) {
+            m.channels.insert(id, c.clone());
         }
         Ok(c)
     }
 
     fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
-        if let Some(m) = self.channels.as_mut() {
-            m.insert(c.id, c.clone());
+        if let Some(m) = self.cache.as_mut() {
+            m.channels.insert(c.id, c.clone());
         }
         let data = encode(pb::Channel::from(c));
         let state = convert::channel_state_pb(c.state) as i32;
@@ -424,15 +445,25 @@ impl WriteTx for Tx<'_> {
     }
 
     fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
+        if let Some(m) = self.cache.as_ref().and_then(|c| c.messages.get(&id)) {
+            return Ok(Some(m.clone()));
+        }
         let b: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT data FROM messages WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
-        b.map(|b| decode_message(&b)).transpose()
+        let m = b.map(|b| decode_message(&b)).transpose()?;
+        if let (Some(m), Some(c)) = (&m, self.cache.as_mut()) {
+            c.messages.insert(id, m.clone());
+        }
+        Ok(m)
     }
 
     fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        if let Some(c) = self.cache.as_mut() {
+            c.messages.insert(m.id, m.clone());
+        }
         let data = encode(pb::Message::from(m));
         let state = convert::message_state_pb(m.state) as i32;
         match insert_seq {
