@@ -2,22 +2,21 @@
 //!
 //! The writer publishes each committed event into a bounded broadcast ring
 //! (the in-memory window of the last [`WINDOW_EVENTS`] events). Each
-//! subscription is a task that replays the durable log from its position,
-//! then follows the ring. Events travel as the bytes they were encoded to at
-//! commit (see [`crate::wire`]): no subscriber decodes or encodes them. A subscriber that
-//! falls behind the ring (lagged) or sees a gap goes back to the log from its
-//! last sequence, so it loses nothing, holds at most its own small queue, and
-//! never slows the writer or other subscribers.
+//! subscription is a stream, polled by the connection that carries it, that
+//! replays the durable log from its position, then follows the ring. Events
+//! travel as the bytes they were encoded to at commit (see [`crate::wire`]):
+//! no subscriber decodes or encodes them. A subscriber that falls behind the
+//! ring (lagged) or sees a gap goes back to the log from its last sequence,
+//! so it loses nothing, holds no queue of its own, and never slows the
+//! writer or other subscribers.
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::time::Interval;
+use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -30,12 +29,8 @@ use crate::domain::{Caller, EventType, Id, PartyId, Reason, Rejection, Subject, 
 use crate::pb;
 use crate::store::{Committed, EventQuery, Frame, Store};
 
-use std::future::Future as _;
-
 /// Events the in-memory window holds.
 pub const WINDOW_EVENTS: usize = 8192;
-/// Responses queued per subscription before it waits for its client.
-pub const SUBSCRIBER_QUEUE: usize = 256;
 /// Events read from the log per page during a replay.
 pub const REPLAY_PAGE: usize = 1000;
 /// Default seconds of quiet between heartbeats.
@@ -210,174 +205,156 @@ impl Drop for OpenSubscription {
 
 type Out = Result<pb::SubscribeResponse, Status>;
 
-enum Stop {
-    /// The client left.
-    Gone,
+/// The response stream of one subscription. It is polled by the connection
+/// that carries it: no task and no queue of its own, so a client that stops
+/// reading holds nothing but its place in the log.
+pub type SubscriptionStream = Pin<Box<dyn Stream<Item = Out> + Send + 'static>>;
+
+/// What one wake-up of a following subscription leads to.
+enum Next {
+    /// Nothing to send.
+    Idle,
+    /// Send this.
+    Send(pb::SubscribeResponse),
+    /// The window cannot serve it: read the log from the last sequence.
+    Replay(&'static str),
     /// End the stream with this status.
-    End(Status),
+    Stop(Status),
 }
 
 impl Follow {
-    /// Starts a subscription; its responses arrive on the returned stream.
-    /// The caller has checked that `start_after` is not beyond the head.
+    /// Starts a subscription. The caller has checked that `start_after` is
+    /// not beyond the head.
     pub fn start(&self, sub: Subscription) -> Result<SubscriptionStream, Rejection> {
         let open = OpenSubscription::new(&self.open, self.max_subscriptions)?;
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let (end_tx, end_rx) = oneshot::channel();
-        let this = self.clone();
         // Subscribe to the window before anything else, so nothing published
         // from now on can be missed.
-        let ring = this.feed.ring.subscribe();
-        tokio::spawn(async move {
+        let ring = self.feed.ring.subscribe();
+        let this = self.clone();
+        Ok(Box::pin(async_stream::stream! {
             let _open = open;
-            if let Stop::End(status) = this.run(&sub, ring, &tx).await {
-                // Delivered after whatever is still queued, even if the
-                // queue is full.
-                let _ = end_tx.send(status);
-            }
-        });
-        Ok(SubscriptionStream {
-            queue: rx,
-            end: Some(end_rx),
-        })
-    }
-
-    /// Sends one response, unless the server stops or the token is revoked
-    /// while the client is not reading.
-    async fn send(
-        &self,
-        sub: &Subscription,
-        tx: &mpsc::Sender<Out>,
-        revocation: &mut Interval,
-        item: pb::SubscribeResponse,
-    ) -> Result<(), Stop> {
-        let fut = tx.send(Ok(item));
-        tokio::pin!(fut);
-        loop {
-            tokio::select! {
-                r = &mut fut => return r.map_err(|_| Stop::Gone),
-                () = self.shutdown.cancelled() => return Err(shutting_down()),
-                _ = revocation.tick() => {
-                    if !self.auth.still_valid(&sub.who) {
-                        return Err(revoked());
+            let mut ring = ring;
+            let viewer = sub.who.caller.party().cloned();
+            let mut last = sub.start_after;
+            let mut caught_up_sent = false;
+            let mut revocation = tokio::time::interval(REVOCATION_CHECK);
+            revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let stopping = this.shutdown.clone().cancelled_owned();
+            tokio::pin!(stopping);
+            let mut replay_reason = "start";
+            'replay: loop {
+                metrics::counter!(crate::observe::REPLAYS, "reason" => replay_reason).increment(1);
+                // Replay the durable log from `last` until it is exhausted.
+                loop {
+                    if this.shutdown.is_cancelled() {
+                        yield Err(shutting_down());
+                        return;
                     }
-                }
-            }
-        }
-    }
-
-    async fn run(
-        &self,
-        sub: &Subscription,
-        mut ring: broadcast::Receiver<Shared>,
-        tx: &mpsc::Sender<Out>,
-    ) -> Stop {
-        let viewer = sub.who.caller.party().cloned();
-        let mut last = sub.start_after;
-        let mut caught_up_sent = false;
-        let mut revocation = tokio::time::interval(REVOCATION_CHECK);
-        revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut replay_reason = "start";
-        'replay: loop {
-            metrics::counter!(crate::observe::REPLAYS, "reason" => replay_reason).increment(1);
-            // Replay the durable log from `last` until it is exhausted.
-            loop {
-                if self.shutdown.is_cancelled() {
-                    return shutting_down();
-                }
-                if !self.auth.still_valid(&sub.who) {
-                    return revoked();
-                }
-                let head = match self.store.head().await {
-                    Ok(h) => h,
-                    Err(r) => return Stop::End(r.into()),
-                };
-                // Need-to-know is part of the query: only channels the
-                // viewer is part of (a message's parties are its channel's).
-                let page = match self
-                    .store
-                    .frames(EventQuery {
+                    if !this.auth.still_valid(&sub.who) {
+                        yield Err(revoked());
+                        return;
+                    }
+                    let head = match this.store.head().await {
+                        Ok(h) => h,
+                        Err(r) => {
+                            yield Err(r.into());
+                            return;
+                        }
+                    };
+                    // Need-to-know is part of the query: only channels the
+                    // viewer is part of (a message's parties are its channel's).
+                    let query = EventQuery {
                         viewer: viewer.clone(),
                         channel: sub.filter.only_channel(),
                         message: sub.filter.only_message(),
                         after: last,
                         limit: REPLAY_PAGE,
-                    })
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(r) => return Stop::End(r.into()),
-                };
-                let full = page.len() == REPLAY_PAGE;
-                for f in page {
-                    last = f.sequence;
-                    if sub.filter.matches(&f) {
-                        deliver(self.feed.head().saturating_sub(f.sequence));
-                        if let Err(s) = self.send(sub, tx, &mut revocation, event(f.data)).await {
-                            return s;
+                    };
+                    let page = match this.store.frames(query).await {
+                        Ok(p) => p,
+                        Err(r) => {
+                            yield Err(r.into());
+                            return;
+                        }
+                    };
+                    let full = page.len() == REPLAY_PAGE;
+                    for f in page {
+                        last = f.sequence;
+                        if sub.filter.matches(&f) {
+                            deliver(this.feed.head().saturating_sub(f.sequence));
+                            yield Ok(event(f.data));
                         }
                     }
-                }
-                if !full {
-                    // Everything committed up to `head` has been read.
-                    last = last.max(head);
-                    break;
-                }
-            }
-            if !caught_up_sent {
-                caught_up_sent = true;
-                if let Err(s) = self.send(sub, tx, &mut revocation, heartbeat(last)).await {
-                    return s;
-                }
-            }
-            // Follow the in-memory window.
-            let quiet = tokio::time::sleep(sub.heartbeat);
-            tokio::pin!(quiet);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => return shutting_down(),
-                    () = tx.closed() => return Stop::Gone,
-                    _ = revocation.tick() => {
-                        if !self.auth.still_valid(&sub.who) {
-                            return revoked();
-                        }
+                    if !full {
+                        // Everything committed up to `head` has been read.
+                        last = last.max(head);
+                        break;
                     }
-                    r = ring.recv() => match r {
-                        Ok(p) => {
-                            let seq = p.frame.sequence;
-                            if seq <= last {
-                                continue;
-                            }
-                            if seq != last + 1 {
-                                // A gap: what is missing is in the log.
-                                replay_reason = "gap";
-                                continue 'replay;
-                            }
-                            last = seq;
-                            if sub.filter.matches(&p.frame) && p.visible_to(&sub.who.caller) {
-                                deliver(self.feed.head().saturating_sub(seq));
-                                if let Err(s) = self.send(sub, tx, &mut revocation, event(p.frame.data.clone())).await {
-                                    return s;
-                                }
-                                quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
+                }
+                if !caught_up_sent {
+                    caught_up_sent = true;
+                    yield Ok(heartbeat(last));
+                }
+                // Follow the in-memory window.
+                let quiet = tokio::time::sleep(sub.heartbeat);
+                tokio::pin!(quiet);
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        () = &mut stopping => Next::Stop(shutting_down()),
+                        _ = revocation.tick() => {
+                            if this.auth.still_valid(&sub.who) {
+                                Next::Idle
+                            } else {
+                                Next::Stop(revoked())
                             }
                         }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::debug!(missed = n, last, "subscriber fell behind the window; replaying from the log");
-                            replay_reason = "lag";
+                        r = ring.recv() => match r {
+                            Ok(p) => this.route(&sub, &p, &mut last),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::debug!(missed = n, last, "subscriber fell behind the window; replaying from the log");
+                                Next::Replay("lag")
+                            }
+                            Err(broadcast::error::RecvError::Closed) => Next::Stop(shutting_down()),
+                        },
+                        () = &mut quiet => Next::Send(heartbeat(last)),
+                    };
+                    match next {
+                        Next::Idle => continue,
+                        Next::Send(item) => {
+                            yield Ok(item);
+                            quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
+                        }
+                        Next::Replay(reason) => {
+                            replay_reason = reason;
                             continue 'replay;
                         }
-                        Err(broadcast::error::RecvError::Closed) => return shutting_down(),
-                    },
-                    () = &mut quiet => {
-                        if let Err(s) = self.send(sub, tx, &mut revocation, heartbeat(last)).await {
-                            return s;
+                        Next::Stop(status) => {
+                            yield Err(status);
+                            return;
                         }
-                        quiet.as_mut().reset(tokio::time::Instant::now() + sub.heartbeat);
                     }
                 }
             }
+        }))
+    }
+
+    /// What to do with one event from the window.
+    fn route(&self, sub: &Subscription, p: &Published, last: &mut u64) -> Next {
+        let seq = p.frame.sequence;
+        if seq <= *last {
+            return Next::Idle;
+        }
+        if seq != *last + 1 {
+            // A gap: what is missing is in the log.
+            return Next::Replay("gap");
+        }
+        *last = seq;
+        if sub.filter.matches(&p.frame) && p.visible_to(&sub.who.caller) {
+            deliver(self.feed.head().saturating_sub(seq));
+            Next::Send(event(p.frame.data.clone()))
+        } else {
+            Next::Idle
         }
     }
 }
@@ -386,38 +363,6 @@ impl Follow {
 fn deliver(lag: u64) {
     metrics::counter!(crate::observe::EVENTS_DELIVERED).increment(1);
     metrics::histogram!(crate::observe::SUBSCRIBER_LAG).record(lag as f64);
-}
-
-/// The response stream of one subscription: its queue, then its final status.
-pub struct SubscriptionStream {
-    queue: mpsc::Receiver<Out>,
-    end: Option<oneshot::Receiver<Status>>,
-}
-
-impl Stream for SubscriptionStream {
-    type Item = Out;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Out>> {
-        if let Poll::Ready(Some(item)) = self.queue.poll_recv(cx) {
-            return Poll::Ready(Some(item));
-        }
-        // The queue is empty (or closed): is there a final status?
-        let Some(end) = self.end.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(end).poll(cx) {
-            Poll::Ready(Ok(status)) => {
-                self.end = None;
-                Poll::Ready(Some(Err(status)))
-            }
-            // The task ended without a status (the client left).
-            Poll::Ready(Err(_)) => {
-                self.end = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
 }
 
 fn event(data: Bytes) -> pb::SubscribeResponse {
@@ -431,16 +376,14 @@ fn heartbeat(head: u64) -> pb::SubscribeResponse {
     }))
 }
 
-fn shutting_down() -> Stop {
-    Stop::End(
-        Rejection::new(
-            Reason::SHUTTING_DOWN,
-            "the server is shutting down; reconnect with start_after set to your last sequence",
-        )
-        .into(),
+fn shutting_down() -> Status {
+    Rejection::new(
+        Reason::SHUTTING_DOWN,
+        "the server is shutting down; reconnect with start_after set to your last sequence",
     )
+    .into()
 }
 
-fn revoked() -> Stop {
-    Stop::End(Rejection::new(Reason::UNAUTHENTICATED, "the token was revoked").into())
+fn revoked() -> Status {
+    Rejection::new(Reason::UNAUTHENTICATED, "the token was revoked").into()
 }

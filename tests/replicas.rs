@@ -54,8 +54,10 @@ async fn three_replicas_share_one_gap_free_order_seen_identically_by_every_subsc
         let (replayed, _) = caught_up(&mut s).await;
         subs.push((None, s, replayed, 0));
         let mut fr = per["france"].clone();
-        let mut s = subscribe(&mut fr, from(None)).await;
-        let (replayed, start) = caught_up(&mut s).await;
+        let req = from(None);
+        let mut s = subscribe(&mut fr, req.clone()).await;
+        let (replayed, mark) = caught_up(&mut s).await;
+        let start = starting_point(&req, &replayed, mark);
         subs.push((Some("france"), s, replayed, start));
     }
 

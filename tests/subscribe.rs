@@ -77,14 +77,9 @@ async fn concurrent_writers_and_subscribers_see_exactly_what_they_may_in_order()
     for (who, req) in specs.iter().take(4) {
         let mut c = clients_of(*who).await;
         let mut s = subscribe(&mut c, req.clone()).await;
-        let (replayed, start) = caught_up(&mut s).await;
-        subs.push((
-            *who,
-            req.clone(),
-            s,
-            replayed,
-            req.start_after.unwrap_or(start),
-        ));
+        let (replayed, mark) = caught_up(&mut s).await;
+        let start = starting_point(req, &replayed, mark);
+        subs.push((*who, req.clone(), s, replayed, start));
     }
 
     let writers: Vec<_> = (0..4)
@@ -122,14 +117,9 @@ async fn concurrent_writers_and_subscribers_see_exactly_what_they_may_in_order()
     for (who, req) in specs.iter().skip(4) {
         let mut c = clients_of(*who).await;
         let mut s = subscribe(&mut c, req.clone()).await;
-        let (replayed, start) = caught_up(&mut s).await;
-        subs.push((
-            *who,
-            req.clone(),
-            s,
-            replayed,
-            req.start_after.unwrap_or(start),
-        ));
+        let (replayed, mark) = caught_up(&mut s).await;
+        let start = starting_point(req, &replayed, mark);
+        subs.push((*who, req.clone(), s, replayed, start));
     }
     for wr in writers {
         wr.await.expect("writer");

@@ -155,3 +155,15 @@ pub async fn relay(
         .await
         .expect("acknowledge");
 }
+
+/// Where a subscription began: `start_after`, or for a live one (unset), the
+/// head when the server took the call — at most its caught-up mark, and
+/// before the first event it sent, which came after that point.
+pub fn starting_point(req: &pb::SubscribeRequest, before_mark: &[pb::Event], mark: u64) -> u64 {
+    req.start_after.unwrap_or_else(|| {
+        before_mark
+            .first()
+            .map_or(mark, |e| e.sequence - 1)
+            .min(mark)
+    })
+}
