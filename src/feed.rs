@@ -210,7 +210,9 @@ type Out = Result<pb::SubscribeResponse, Status>;
 /// reading holds nothing but its place in the log.
 pub type SubscriptionStream = Pin<Box<dyn Stream<Item = Out> + Send + 'static>>;
 
-/// What one wake-up of a following subscription leads to.
+/// What one wake-up of a following subscription leads to. Built and
+/// consumed at once, so the large variant costs no copy worth boxing.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     /// Nothing to send.
     Idle,
