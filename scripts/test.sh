@@ -175,6 +175,11 @@ echo "PostgreSQL: $DATABASE_URL"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# One TLS crypto provider: ring. aws-lc-rs must not be linked as well.
+if cargo tree --locked -e normal -i aws-lc-rs >/dev/null 2>&1; then
+  echo "error: aws-lc-rs is linked beside ring; keep one crypto provider (cargo tree -i aws-lc-rs)" >&2
+  exit 1
+fi
 echo "== suite on the embedded store"
 cargo test --all-targets
 cargo test --doc

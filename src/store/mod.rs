@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod postgres;
 pub mod query;
+pub mod record;
 pub mod sqlite;
 
 use std::path::Path;

@@ -26,6 +26,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::exec::{Executor, Outcome, WriteTx};
 use super::query::{self, Arg, Style, int};
+use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
 use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
@@ -82,11 +83,6 @@ fn pg_err(e: tokio_postgres::Error) -> Rejection {
         tracing::error!(error = %e, "database error");
         Rejection::new(Reason::INTERNAL, "internal store error")
     }
-}
-
-fn corrupt(e: impl std::fmt::Display) -> Rejection {
-    tracing::error!(error = %e, "corrupt record");
-    Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
 }
 
 fn unavailable(what: impl std::fmt::Display) -> Rejection {
@@ -381,22 +377,6 @@ impl PgTx<'_, '_> {
         let st = self.st(sql)?;
         self.tx.execute(&st, params).map_err(pg_err)
     }
-}
-
-fn decode_message(b: &[u8]) -> Result<Message, Rejection> {
-    convert::message_from_pb(pb::Message::decode(b).map_err(corrupt)?).map_err(corrupt)
-}
-
-fn decode_channel(b: &[u8]) -> Result<Channel, Rejection> {
-    convert::channel_from_pb(pb::Channel::decode(b).map_err(corrupt)?).map_err(corrupt)
-}
-
-fn decode_party(b: &[u8]) -> Result<Party, Rejection> {
-    convert::party_from_pb(pb::Party::decode(b).map_err(corrupt)?).map_err(corrupt)
-}
-
-fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
-    convert::event_from_pb(pb::Event::decode(b).map_err(corrupt)?).map_err(corrupt)
 }
 
 impl WriteTx for PgTx<'_, '_> {

@@ -156,10 +156,7 @@ pub fn frame(
     kind: i64,
     data: Vec<u8>,
 ) -> Result<Frame, Rejection> {
-    let bad = |e: String| {
-        tracing::error!(error = %e, "corrupt event row");
-        Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
-    };
+    let bad = |e: String| super::record::corrupt(format!("event row: {e}"));
     let id = |s: &str| Id::parse(s).map_err(bad);
     Ok(Frame {
         sequence: u64::try_from(seq).map_err(|e| bad(e.to_string()))?,

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
 use super::exec::{Executor, WriteTx};
 use super::query::{self, Arg, Style};
+use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
 use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
@@ -48,11 +48,6 @@ fn db_err(e: rusqlite::Error) -> Rejection {
     } else {
         Rejection::new(Reason::INTERNAL, "internal store error")
     }
-}
-
-fn corrupt(e: impl std::fmt::Display) -> Rejection {
-    tracing::error!(error = %e, "corrupt record");
-    Rejection::new(Reason::INTERNAL, "internal store error: corrupt record")
 }
 
 fn open(path: &Path) -> Result<Connection, Rejection> {
@@ -313,22 +308,6 @@ fn encode<T: prost::Message>(m: T) -> Vec<u8> {
 
 fn i64_of(n: u64) -> Result<i64, Rejection> {
     i64::try_from(n).map_err(corrupt)
-}
-
-fn decode_message(b: &[u8]) -> Result<Message, Rejection> {
-    convert::message_from_pb(pb::Message::decode(b).map_err(corrupt)?).map_err(corrupt)
-}
-
-fn decode_channel(b: &[u8]) -> Result<Channel, Rejection> {
-    convert::channel_from_pb(pb::Channel::decode(b).map_err(corrupt)?).map_err(corrupt)
-}
-
-fn decode_party(b: &[u8]) -> Result<Party, Rejection> {
-    convert::party_from_pb(pb::Party::decode(b).map_err(corrupt)?).map_err(corrupt)
-}
-
-fn decode_event(b: &[u8]) -> Result<Event, Rejection> {
-    convert::event_from_pb(pb::Event::decode(b).map_err(corrupt)?).map_err(corrupt)
 }
 
 impl Tx<'_> {
