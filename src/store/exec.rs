@@ -97,11 +97,39 @@ pub struct Executor<'a, T: WriteTx> {
     pub events: Vec<super::Committed>,
     /// The time of recording.
     pub now: Time,
+    /// Whether the current command has written anything.
+    pub wrote: bool,
 }
 
 impl<T: WriteTx> Executor<'_, T> {
+    /// Runs one command in the writer's transaction.
+    ///
+    /// Every check of a command comes before its first write, so a refused
+    /// command has written nothing and needs no rollback: the batch goes on
+    /// without it. A store failure, or a refusal after a write (a bug), fails
+    /// the whole batch, which then commits nothing.
+    pub fn execute(&mut self, caller: &Caller, cmd: &Command) -> Result<Outcome, Rejection> {
+        self.wrote = false;
+        match self.run(caller, cmd) {
+            Err(r)
+                if self.wrote
+                    && !matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) =>
+            {
+                tracing::error!(refusal = %r, "a command was refused after it wrote; failing the batch");
+                Err(Rejection::new(Reason::INTERNAL, "internal error"))
+            }
+            other => other,
+        }
+    }
+
+    /// The transaction, for a write.
+    fn w(&mut self) -> &mut T {
+        self.wrote = true;
+        self.tx
+    }
+
     /// Runs one command.
-    pub fn run(&mut self, caller: &Caller, cmd: &Command) -> Result<Outcome, Rejection> {
+    fn run(&mut self, caller: &Caller, cmd: &Command) -> Result<Outcome, Rejection> {
         match cmd {
             Command::CreateParty(p) => {
                 admin_only(caller)?;
@@ -111,6 +139,8 @@ impl<T: WriteTx> Executor<'_, T> {
                     kind: p.kind,
                     create_time: self.now,
                 };
+                // Inserts nothing when the id is taken, so refusing then is
+                // refusing before any write.
                 if !self.tx.insert_party(&party)? {
                     return Err(Rejection::new(
                         Reason::PARTY_EXISTS,
@@ -131,8 +161,9 @@ impl<T: WriteTx> Executor<'_, T> {
                         format!("no party '{party_id}'"),
                     ));
                 }
-                self.tx
-                    .insert_token(*token_id, party_id, secret_hash, self.now)?;
+                let now = self.now;
+                self.w()
+                    .insert_token(*token_id, party_id, secret_hash, now)?;
                 Ok(Outcome::TokenIssued {
                     token_id: *token_id,
                     party_id: party_id.clone(),
@@ -141,15 +172,19 @@ impl<T: WriteTx> Executor<'_, T> {
             }
             Command::RevokeToken { token_id } => {
                 admin_only(caller)?;
+                // Marks nothing when the token is absent or already revoked.
                 match self.tx.revoke_token(*token_id, self.now)? {
                     None => Err(Rejection::new(Reason::TOKEN_NOT_FOUND, "no such token")),
                     Some(false) => Err(Rejection::new(
                         Reason::TOKEN_REVOKED,
                         "the token is already revoked",
                     )),
-                    Some(true) => Ok(Outcome::TokenRevoked {
-                        token_id: *token_id,
-                    }),
+                    Some(true) => {
+                        self.wrote = true;
+                        Ok(Outcome::TokenRevoked {
+                            token_id: *token_id,
+                        })
+                    }
                 }
             }
             Command::CreateChannel(c) => self.create_channel(caller, c, cmd),
@@ -208,7 +243,7 @@ impl<T: WriteTx> Executor<'_, T> {
             self.now,
             Subject::Channel(Box::new(channel.clone())),
         )?;
-        self.tx.save_channel(&channel, Some(seq))?;
+        self.w().save_channel(&channel, Some(seq))?;
         self.remember(caller, METHOD, c.request_id, cmd, channel.id)?;
         Ok(Outcome::Channel(channel))
     }
@@ -230,7 +265,7 @@ impl<T: WriteTx> Executor<'_, T> {
             self.now,
             Subject::Channel(Box::new(channel.clone())),
         )?;
-        self.tx.save_channel(&channel, None)?;
+        self.w().save_channel(&channel, None)?;
         Ok(Outcome::Channel(channel))
     }
 
@@ -323,7 +358,7 @@ impl<T: WriteTx> Executor<'_, T> {
             occur,
             Subject::Message(Box::new(message.clone())),
         )?;
-        self.tx.save_message(&message, Some(seq))?;
+        self.w().save_message(&message, Some(seq))?;
         if let Some(step) = answered {
             self.record(
                 caller.actor(),
@@ -333,7 +368,7 @@ impl<T: WriteTx> Executor<'_, T> {
                 occur,
                 Subject::Message(Box::new(step.message.clone())),
             )?;
-            self.tx.save_message(&step.message, None)?;
+            self.w().save_message(&step.message, None)?;
         }
         self.remember(caller, METHOD, m.request_id, cmd, id)?;
         Ok(Outcome::Message(message))
@@ -367,7 +402,7 @@ impl<T: WriteTx> Executor<'_, T> {
             occur,
             Subject::Message(Box::new(step.message.clone())),
         )?;
-        self.tx.save_message(&step.message, None)?;
+        self.w().save_message(&step.message, None)?;
         self.remember(caller, method, mv.request_id, cmd, msg.id)?;
         Ok(Outcome::Message(step.message))
     }
@@ -388,7 +423,7 @@ impl<T: WriteTx> Executor<'_, T> {
                     deadline,
                     Subject::Message(Box::new(step.message.clone())),
                 )?;
-                self.tx.save_message(&step.message, None)?;
+                self.w().save_message(&step.message, None)?;
                 n += 1;
             }
         }
@@ -426,7 +461,7 @@ impl<T: WriteTx> Executor<'_, T> {
         let data = bytes::Bytes::from(prost::Message::encode_to_vec(&crate::pb::Event::from(
             &event,
         )));
-        self.tx.append(&event, &data)?;
+        self.w().append(&event, &data)?;
         self.events.push(super::Committed { event, data });
         Ok(self.head)
     }
@@ -463,7 +498,7 @@ impl<T: WriteTx> Executor<'_, T> {
     ) -> Result<(), Rejection> {
         match request_id {
             Some(rid) => {
-                self.tx
+                self.w()
                     .insert_request(caller.actor(), method, rid, &fingerprint(cmd), resource)
             }
             None => Ok(()),

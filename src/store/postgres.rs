@@ -293,9 +293,8 @@ fn commit_batch(
     let mut head = u64::try_from(head).map_err(corrupt)?;
     let mut tokens_changed = false;
     for job in jobs {
-        let mut sp = tx.savepoint("job").map_err(pg_err)?;
         let mut wt = PgTx {
-            tx: &mut sp,
+            tx: &mut tx,
             stmts: &mut *stmts,
         };
         let mut ex = Executor {
@@ -303,12 +302,12 @@ fn commit_batch(
             head,
             events: Vec::new(),
             now,
+            wrote: false,
         };
-        match ex.run(&job.caller, &job.command) {
+        match ex.execute(&job.caller, &job.command) {
             Ok(out) => {
                 head = ex.head;
                 events.append(&mut ex.events);
-                sp.commit().map_err(pg_err)?;
                 tokens_changed |= matches!(
                     out,
                     Outcome::TokenIssued { .. } | Outcome::TokenRevoked { .. }
@@ -319,10 +318,8 @@ fn commit_batch(
             Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
                 return Err(r);
             }
-            Err(r) => {
-                sp.rollback().map_err(pg_err)?;
-                results.push(Err(r));
-            }
+            // Refused before writing anything.
+            Err(r) => results.push(Err(r)),
         }
     }
     if !events.is_empty() {

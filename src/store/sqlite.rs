@@ -58,8 +58,7 @@ fn open(path: &Path) -> Result<Connection, Rejection> {
         .map_err(db_err)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(db_err)?;
-    // Savepoint journals in memory: each request in a group commit runs in a
-    // savepoint, and a journal file would cost a write per touched page.
+    // Temporary structures (sorts, statement journals) stay in memory.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(db_err)?;
     Ok(conn)
@@ -211,8 +210,8 @@ impl Cache {
 }
 
 /// The writer thread: takes the first queued job, then whatever else has
-/// queued (up to [`MAX_BATCH`]), runs each in a savepoint so one refusal
-/// undoes only itself, commits once, publishes the events, then answers.
+/// queued (up to [`MAX_BATCH`]), runs each (a refused one has written
+/// nothing), commits once, publishes the events, then answers.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut cache = Cache::default();
@@ -236,7 +235,6 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             for job in &jobs {
-                run(&tx, "SAVEPOINT job")?;
                 let mut wt = Tx {
                     conn: &tx,
                     cache: Some(&mut cache),
@@ -246,23 +244,20 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
                     head,
                     events: Vec::new(),
                     now,
+                    wrote: false,
                 };
-                match ex.run(&job.caller, &job.command) {
+                match ex.execute(&job.caller, &job.command) {
                     Ok(out) => {
                         head = ex.head;
                         events.append(&mut ex.events);
-                        run(&tx, "RELEASE job")?;
                         results.push(Ok(out));
                     }
                     // The store failed, not the request: the batch fails.
                     Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
                         return Err(r);
                     }
-                    Err(r) => {
-                        run(&tx, "ROLLBACK TO job")?;
-                        run(&tx, "RELEASE job")?;
-                        results.push(Err(r));
-                    }
+                    // Refused before writing anything.
+                    Err(r) => results.push(Err(r)),
                 }
             }
             tx.commit().map_err(db_err)
@@ -285,14 +280,6 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
         }
     }
     tracing::info!("writer stopped");
-}
-
-/// Runs a statement without parameters, prepared once.
-fn run(c: &Connection, sql: &str) -> Result<(), Rejection> {
-    c.prepare_cached(sql)
-        .and_then(|mut s| s.execute([]))
-        .map(|_| ())
-        .map_err(db_err)
 }
 
 /// A write transaction (or savepoint) on the writer's connection, with the
