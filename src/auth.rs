@@ -33,6 +33,8 @@ pub struct Identity {
 pub struct Authenticator {
     admin_hash: [u8; 32],
     tokens: RwLock<HashMap<Id, TokenRecord>>,
+    /// Counts the changes this process made to the cache.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// A freshly issued token: shown once, stored as `secret_hash`.
@@ -112,6 +114,7 @@ impl Authenticator {
         Authenticator {
             admin_hash: sha256(admin_token.as_bytes()),
             tokens: RwLock::new(tokens.into_iter().map(|t| (t.token_id, t)).collect()),
+            changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -165,9 +168,18 @@ impl Authenticator {
         }
     }
 
-    /// Replaces the cache with the stored tokens (tokens changed elsewhere).
-    pub fn replace_all(&self, tokens: Vec<TokenRecord>) {
-        if let Ok(mut t) = self.tokens.write() {
+    /// How many changes this process has made to the cache so far.
+    pub fn version(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Replaces the cache with the stored tokens (tokens changed elsewhere),
+    /// unless this process changed a token since `seen` (then the snapshot
+    /// may predate that change; the next reload brings it).
+    pub fn replace_all(&self, tokens: Vec<TokenRecord>, seen: u64) {
+        if let Ok(mut t) = self.tokens.write()
+            && self.version() == seen
+        {
             *t = tokens.into_iter().map(|r| (r.token_id, r)).collect();
         }
     }
@@ -175,6 +187,8 @@ impl Authenticator {
     /// Records a token the writer committed.
     pub fn issued(&self, token_id: Id, party_id: PartyId, secret_hash: [u8; 32]) {
         if let Ok(mut t) = self.tokens.write() {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             t.insert(
                 token_id,
                 TokenRecord {
@@ -189,10 +203,12 @@ impl Authenticator {
 
     /// Records a revocation the writer committed.
     pub fn revoked(&self, token_id: Id) {
-        if let Ok(mut t) = self.tokens.write()
-            && let Some(r) = t.get_mut(&token_id)
-        {
-            r.revoked = true;
+        if let Ok(mut t) = self.tokens.write() {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(r) = t.get_mut(&token_id) {
+                r.revoked = true;
+            }
         }
     }
 }

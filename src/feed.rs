@@ -32,7 +32,7 @@ use crate::store::{Committed, EventQuery, Frame, Store};
 /// Events the in-memory window holds.
 pub const WINDOW_EVENTS: usize = 8192;
 /// Events read from the log per page during a replay.
-pub const REPLAY_PAGE: usize = 1000;
+pub const REPLAY_PAGE: usize = 256;
 /// Default seconds of quiet between heartbeats.
 pub const DEFAULT_HEARTBEAT_SECS: u32 = 15;
 /// How often a subscription checks that its token is still valid.
@@ -76,6 +76,8 @@ type Shared = Arc<Published>;
 pub struct Feed {
     ring: broadcast::Sender<Shared>,
     head: AtomicU64,
+    /// Serialises publishers (the writer, and with a shared store the tailer).
+    order: std::sync::Mutex<()>,
 }
 
 impl Feed {
@@ -85,19 +87,33 @@ impl Feed {
         Arc::new(Feed {
             ring,
             head: AtomicU64::new(head),
+            order: std::sync::Mutex::new(()),
         })
     }
 
-    /// Publishes a committed batch, in order (called by the writer after commit).
-    pub fn publish(&self, events: Vec<Committed>) {
-        let Some(last) = events.last().map(|c| c.event.sequence) else {
-            return;
-        };
-        self.head.fetch_max(last, Ordering::SeqCst);
+    /// Publishes committed events, in sequence order, if they continue the
+    /// window without a gap (events it already holds are skipped). Returns
+    /// `false`, publishing nothing, when they do not: with replicas, events
+    /// of another replica come first, and the tailer reads them all from
+    /// the log instead.
+    pub fn publish(&self, events: Vec<Committed>) -> bool {
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let head = self.head();
+        let mut events = events
+            .into_iter()
+            .filter(|c| c.event.sequence > head)
+            .peekable();
+        match events.peek() {
+            None => return true,
+            Some(first) if first.event.sequence != head + 1 => return false,
+            Some(_) => {}
+        }
         for c in events {
+            self.head.store(c.event.sequence, Ordering::SeqCst);
             // No receivers is fine: nobody is subscribed.
             let _ = self.ring.send(Arc::new(Published::of(c)));
         }
+        true
     }
 
     /// Raises the head to `head` (the log's head when the store opened).

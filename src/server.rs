@@ -82,23 +82,33 @@ pub async fn run(
     let addr = listener.local_addr()?;
 
     let feed = Feed::new(0);
-    // The embedded store's writer publishes what it commits. With PostgreSQL
-    // other replicas write too, so the writer only wakes the tailer, which
-    // follows the shared log in sequence order.
+    // The writer publishes what it commits. With PostgreSQL other replicas
+    // write too, and a tailer follows the shared log for their events.
     let wake = Arc::new(Notify::new());
     let (store, head) = match &config.database_url {
         None => {
             let publisher = feed.clone();
             let store = Store::open_embedded(
                 &config.data_dir,
-                Box::new(move |events| publisher.publish(events)),
+                Box::new(move |events| {
+                    publisher.publish(events);
+                }),
             )?;
             tracing::info!(data_dir = %config.data_dir.display(), head = store.1, "embedded store open");
             store
         }
         Some(url) => {
             let waker = wake.clone();
-            let store = Store::open_postgres(url, Box::new(move |_| waker.notify_one())).await?;
+            let publisher = feed.clone();
+            // This replica's commits go straight to its subscribers when
+            // they continue the window; otherwise (another replica wrote in
+            // between) the tailer reads everything from the log in order.
+            let publish = move |events| {
+                if !publisher.publish(events) {
+                    waker.notify_one();
+                }
+            };
+            let store = Store::open_postgres(url, Box::new(publish)).await?;
             tracing::info!(head = store.1, "PostgreSQL store open");
             store
         }
@@ -382,8 +392,9 @@ async fn tail(
             }
         };
         if reload_tokens {
+            let seen = auth.version();
             match store.tokens().await {
-                Ok(t) => auth.replace_all(t),
+                Ok(t) => auth.replace_all(t, seen),
                 Err(e) => tracing::warn!(error = %e, "cannot reload tokens"),
             }
         }
@@ -401,6 +412,7 @@ async fn tail(
                 Ok(events) if events.is_empty() => break,
                 Ok(events) => {
                     let full = events.len() == crate::feed::REPLAY_PAGE;
+                    // Read after the head, so always the continuation.
                     feed.publish(events);
                     if !full {
                         break;

@@ -734,3 +734,34 @@ async fn a_request_over_one_mib_is_resource_exhausted() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn hostile_sizes_get_a_small_clear_refusal_never_internal() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    // A sequence past what the log can hold lists nothing.
+    let r = w
+        .admin
+        .messages
+        .list_events(pb::ListEventsRequest {
+            after_sequence: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .expect("no INTERNAL for a huge after_sequence");
+    assert!(r.into_inner().events.is_empty());
+    // A huge label key is refused, and the refusal stays small enough to send.
+    let mut req = send_req(&w.channel.id, "labels");
+    req.labels.insert("k".repeat(200_000), "v".into());
+    let s = w.iran.messages.send_message(req).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().len() < 2_000, "{} bytes", s.message().len());
+    // Thousands of bad ids: one refusal listing a bounded number of them.
+    let bad = pb::SubscribeRequest {
+        channel_ids: (0..5_000).map(|i| format!("bad-{i}")).collect(),
+        ..Default::default()
+    };
+    let s = w.admin.messages.subscribe(bad).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().ends_with("and 4980 more"), "{}", s.message());
+}

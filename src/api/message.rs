@@ -356,7 +356,10 @@ impl pb::message_service_server::MessageService for MessageApi {
                 viewer: caller.party().cloned(),
                 channel,
                 message,
-                after: cursor.map_or(r.after_sequence, |c| c.position),
+                // Sequences are stored as signed 64-bit numbers: past that, nothing.
+                after: cursor
+                    .map_or(r.after_sequence, |c| c.position)
+                    .min(i64::MAX as u64),
                 limit: limit + 1,
             })
             .await?;
@@ -402,6 +405,8 @@ impl pb::message_service_server::MessageService for MessageApi {
                 .into());
             }
             Some(n) => n,
+            // With replicas, this one's window may trail the shared log.
+            None if self.0.store.is_shared() => head.max(self.0.store.head().await?),
             None => head,
         };
         let secs = match r.heartbeat_seconds {

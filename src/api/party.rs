@@ -24,6 +24,42 @@ fn admin_only(caller: &Caller) -> Result<(), Rejection> {
     }
 }
 
+/// Writes a token change and applies it to the token cache in a task of its
+/// own, so that a call cancelled after the commit still updates the cache
+/// (a revocation then counts from the next call, as promised).
+async fn write_token_change(
+    ctx: &Arc<Ctx>,
+    caller: Caller,
+    cmd: Command,
+) -> Result<Outcome, Status> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let out = ctx.store.write(caller, cmd).await?;
+        match &out {
+            Outcome::TokenIssued {
+                token_id,
+                party_id,
+                secret_hash,
+            } => {
+                ctx.auth.issued(*token_id, party_id.clone(), *secret_hash);
+                tracing::info!(%token_id, party = %party_id, "token issued");
+            }
+            Outcome::TokenRevoked { token_id } => {
+                ctx.auth.revoked(*token_id);
+                tracing::info!(%token_id, "token revoked");
+            }
+            _ => {}
+        }
+        Ok::<_, Rejection>(out)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "token change task failed");
+        Status::internal("internal error")
+    })?
+    .map_err(Status::from)
+}
+
 fn unexpected(o: Outcome) -> Status {
     tracing::error!(outcome = ?o, "unexpected write outcome");
     Status::internal("unexpected write outcome")
@@ -127,31 +163,16 @@ impl pb::party_service_server::PartyService for PartyApi {
         let party_id = party_id("party_id", &req.get_ref().party_id)?;
         admin_only(&caller)?;
         let t = auth::new_token()?;
-        match self
-            .0
-            .store
-            .write(
-                caller,
-                Command::IssueToken {
-                    party_id,
-                    token_id: t.token_id,
-                    secret_hash: t.secret_hash,
-                },
-            )
-            .await?
-        {
-            Outcome::TokenIssued {
-                token_id,
-                party_id,
-                secret_hash,
-            } => {
-                self.0.auth.issued(token_id, party_id.clone(), secret_hash);
-                tracing::info!(%token_id, party = %party_id, "token issued");
-                Ok(Response::new(pb::IssueTokenResponse {
-                    token_id: token_id.to_string(),
-                    token: t.token,
-                }))
-            }
+        let cmd = Command::IssueToken {
+            party_id,
+            token_id: t.token_id,
+            secret_hash: t.secret_hash,
+        };
+        match write_token_change(&self.0, caller, cmd).await? {
+            Outcome::TokenIssued { token_id, .. } => Ok(Response::new(pb::IssueTokenResponse {
+                token_id: token_id.to_string(),
+                token: t.token,
+            })),
             o => Err(unexpected(o)),
         }
     }
@@ -163,17 +184,8 @@ impl pb::party_service_server::PartyService for PartyApi {
         let caller = self.0.caller(&req)?;
         let token_id = super::id("token_id", &req.get_ref().token_id)?;
         admin_only(&caller)?;
-        match self
-            .0
-            .store
-            .write(caller, Command::RevokeToken { token_id })
-            .await?
-        {
-            Outcome::TokenRevoked { token_id } => {
-                self.0.auth.revoked(token_id);
-                tracing::info!(%token_id, "token revoked");
-                Ok(Response::new(pb::RevokeTokenResponse {}))
-            }
+        match write_token_change(&self.0, caller, Command::RevokeToken { token_id }).await? {
+            Outcome::TokenRevoked { .. } => Ok(Response::new(pb::RevokeTokenResponse {})),
             o => Err(unexpected(o)),
         }
     }

@@ -122,8 +122,8 @@ impl Rejection {
 
     /// An `INVALID_FIELD` refusal naming one field.
     pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
-        let field = field.into();
-        let description = description.into();
+        let field = clip(field.into());
+        let description = clip(description.into());
         Rejection {
             reason: Reason::INVALID_FIELD,
             message: format!("{field}: {description}"),
@@ -145,16 +145,34 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// Collects field violations so one response names every bad field.
+/// Most field violations one refusal lists; the rest are counted.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Most characters of a field name or description echoed back.
+const MAX_ECHO_CHARS: usize = 200;
+
+fn clip(s: String) -> String {
+    match s.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// Collects field violations so one response names every bad field (up to
+/// [`MAX_VIOLATIONS`], each clipped, so a hostile request cannot make the
+/// error itself too large to send).
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations(Vec<FieldViolation>, usize);
 
 impl Violations {
     /// Records that `field` is wrong.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        if self.0.len() >= MAX_VIOLATIONS {
+            self.1 += 1;
+            return;
+        }
         self.0.push(FieldViolation {
-            field: field.into(),
-            description: description.into(),
+            field: clip(field.into()),
+            description: clip(description.into()),
         });
     }
 
@@ -174,12 +192,15 @@ impl Violations {
         if self.0.is_empty() {
             return Ok(());
         }
-        let message = self
+        let mut message = self
             .0
             .iter()
             .map(|v| format!("{}: {}", v.field, v.description))
             .collect::<Vec<_>>()
             .join("; ");
+        if self.1 > 0 {
+            message += &format!("; and {} more", self.1);
+        }
         Err(Rejection {
             reason: Reason::INVALID_FIELD,
             message,

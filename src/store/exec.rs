@@ -275,19 +275,16 @@ impl<T: WriteTx> Executor<'_, T> {
         m: &NewMessage,
         cmd: &Command,
     ) -> Result<Outcome, Rejection> {
-        // NOT_FOUND and PERMISSION_DENIED first: the original (for a reply),
-        // then the channel.
+        // NOT_FOUND first (the original of a reply, then the channel), then
+        // PERMISSION_DENIED.
         let original = match m.in_reply_to {
             None => None,
-            Some(id) => {
-                let orig = self
-                    .tx
+            Some(id) => Some(
+                self.tx
                     .message(id)?
                     .filter(|o| o.visible_to(caller))
-                    .ok_or_else(rules::message_not_found)?;
-                rules::authorize(MessageAction::Answer, rules::role(&orig, caller))?;
-                Some(orig)
-            }
+                    .ok_or_else(rules::message_not_found)?,
+            ),
         };
         let channel_id = match (m.channel_id, &original) {
             (Some(id), _) => id,
@@ -299,6 +296,9 @@ impl<T: WriteTx> Executor<'_, T> {
             .channel(channel_id)?
             .filter(|ch| ch.visible_to(caller))
             .ok_or_else(rules::channel_not_found)?;
+        if let Some(o) = &original {
+            rules::authorize(MessageAction::Answer, rules::role(o, caller))?;
+        }
         let recipient = rules::authorize_send(&channel, caller)?.clone();
         if let Some(o) = &original
             && o.sender != recipient
@@ -527,8 +527,62 @@ fn admin_only(caller: &Caller) -> Result<(), Rejection> {
 }
 
 /// A digest of the request as the client sent it (the caller and method are
-/// part of the key already). Commands hold only ordered collections, so
-/// equal requests give equal digests.
+/// part of the key already), over an explicit, length-prefixed encoding of
+/// its fields, so it stays the same across versions of this code.
 fn fingerprint(cmd: &Command) -> [u8; 32] {
-    Sha256::digest(format!("{cmd:?}").as_bytes()).into()
+    struct Canon(Sha256);
+    impl Canon {
+        fn put(&mut self, b: &[u8]) {
+            self.0.update((b.len() as u64).to_be_bytes());
+            self.0.update(b);
+        }
+        fn id(&mut self, id: Option<Id>) {
+            self.put(
+                id.map(|i| i.0.into_bytes())
+                    .as_ref()
+                    .map_or(&[][..], |b| &b[..]),
+            );
+        }
+        fn time(&mut self, t: Option<Time>) {
+            self.put(&t.map_or(Vec::new(), |t| t.0.to_be_bytes().to_vec()));
+        }
+    }
+    let mut d = Canon(Sha256::new());
+    match cmd {
+        Command::CreateChannel(c) => {
+            d.put(b"CreateChannel");
+            d.put(c.display_name.as_bytes());
+            for p in &c.parties {
+                d.put(p.as_str().as_bytes());
+            }
+            d.put(&(c.mediators.len() as u64).to_be_bytes());
+            for p in &c.mediators {
+                d.put(p.as_str().as_bytes());
+            }
+        }
+        Command::SendMessage(m) => {
+            d.put(b"SendMessage");
+            d.id(m.channel_id);
+            d.put(m.subject.as_bytes());
+            d.put(m.body.as_bytes());
+            d.put(&(m.labels.len() as u64).to_be_bytes());
+            for (k, v) in &m.labels {
+                d.put(k.as_bytes());
+                d.put(v.as_bytes());
+            }
+            d.time(m.respond_by);
+            d.id(m.in_reply_to);
+            d.time(m.occur_time);
+        }
+        Command::MoveMessage(mv) => {
+            d.put(mv.action.method().as_bytes());
+            d.id(Some(mv.message_id));
+            d.put(mv.note.as_bytes());
+            d.time(mv.occur_time);
+            d.put(&mv.expected_version.to_be_bytes());
+        }
+        // No request_id on the other commands.
+        other => d.put(format!("{other:?}").as_bytes()),
+    }
+    d.0.finalize().into()
 }

@@ -203,6 +203,11 @@ impl Store {
         ))
     }
 
+    /// Whether other processes may write to this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// Changes made by other replicas, for a store shared by replicas;
     /// `None` for the embedded store, whose only writer is this process.
     pub fn watch(&self) -> Option<mpsc::Receiver<Change>> {
