@@ -84,6 +84,42 @@ pub enum Outcome {
     Expired(usize),
 }
 
+/// Runs a batch of jobs in one transaction: appends each job's result to
+/// `results` and the events of the successful ones to `events`, advancing
+/// `head`. A store failure (or a refusal after a write) fails the batch.
+pub fn run_batch<T: WriteTx>(
+    tx: &mut T,
+    jobs: &[super::Job],
+    head: &mut u64,
+    now: Time,
+    results: &mut Vec<Result<Outcome, Rejection>>,
+    events: &mut Vec<super::Committed>,
+) -> Result<(), Rejection> {
+    for job in jobs {
+        let mut ex = Executor {
+            tx: &mut *tx,
+            head: *head,
+            events: Vec::new(),
+            now,
+            wrote: false,
+        };
+        match ex.execute(&job.caller, &job.command) {
+            Ok(out) => {
+                *head = ex.head;
+                events.append(&mut ex.events);
+                results.push(Ok(out));
+            }
+            // The store failed, not the request: the batch fails.
+            Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
+                return Err(r);
+            }
+            // Refused before writing anything.
+            Err(r) => results.push(Err(r)),
+        }
+    }
+    Ok(())
+}
+
 /// Most messages one `ExpireDue` expires (the next tick takes the rest).
 const EXPIRE_BATCH: usize = 1000;
 

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::exec::{Executor, Outcome, WriteTx};
+use super::exec::{Outcome, WriteTx, run_batch};
 use super::query::{self, Arg, Style, int};
 use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
 use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
@@ -291,37 +291,17 @@ fn commit_batch(
         .map_err(pg_err)?
         .get(0);
     let mut head = u64::try_from(head).map_err(corrupt)?;
-    let mut tokens_changed = false;
-    for job in jobs {
-        let mut wt = PgTx {
-            tx: &mut tx,
-            stmts: &mut *stmts,
-        };
-        let mut ex = Executor {
-            tx: &mut wt,
-            head,
-            events: Vec::new(),
-            now,
-            wrote: false,
-        };
-        match ex.execute(&job.caller, &job.command) {
-            Ok(out) => {
-                head = ex.head;
-                events.append(&mut ex.events);
-                tokens_changed |= matches!(
-                    out,
-                    Outcome::TokenIssued { .. } | Outcome::TokenRevoked { .. }
-                );
-                results.push(Ok(out));
-            }
-            // The database failed, not the request: the batch fails.
-            Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
-                return Err(r);
-            }
-            // Refused before writing anything.
-            Err(r) => results.push(Err(r)),
-        }
-    }
+    let mut wt = PgTx {
+        tx: &mut tx,
+        stmts: &mut *stmts,
+    };
+    run_batch(&mut wt, jobs, &mut head, now, results, events)?;
+    let tokens_changed = results.iter().any(|r| {
+        matches!(
+            r,
+            Ok(Outcome::TokenIssued { .. } | Outcome::TokenRevoked { .. })
+        )
+    });
     if !events.is_empty() {
         let h = int(head)?;
         tx.execute("UPDATE log_head SET head = $1", &[&h])

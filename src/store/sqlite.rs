@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::exec::{Executor, WriteTx};
+use super::exec::{WriteTx, run_batch};
 use super::query::{self, Arg, Style};
 use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
 use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
@@ -234,32 +234,11 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publ
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            for job in &jobs {
-                let mut wt = Tx {
-                    conn: &tx,
-                    cache: Some(&mut cache),
-                };
-                let mut ex = Executor {
-                    tx: &mut wt,
-                    head,
-                    events: Vec::new(),
-                    now,
-                    wrote: false,
-                };
-                match ex.execute(&job.caller, &job.command) {
-                    Ok(out) => {
-                        head = ex.head;
-                        events.append(&mut ex.events);
-                        results.push(Ok(out));
-                    }
-                    // The store failed, not the request: the batch fails.
-                    Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
-                        return Err(r);
-                    }
-                    // Refused before writing anything.
-                    Err(r) => results.push(Err(r)),
-                }
-            }
+            let mut wt = Tx {
+                conn: &tx,
+                cache: Some(&mut cache),
+            };
+            run_batch(&mut wt, &jobs, &mut head, now, &mut results, &mut events)?;
             tx.commit().map_err(db_err)
         })();
         metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
