@@ -68,9 +68,14 @@ fn open(path: &Path) -> Result<Connection, Rejection> {
 pub struct Sqlite {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Bounds the readers working at once.
+    readers: Arc<tokio::sync::Semaphore>,
     /// Dropped with the store, which ends the checkpoint thread.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
 }
+
+/// Most read connections (each with its own page cache) in use at once.
+pub const READERS: usize = 8;
 
 /// How often the WAL is checkpointed into the database file.
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -130,6 +135,7 @@ pub fn start(
         Arc::new(Sqlite {
             path,
             idle: Mutex::new(Vec::new()),
+            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
             _stop_checkpoints: stop_checkpoints,
         }),
         tx,
@@ -542,8 +548,16 @@ impl Sqlite {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Connection) -> Result<T, Rejection> + Send + 'static,
     ) -> Result<T, Rejection> {
+        // At most READERS connections (and blocking threads) read at once.
+        let permit = self
+            .readers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Rejection::new(Reason::SHUTTING_DOWN, "the store is closing"))?;
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = this.idle.lock().ok().and_then(|mut v| v.pop());
             let mut conn = match conn {
                 Some(c) => c,
