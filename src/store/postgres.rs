@@ -294,6 +294,7 @@ fn commit_batch(
     let mut wt = PgTx {
         tx: &mut tx,
         stmts: &mut *stmts,
+        channels: HashMap::new(),
     };
     run_batch(&mut wt, jobs, &mut head, now, results, events)?;
     let tokens_changed = results.iter().any(|r| {
@@ -324,6 +325,10 @@ fn commit_batch(
 struct PgTx<'a, 'b> {
     tx: &'a mut postgres::Transaction<'b>,
     stmts: &'a mut HashMap<&'static str, postgres::Statement>,
+    /// Channels read or written in this batch. While the batch holds the
+    /// log-head lock no other replica can commit, so they stay current for
+    /// the batch (and only for it).
+    channels: HashMap<Id, Channel>,
 }
 
 impl PgTx<'_, '_> {
@@ -403,15 +408,24 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
-        self.opt_bytes(
-            "SELECT data FROM channels WHERE id = $1",
-            &[&id.to_string()],
-        )?
-        .map(|b| decode_channel(&b))
-        .transpose()
+        if let Some(c) = self.channels.get(&id) {
+            return Ok(Some(c.clone()));
+        }
+        let c = self
+            .opt_bytes(
+                "SELECT data FROM channels WHERE id = $1",
+                &[&id.to_string()],
+            )?
+            .map(|b| decode_channel(&b))
+            .transpose()?;
+        if let Some(c) = &c {
+            self.channels.insert(id, c.clone());
+        }
+        Ok(c)
     }
 
     fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+        self.channels.insert(c.id, c.clone());
         let data = pb::Channel::from(c).encode_to_vec();
         let state = i64::from(convert::channel_state_pb(c.state) as i32);
         let id = c.id.to_string();
