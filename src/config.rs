@@ -134,6 +134,12 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_MAX_PAGE_SIZE", default_value_t = validate::DEFAULT_MAX_PAGE_SIZE)]
     pub max_page_size: usize,
 
+    /// How many of the newest events the start-up integrity check verifies
+    /// (their leaf hashes), besides a sample of 10,000 spread over the rest
+    /// of the log. Embedded store only.
+    #[arg(long, env = "BACKCHANNEL_STARTUP_CHECK_EVENTS", default_value_t = crate::store::sqlite::DEFAULT_STARTUP_CHECK_EVENTS)]
+    pub startup_check_events: u64,
+
     /// Largest decoded request in bytes.
     #[arg(long, env = "BACKCHANNEL_MAX_REQUEST_BYTES", default_value_t = validate::DEFAULT_REQUEST_BYTES)]
     pub max_request_bytes: usize,

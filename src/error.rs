@@ -22,6 +22,7 @@ pub fn code(class: Class) -> Code {
         Class::OutOfRange => Code::OutOfRange,
         Class::ResourceExhausted => Code::ResourceExhausted,
         Class::Unavailable => Code::Unavailable,
+        Class::DataLoss => Code::DataLoss,
         Class::Internal => Code::Internal,
     }
 }

@@ -34,8 +34,12 @@ pub const REPLAYS: &str = "backchannel_replays_total";
 pub const WRITER_BATCH: &str = "backchannel_writer_batch_size";
 /// Time to commit one batch (including the fsync).
 pub const WRITER_COMMIT: &str = "backchannel_writer_commit_seconds";
-/// Store failures by reason (STORE_UNAVAILABLE, INTERNAL).
+/// Store failures by reason (STORE_UNAVAILABLE, STORE_FULL, …, INTERNAL).
 pub const STORE_ERRORS: &str = "backchannel_store_errors_total";
+/// Size of the embedded store's write-ahead log after the last commit.
+pub const WAL_BYTES: &str = "backchannel_wal_bytes";
+/// Time the writer spent checkpointing and truncating the WAL.
+pub const WAL_CHECKPOINT: &str = "backchannel_wal_checkpoint_seconds";
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`); returns the
 /// address it listens on (port 0 picks a free one).
@@ -108,9 +112,26 @@ fn describe() {
         "Time to commit one batch, fsync included"
     );
     describe_counter!(STORE_ERRORS, "Store failures by reason");
+    describe_gauge!(
+        WAL_BYTES,
+        metrics::Unit::Bytes,
+        "Size of the embedded store's write-ahead log after the last commit"
+    );
+    describe_histogram!(
+        WAL_CHECKPOINT,
+        metrics::Unit::Seconds,
+        "Time the writer spent checkpointing and truncating the write-ahead log"
+    );
     metrics::gauge!(SUBSCRIPTIONS_OPEN).set(0.0);
     metrics::counter!(EVENTS_DELIVERED).increment(0);
-    for reason in ["STORE_UNAVAILABLE", "INTERNAL"] {
+    for reason in [
+        "STORE_UNAVAILABLE",
+        "STORE_FULL",
+        "STORE_READ_ONLY",
+        "STORE_LOST",
+        "RECORD_CORRUPT",
+        "INTERNAL",
+    ] {
         metrics::counter!(STORE_ERRORS, "reason" => reason).increment(0);
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(
                 Box::new(move |events| {
                     publisher.publish(events);
                 }),
+                config.startup_check_events,
             )?;
             tracing::info!(data_dir = %config.data_dir.display(), head = store.1, "embedded store open");
             store
@@ -259,8 +260,9 @@ const HEALTH_SERVICES: [&str; 4] = [
     "backchannel.v1.MessageService",
 ];
 
-/// How often the store is probed for the health status.
-pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the store is probed (a small write) for the health status:
+/// a fault, or a data directory removed while idle, shows within this.
+pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
     let status = if serving {
@@ -273,10 +275,14 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     }
 }
 
-/// Reports the whole server (`""`) NOT_SERVING while the store cannot be
-/// reached and SERVING again when it can, until shutdown. The per-service
-/// names stay SERVING meanwhile, so a liveness check on one of them does not
-/// restart a process that only waits for its database; shutdown flips all.
+/// Reports the whole server (`""`) NOT_SERVING while the store cannot
+/// commit or cannot be read, and SERVING again when it can, until shutdown.
+/// Each tick commits one small probe write through the writer, so health
+/// follows the writer's ability to commit even when no one writes, and a
+/// fault that clears is noticed without a client having to write. The
+/// per-service names stay SERVING meanwhile, so a liveness check on one of
+/// them does not restart a process that only waits for its disk or
+/// database; shutdown flips all.
 async fn probe_store(
     store: Store,
     health: tonic_health::server::HealthReporter,
@@ -290,14 +296,19 @@ async fn probe_store(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok = store.head().await.is_ok();
+        let wrote = store.write(Caller::Admin, Command::Probe).await;
+        let ok = wrote.is_ok() && store.write_fault().is_none() && store.head().await.is_ok();
         if ok != serving && !shutdown.is_cancelled() {
             serving = ok;
             let status = if ok {
-                tracing::info!("store reachable again: SERVING");
+                tracing::info!("store commits again: SERVING");
                 tonic_health::ServingStatus::Serving
             } else {
-                tracing::warn!("store unreachable: NOT_SERVING");
+                let why = match &wrote {
+                    Err(e) => e.reason.as_str(),
+                    Ok(_) => "STORE_UNAVAILABLE",
+                };
+                tracing::warn!(reason = why, "store cannot commit: NOT_SERVING");
                 tonic_health::ServingStatus::NotServing
             };
             health.set_service_status("", status).await;
@@ -456,6 +467,8 @@ async fn expire_loop(store: Store, every: Duration) {
                 tracing::info!(expired = n, "messages expired");
             }
             Ok(_) => {}
+            // The writer logs store faults once; this would log them twice a second.
+            Err(e) if e.is_store_fault() => {}
             Err(e) => tracing::warn!(error = %e, "expiry check failed"),
         }
     }

@@ -172,4 +172,7 @@ pub enum Command {
     MoveMessage(MessageMove),
     /// Expire every message whose deadline has passed (the server).
     ExpireDue,
+    /// Commit one small write, to learn whether the store can commit (the
+    /// server's health probe). Records no event.
+    Probe,
 }

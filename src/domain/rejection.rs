@@ -26,6 +26,8 @@ pub enum Status {
     ResourceExhausted,
     /// The store or the server is not available; retry.
     Unavailable,
+    /// A stored record failed its integrity check.
+    DataLoss,
     /// A bug or broken store.
     Internal,
 }
@@ -86,6 +88,10 @@ reasons! {
     REQUEST_TOO_LARGE => ResourceExhausted,
     TOO_MANY_SUBSCRIPTIONS => ResourceExhausted,
     STORE_UNAVAILABLE => Unavailable,
+    STORE_FULL => Unavailable,
+    STORE_READ_ONLY => Unavailable,
+    STORE_LOST => Unavailable,
+    RECORD_CORRUPT => DataLoss,
     SHUTTING_DOWN => Unavailable,
     INTERNAL => Internal,
 }
@@ -129,6 +135,20 @@ impl Rejection {
             message: format!("{field}: {description}"),
             fields: vec![FieldViolation { field, description }],
         }
+    }
+
+    /// Whether the store failed (rather than the request being refused):
+    /// such a failure fails the whole batch it happened in.
+    pub fn is_store_fault(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::STORE_UNAVAILABLE
+                | Reason::STORE_FULL
+                | Reason::STORE_READ_ONLY
+                | Reason::STORE_LOST
+                | Reason::RECORD_CORRUPT
+                | Reason::INTERNAL
+        )
     }
 
     /// The class of this refusal.

@@ -53,8 +53,11 @@ pub trait WriteTx {
         fingerprint: &[u8; 32],
         resource: Id,
     ) -> Result<(), Rejection>;
-    /// Appends an event, encoded as `data`, to the log.
-    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection>;
+    /// Appends an event, encoded as `data`, to the log, with its leaf hash
+    /// (see [`super::record::leaf_hash`]).
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection>;
+    /// Writes one small row outside the record (the health probe's write).
+    fn probe(&mut self, now: Time) -> Result<(), Rejection>;
 }
 
 /// What a command produced.
@@ -82,6 +85,8 @@ pub enum Outcome {
     Message(Message),
     /// How many messages expired.
     Expired(usize),
+    /// The probe committed.
+    Probed,
 }
 
 /// Runs a batch of jobs in one transaction: appends each job's result to
@@ -110,7 +115,7 @@ pub fn run_batch<T: WriteTx>(
                 results.push(Ok(out));
             }
             // The store failed, not the request: the batch fails.
-            Err(r) if matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) => {
+            Err(r) if r.is_store_fault() => {
                 return Err(r);
             }
             // Refused before writing anything.
@@ -149,7 +154,7 @@ impl<T: WriteTx> Executor<'_, T> {
         match self.run(caller, cmd) {
             Err(r)
                 if self.wrote
-                    && !matches!(r.reason, Reason::STORE_UNAVAILABLE | Reason::INTERNAL) =>
+                    && !r.is_store_fault() =>
             {
                 tracing::error!(refusal = %r, "a command was refused after it wrote; failing the batch");
                 Err(Rejection::new(Reason::INTERNAL, "internal error"))
@@ -228,6 +233,11 @@ impl<T: WriteTx> Executor<'_, T> {
             Command::SendMessage(m) => self.send(caller, m, cmd),
             Command::MoveMessage(m) => self.move_message(caller, m, cmd),
             Command::ExpireDue => self.expire_due(),
+            Command::Probe => {
+                let now = self.now;
+                self.w().probe(now)?;
+                Ok(Outcome::Probed)
+            }
         }
     }
 
@@ -497,7 +507,8 @@ impl<T: WriteTx> Executor<'_, T> {
         let data = bytes::Bytes::from(prost::Message::encode_to_vec(&crate::pb::Event::from(
             &event,
         )));
-        self.w().append(&event, &data)?;
+        let hash = super::record::leaf_hash(&data);
+        self.w().append(&event, &data, &hash)?;
         self.events.push(super::Committed { event, data });
         Ok(self.head)
     }

@@ -3,6 +3,7 @@
 //! commits queued commands together (group commit), publishes their events,
 //! and only then answers.
 
+pub mod disk;
 pub mod exec;
 pub mod postgres;
 pub mod query;
@@ -10,7 +11,7 @@ pub mod record;
 pub mod sqlite;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +63,44 @@ impl Frame {
             thread_id: m.map(|m| m.thread_id),
             kind: c.event.kind,
             data: c.data.clone(),
+        }
+    }
+}
+
+/// What the writer last learned of its ability to commit, shared with the
+/// health reporter. The writer logs each change once (a fault with its
+/// cause, then its end), never once per request.
+#[derive(Clone, Default)]
+pub struct WriterState(Arc<Mutex<Option<Reason>>>);
+
+impl WriterState {
+    /// The fault the last commit met, if it failed.
+    pub fn fault(&self) -> Option<Reason> {
+        self.0.lock().map(|f| *f).unwrap_or(Some(Reason::INTERNAL))
+    }
+
+    /// A commit failed with `r`.
+    pub fn failed(&self, r: &Rejection) {
+        let Ok(mut f) = self.0.lock() else { return };
+        if *f != Some(r.reason) {
+            tracing::error!(
+                reason = r.reason.as_str(),
+                cause = %r.message,
+                "the store cannot commit: writes are refused ({}) until this clears",
+                r.reason.as_str()
+            );
+            *f = Some(r.reason);
+        }
+    }
+
+    /// A commit succeeded.
+    pub fn committed(&self) {
+        let Ok(mut f) = self.0.lock() else { return };
+        if let Some(old) = f.take() {
+            tracing::info!(
+                was = old.as_str(),
+                "the store commits again: writes are accepted"
+            );
         }
     }
 }
@@ -168,39 +207,48 @@ macro_rules! read {
 pub struct Store {
     backend: Backend,
     writer: mpsc::Sender<Job>,
+    state: WriterState,
 }
 
 impl Store {
-    /// Opens the embedded store in `dir` (created if needed). Returns the
-    /// store and the log's head at opening.
-    pub fn open_embedded(dir: &Path, publish: Publish) -> Result<(Store, u64), Rejection> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Rejection::new(
-                Reason::STORE_UNAVAILABLE,
-                format!("cannot create data directory {}: {e}", dir.display()),
-            )
-        })?;
-        let (backend, writer, head) = sqlite::start(dir, publish)?;
+    /// Opens the embedded store in `dir` (created if needed, and locked
+    /// for this process), after checking the leaf hashes of its newest
+    /// `check_events` events. Returns the store and the log's head.
+    pub fn open_embedded(
+        dir: &Path,
+        publish: Publish,
+        check_events: u64,
+    ) -> Result<(Store, u64), Rejection> {
+        let s = sqlite::start(dir, publish, check_events)?;
         Ok((
             Store {
-                backend: Backend::Sqlite(backend),
-                writer,
+                backend: Backend::Sqlite(s.reader),
+                writer: s.writer,
+                state: s.state,
             },
-            head,
+            s.head,
         ))
     }
 
     /// Opens the PostgreSQL store at `url`, applying migrations. Returns the
     /// store and the log's head at opening.
     pub async fn open_postgres(url: &str, publish: Publish) -> Result<(Store, u64), Rejection> {
-        let (backend, writer, head) = postgres::start(url, publish).await?;
+        let state = WriterState::default();
+        let (backend, writer, head) = postgres::start(url, publish, state.clone()).await?;
         Ok((
             Store {
                 backend: Backend::Postgres(backend),
                 writer,
+                state,
             },
             head,
         ))
+    }
+
+    /// The fault the writer's last commit met, if it failed: while there is
+    /// one, writes are refused and health is NOT_SERVING.
+    pub fn write_fault(&self) -> Option<Reason> {
+        self.state.fault()
     }
 
     /// Whether other processes may write to this store (PostgreSQL).

@@ -27,13 +27,18 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::exec::{Outcome, WriteTx, run_batch};
 use super::query::{self, Arg, Style, int};
 use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
-use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
+use super::{
+    ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
+};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
 
 /// The schema migrations, in order.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_leaf_hash.sql"),
+];
 
 /// Most commands committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -59,38 +64,122 @@ pub enum Change {
     Reconnected,
 }
 
+/// What went wrong, with PostgreSQL's SQLSTATE, message, detail and hint
+/// when the server sent them (tokio-postgres's own `Display` says only
+/// "db error").
+pub fn pg_cause(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!(
+                "{} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            );
+            if let Some(d) = db.detail() {
+                s += &format!(" (detail: {d})");
+            }
+            if let Some(h) = db.hint() {
+                s += &format!(" (hint: {h})");
+            }
+            s
+        }
+        None => match e.source() {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 fn pg_err(e: tokio_postgres::Error) -> Rejection {
     // Errors without a SQLSTATE are I/O or a closed connection; classes 08
     // (connection), 53 (resources), 57 (operator intervention) and 40
     // (serialization) are transient too.
-    let transient = match e.code() {
+    let code = e.code().map(|c| c.code().to_owned());
+    let transient = match &code {
         None => true,
-        Some(c) => matches!(&c.code()[..2], "08" | "53" | "57" | "40"),
+        Some(c) => matches!(&c[..2], "08" | "53" | "57" | "40"),
     };
-    let reason = if transient {
-        "STORE_UNAVAILABLE"
-    } else {
-        "INTERNAL"
+    let cause = pg_cause(&e);
+    // 53100: disk full on the database server.
+    let reason = match code.as_deref() {
+        Some("53100") => Reason::STORE_FULL,
+        Some("25006") => Reason::STORE_READ_ONLY,
+        _ if transient => Reason::STORE_UNAVAILABLE,
+        _ => Reason::INTERNAL,
     };
-    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason).increment(1);
-    if transient {
-        tracing::warn!(error = %e, "database unavailable");
-        Rejection::new(
-            Reason::STORE_UNAVAILABLE,
-            "the database is unavailable; retry (with the same request_id for writes)",
-        )
-    } else {
-        tracing::error!(error = %e, "database error");
-        Rejection::new(Reason::INTERNAL, "internal store error")
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason.as_str()).increment(1);
+    match reason {
+        Reason::INTERNAL => {
+            tracing::error!(error = %cause, "database error");
+            Rejection::new(Reason::INTERNAL, "internal store error")
+        }
+        Reason::STORE_FULL => Rejection::new(
+            reason,
+            "the database server has no disk space left; nothing was written",
+        ),
+        Reason::STORE_READ_ONLY => Rejection::new(
+            reason,
+            "the database refuses writes (read-only); nothing was written",
+        ),
+        _ => {
+            // Logged by the writer once per fault, and at debug here: a
+            // database outage must not log once per request.
+            tracing::debug!(error = %cause, "database unavailable");
+            Rejection::new(
+                Reason::STORE_UNAVAILABLE,
+                format!(
+                    "the database is unavailable ({cause}); retry (with the same request_id for writes)"
+                ),
+            )
+        }
     }
+}
+
+/// The startup failure for a database that cannot be reached or used:
+/// names the cause, and for a missing database or role, the command that
+/// creates it.
+fn connect_err(cfg: &tokio_postgres::Config, e: tokio_postgres::Error) -> Rejection {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().unwrap_or("postgres");
+    let dbname = cfg.get_dbname().unwrap_or(user);
+    let cause = pg_cause(&e);
+    let advice = match e.code().map(|c| c.code()) {
+        Some("3D000") => format!(
+            "; the database '{dbname}' does not exist: create it with \
+             `createdb -h {host} -p {port} -U {user} {dbname}` \
+             (or `CREATE DATABASE \"{dbname}\";` in psql)"
+        ),
+        Some("28000") if cause.contains("role") => format!(
+            "; the role '{user}' does not exist: create it with \
+             `createuser -h {host} -p {port} -U postgres --createdb {user}`"
+        ),
+        Some("28P01") => "; the password was refused: check the URL's user and password".into(),
+        Some("42501") => format!(
+            "; the role '{user}' lacks a privilege the schema needs (CREATE on database '{dbname}')"
+        ),
+        None => format!("; is PostgreSQL running and reachable at {host}:{port}?"),
+        _ => String::new(),
+    };
+    let message = format!("cannot use PostgreSQL at {host}:{port}/{dbname}: {cause}{advice}");
+    Rejection::new(Reason::STORE_UNAVAILABLE, message)
 }
 
 fn unavailable(what: impl std::fmt::Display) -> Rejection {
     metrics::counter!(crate::observe::STORE_ERRORS, "reason" => "STORE_UNAVAILABLE").increment(1);
-    tracing::warn!(error = %what, "database unavailable");
+    tracing::debug!(error = %what, "database unavailable");
     Rejection::new(
         Reason::STORE_UNAVAILABLE,
-        "the database is unavailable; retry (with the same request_id for writes)",
+        format!("the database is unavailable ({what}); retry (with the same request_id for writes)"),
     )
 }
 
@@ -118,6 +207,7 @@ pub struct Postgres {
 pub async fn start(
     url: &str,
     publish: Publish,
+    state: WriterState,
 ) -> Result<(Arc<Postgres>, mpsc::Sender<Job>, u64), Rejection> {
     let cfg = config(url)?;
     migrate(&cfg).await?;
@@ -145,13 +235,16 @@ pub async fn start(
     let writer_cfg = postgres::Config::from(cfg);
     std::thread::Builder::new()
         .name("backchannel-writer".into())
-        .spawn(move || writer(writer_cfg, rx, publish))
+        .spawn(move || writer(writer_cfg, rx, publish, state))
         .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
     Ok((store, tx, head))
 }
 
 async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
-    let (mut client, conn) = cfg.connect(NoTls).await.map_err(pg_err)?;
+    let (mut client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(|e| connect_err(cfg, e))?;
     let driver = tokio::spawn(conn);
     let result = async {
         client
@@ -222,7 +315,12 @@ async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
 /// and a reconnect when the database goes away. A batch whose commit
 /// cannot be confirmed is answered `UNAVAILABLE`, never a false success;
 /// a retry with the same `request_id` then creates nothing twice.
-fn writer(cfg: postgres::Config, mut rx: mpsc::Receiver<Job>, publish: Publish) {
+fn writer(
+    cfg: postgres::Config,
+    mut rx: mpsc::Receiver<Job>,
+    publish: Publish,
+    state: WriterState,
+) {
     let mut conn: Option<postgres::Client> = None;
     let mut stmts: HashMap<&'static str, postgres::Statement> = HashMap::new();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
@@ -239,7 +337,8 @@ fn writer(cfg: postgres::Config, mut rx: mpsc::Receiver<Job>, publish: Publish) 
             conn = match cfg.connect(postgres::NoTls) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    let r = unavailable(e);
+                    let r = unavailable(pg_cause(&e));
+                    state.failed(&r);
                     for job in jobs.drain(..) {
                         let _ = job.reply.send(Err(r.clone()));
                     }
@@ -259,12 +358,14 @@ fn writer(cfg: postgres::Config, mut rx: mpsc::Receiver<Job>, publish: Publish) 
         metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => {
+                state.committed();
                 publish(events);
                 for (job, r) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(r);
                 }
             }
             Err(e) => {
+                state.failed(&e);
                 if client.is_closed() || e.reason == Reason::STORE_UNAVAILABLE {
                     conn = None;
                 }
@@ -545,11 +646,16 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection> {
+    fn probe(&mut self, _now: Time) -> Result<(), Rejection> {
+        // The writer's transaction commits: that is the probe.
+        Ok(())
+    }
+
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection> {
         let m = e.message();
         self.exec(
-            "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data, leaf_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &int(e.sequence)?,
                 &e.channel_id.to_string(),
@@ -557,6 +663,7 @@ impl WriteTx for PgTx<'_, '_> {
                 &m.map(|m| m.thread_id.to_string()),
                 &i64::from(convert::event_type_pb(e.kind) as i32),
                 &data,
+                &&leaf_hash[..],
             ],
         )?;
         Ok(())
@@ -732,7 +839,17 @@ impl Postgres {
         let sql = query::events(&q, Style::Dollar)?;
         let rows = self.rows(&sql.text, &sql.args).await?;
         rows.iter()
-            .map(|r| query::frame(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .map(|r| {
+                query::frame(
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                )
+            })
             .collect()
     }
 

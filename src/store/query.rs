@@ -126,11 +126,11 @@ pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Reject
 }
 
 /// Events after `q.after`, oldest first: rows of
-/// (seq, channel_id, message_id, thread_id, type, data).
+/// (seq, channel_id, message_id, thread_id, type, data, leaf_hash).
 pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
     let mut s = Sql::new(
         style,
-        "SELECT seq, channel_id, message_id, thread_id, type, data FROM events WHERE seq > ",
+        "SELECT seq, channel_id, message_id, thread_id, type, data, leaf_hash FROM events WHERE seq > ",
     );
     let p = s.arg(Arg::Int(int(q.after)?));
     s.text += &p;
@@ -147,7 +147,9 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
     Ok(s)
 }
 
-/// A row of [`events`] as a [`Frame`]; the encoding is not decoded.
+/// A row of [`events`] as a [`Frame`], checked against its leaf hash
+/// (`RECORD_CORRUPT` if damaged); the encoding is not decoded.
+#[allow(clippy::too_many_arguments)]
 pub fn frame(
     seq: i64,
     channel_id: &str,
@@ -155,11 +157,17 @@ pub fn frame(
     thread_id: Option<&str>,
     kind: i64,
     data: Vec<u8>,
+    leaf_hash: Option<Vec<u8>>,
 ) -> Result<Frame, Rejection> {
-    let bad = |e: String| super::record::corrupt(format!("event row: {e}"));
+    let sequence = u64::try_from(seq).map_err(super::record::corrupt)?;
+    super::record::check_leaf(sequence, &data, leaf_hash.as_deref().unwrap_or_default())?;
+    let bad = |e: String| {
+        tracing::error!(sequence, error = %e, "damaged event row");
+        super::record::damaged(sequence)
+    };
     let id = |s: &str| Id::parse(s).map_err(bad);
     Ok(Frame {
-        sequence: u64::try_from(seq).map_err(|e| bad(e.to_string()))?,
+        sequence,
         channel_id: id(channel_id)?,
         message_id: message_id.map(id).transpose()?,
         thread_id: thread_id.map(id).transpose()?,

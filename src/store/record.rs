@@ -7,6 +7,43 @@ use crate::convert;
 use crate::domain::{Channel, Event, Message, Party, Reason, Rejection};
 use crate::pb;
 
+/// The RFC 9162 leaf hash of an event's stored bytes:
+/// `SHA-256(0x00 ‖ data)`. Kept beside every event and checked whenever the
+/// event is read; the verifiable log builds its Merkle tree on it.
+pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(data);
+    h.finalize().into()
+}
+
+/// `Ok` if `data` matches its stored leaf hash; otherwise the event at
+/// `sequence` is damaged: `RECORD_CORRUPT`, logged with its sequence.
+pub fn check_leaf(sequence: u64, data: &[u8], stored: &[u8]) -> Result<(), Rejection> {
+    if leaf_hash(data).as_slice() == stored {
+        return Ok(());
+    }
+    tracing::error!(
+        sequence,
+        "event failed its integrity check (leaf hash mismatch): it is not served; \
+         restore the store from a backup"
+    );
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => "RECORD_CORRUPT").increment(1);
+    Err(damaged(sequence))
+}
+
+/// The refusal for the damaged event at `sequence` (not logged).
+pub fn damaged(sequence: u64) -> Rejection {
+    Rejection::new(
+        Reason::RECORD_CORRUPT,
+        format!(
+            "the stored event #{sequence} failed its integrity check and is not served; \
+             the operator must restore the store from a backup"
+        ),
+    )
+}
+
 /// The refusal for a corrupt record (logged).
 pub fn corrupt(e: impl std::fmt::Display) -> Rejection {
     tracing::error!(error = %e, "corrupt record");

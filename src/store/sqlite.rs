@@ -6,20 +6,37 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::exec::{WriteTx, run_batch};
+use super::disk::DataDir;
+use super::exec::{Outcome, WriteTx, run_batch};
 use super::query::{self, Arg, Style};
-use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
-use super::{ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord};
+use super::record::{
+    corrupt, decode_channel, decode_event, decode_message, decode_party, leaf_hash,
+};
+use super::{
+    ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
+};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
 
+/// One schema migration.
+enum Migration {
+    /// A script.
+    Sql(&'static str),
+    /// A script, then the leaf hash of every event stored before it.
+    LeafHashes(&'static str),
+}
+
 /// The schema migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(include_str!("../../migrations/sqlite/0001_init.sql")),
+    Migration::LeafHashes(include_str!("../../migrations/sqlite/0002_leaf_hash.sql")),
+];
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "backchannel.db";
@@ -27,33 +44,72 @@ pub const DB_FILE: &str = "backchannel.db";
 /// Most commands committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
+/// The write-ahead log's bound: it never grows past this, however long
+/// writes go on (DESIGN §5 "Bounded disk").
+pub const WAL_LIMIT: u64 = 64 << 20;
+
+/// When the WAL is this large after a commit, the writer itself checkpoints
+/// it and truncates it to zero before it commits again. A quarter of the
+/// bound, so that one more batch (at most [`MAX_BATCH`] commands) cannot
+/// carry it past [`WAL_LIMIT`].
+pub const WAL_CHECKPOINT_AT: u64 = WAL_LIMIT / 4;
+
+/// How long a checkpoint waits for readers still on an old snapshot.
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(500);
+
+/// The newest events whose leaf hashes the start-up check verifies.
+pub const DEFAULT_STARTUP_CHECK_EVENTS: u64 = 100_000;
+/// Events the start-up check also verifies, spread evenly over the older
+/// part of the log.
+pub const STARTUP_CHECK_SAMPLE: u64 = 10_000;
+
+/// Maps a SQLite error to the fault it names. The writer refines a bare I/O
+/// error by asking the file system ([`DataDir::fault`]).
 fn db_err(e: rusqlite::Error) -> Rejection {
     use rusqlite::ErrorCode::*;
-    let unavailable = matches!(
-        e.sqlite_error_code(),
-        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | OutOfMemory)
-    );
-    tracing::error!(error = %e, "sqlite error");
-    let reason = if unavailable {
-        "STORE_UNAVAILABLE"
-    } else {
-        "INTERNAL"
-    };
-    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason).increment(1);
-    if unavailable {
-        Rejection::new(
+    let (reason, message) = match e.sqlite_error_code() {
+        Some(DiskFull) => (
+            Reason::STORE_FULL,
+            format!("the store's disk is full; nothing was written ({e})"),
+        ),
+        Some(ReadOnly) => (
+            Reason::STORE_READ_ONLY,
+            format!("the store's file system refuses writes; nothing was written ({e})"),
+        ),
+        Some(DatabaseCorrupt | NotADatabase) => (
+            Reason::RECORD_CORRUPT,
+            format!("the store's file is damaged ({e}); the operator must restore a backup"),
+        ),
+        Some(
+            DatabaseBusy | DatabaseLocked | SystemIoFailure | CannotOpen | OutOfMemory
+            | FileLockingProtocolFailed | PermissionDenied,
+        ) => (
             Reason::STORE_UNAVAILABLE,
             format!("the store is unavailable: {e}"),
-        )
-    } else {
-        Rejection::new(Reason::INTERNAL, "internal store error")
+        ),
+        _ => (Reason::INTERNAL, format!("internal store error: {e}")),
+    };
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason.as_str()).increment(1);
+    match reason {
+        Reason::INTERNAL => {
+            tracing::error!(error = %e, "sqlite error");
+            Rejection::new(Reason::INTERNAL, "internal store error")
+        }
+        Reason::RECORD_CORRUPT => {
+            tracing::error!(error = %e, "the store's file is damaged");
+            Rejection::new(reason, message)
+        }
+        // Logged once per fault by the writer, not once per request.
+        _ => {
+            tracing::debug!(error = %e, "sqlite error");
+            Rejection::new(reason, message)
+        }
     }
 }
 
 fn open(path: &Path) -> Result<Connection, Rejection> {
     let conn = Connection::open(path).map_err(db_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(db_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(db_err)?;
     conn.pragma_update(None, "synchronous", "FULL")
@@ -61,7 +117,32 @@ fn open(path: &Path) -> Result<Connection, Rejection> {
     // Temporary structures (sorts, statement journals) stay in memory.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(db_err)?;
+    // Whoever resets the WAL truncates a larger file back to the bound.
+    conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
+        .map_err(db_err)?;
+    persist_wal(&conn);
     Ok(conn)
+}
+
+/// Keeps the WAL and shared-memory files when the last connection closes
+/// (emptied, not deleted), so a restart on a full disk does not need to
+/// allocate them again.
+fn persist_wal(conn: &Connection) {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: the handle is this open connection's; "main" is a valid
+    // NUL-terminated schema name; SQLITE_FCNTL_PERSIST_WAL reads and writes
+    // one int through the pointer, which lives across the call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "cannot keep the WAL file across restarts");
+    }
 }
 
 /// The embedded store's read side; the write side is its writer thread.
@@ -77,49 +158,70 @@ pub struct Sqlite {
 /// Most read connections (each with its own page cache) in use at once.
 pub const READERS: usize = 8;
 
-/// How often the WAL is checkpointed into the database file.
-pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the WAL is checkpointed into the database file in the
+/// background (without blocking the writer).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Copies the WAL into the database file every [`CHECKPOINT_INTERVAL`]
-/// without blocking the writer (PASSIVE), and once more when the store closes.
+/// without blocking the writer (PASSIVE), so that the writer's own
+/// truncating checkpoints ([`WAL_CHECKPOINT_AT`]) find little left to copy.
 fn checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    let mut failing = false;
     loop {
-        let last = !matches!(
+        if !matches!(
             stop.recv_timeout(CHECKPOINT_INTERVAL),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-        );
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "checkpoint failed");
-        }
-        if last {
+        ) {
             return;
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => failing = false,
+            // The writer reports store faults; one line here is enough.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "background checkpoint failed");
+            }
+            Err(_) => {}
         }
     }
 }
 
-/// Opens (creating and migrating) the database in `dir` and starts the
-/// writer thread. Returns the reader and the writer's queue.
-pub fn start(
-    dir: &Path,
-    publish: Publish,
-) -> Result<(Arc<Sqlite>, mpsc::Sender<Job>, u64), Rejection> {
-    let path = dir.join(DB_FILE);
+/// What [`start`] gives the store.
+pub struct Started {
+    /// The read side.
+    pub reader: Arc<Sqlite>,
+    /// The writer's queue.
+    pub writer: mpsc::Sender<Job>,
+    /// The log's head at opening.
+    pub head: u64,
+    /// The writer's health.
+    pub state: WriterState,
+}
+
+/// Opens (creating and migrating) the database in `dir`, checks it, and
+/// starts the writer thread. The data directory stays locked until the
+/// writer stops.
+pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started, Rejection> {
+    let mut data_dir = DataDir::lock(dir)?;
+    let path = data_dir.database(DB_FILE)?;
     let mut conn = open(&path)?;
     migrate(&mut conn)?;
-    let head: u64 = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map_err(db_err)?
-        .try_into()
-        .map_err(corrupt)?;
-    // Checkpoints run on their own thread, off the writer's path.
+    let head = head(&conn)?;
+    integrity_check(&conn, head, check_events)?;
+    // Checkpoints run on their own thread and on the writer's own terms.
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(db_err)?;
+    conn.busy_timeout(CHECKPOINT_BUSY).map_err(db_err)?;
     // The writer touches the newest pages of every index: 16 MiB of cache
     // (readers keep SQLite's default 2 MiB; the OS caches the file too).
     conn.pragma_update(None, "cache_size", -16384)
         .map_err(db_err)?;
+    let state = WriterState::default();
+    // A write probe at start: a full or read-only disk is reported now, and
+    // the server still starts, serving reads.
+    if let Err(e) = probe(&conn, &data_dir) {
+        state.failed(&e);
+    }
     let checkpoint_conn = open(&path)?;
     let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
@@ -127,20 +229,130 @@ pub fn start(
         .spawn(move || checkpointer(checkpoint_conn, stopped))
         .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start checkpoints: {e}")))?;
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    let writer_state = state.clone();
     std::thread::Builder::new()
         .name("backchannel-writer".into())
-        .spawn(move || writer(conn, rx, head, publish))
+        .spawn(move || {
+            Writer {
+                conn,
+                dir: data_dir,
+                state: writer_state,
+                cache: Cache::default(),
+            }
+            .run(rx, head, publish)
+        })
         .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
-    Ok((
-        Arc::new(Sqlite {
+    Ok(Started {
+        reader: Arc::new(Sqlite {
             path,
             idle: Mutex::new(Vec::new()),
             readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
             _stop_checkpoints: stop_checkpoints,
         }),
-        tx,
+        writer: tx,
         head,
-    ))
+        state,
+    })
+}
+
+/// One small committed write outside the record, to learn whether the
+/// store can commit.
+fn probe(conn: &Connection, dir: &DataDir) -> Result<(), Rejection> {
+    dir.check()?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [Time::now().0],
+    )
+    .map_err(db_err)
+    .map_err(|e| refine(e, dir))?;
+    dir.check()
+}
+
+/// A bare I/O error, named by what the file system says.
+fn refine(e: Rejection, dir: &DataDir) -> Rejection {
+    if e.reason != Reason::STORE_UNAVAILABLE {
+        return e;
+    }
+    match dir.fault() {
+        Some(Reason::STORE_LOST) => dir.check().err().unwrap_or(e),
+        Some(Reason::STORE_FULL) => Rejection::new(
+            Reason::STORE_FULL,
+            format!("the store's disk is full; nothing was written ({})", e.message),
+        ),
+        Some(Reason::STORE_READ_ONLY) => Rejection::new(
+            Reason::STORE_READ_ONLY,
+            format!(
+                "the store's file system refuses writes; nothing was written ({})",
+                e.message
+            ),
+        ),
+        _ => e,
+    }
+}
+
+/// Verifies the leaf hashes of the newest `newest` events and of
+/// [`STARTUP_CHECK_SAMPLE`] events spread over the rest, and that the log
+/// has no gap. Refuses to serve a damaged store.
+fn integrity_check(conn: &Connection, head: u64, newest: u64) -> Result<(), Rejection> {
+    let started = std::time::Instant::now();
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let damaged = |what: String| {
+        Rejection::new(
+            Reason::RECORD_CORRUPT,
+            format!(
+                "the store in this data directory is damaged: {what}. It is not served. \
+                 Stop here, keep the damaged directory for inspection, and restore the \
+                 latest backup (see the README, \"Backup and restore\")"
+            ),
+        )
+    };
+    if u64::try_from(count).ok() != Some(head) {
+        return Err(damaged(format!(
+            "the log holds {count} events but its last sequence is {head} (events are missing)"
+        )));
+    }
+    let mut checked = 0u64;
+    let mut check = |from: u64, to: u64, step: u64| -> Result<(), Rejection> {
+        let mut s = conn
+            .prepare_cached("SELECT seq, data, leaf_hash FROM events WHERE seq >= ?1 AND seq <= ?2")
+            .map_err(db_err)?;
+        let mut rows = s
+            .query(params![query::int(from)?, query::int(to)?])
+            .map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            let seq: i64 = r.get(0).map_err(db_err)?;
+            let seq = u64::try_from(seq).map_err(corrupt)?;
+            if step > 1 && seq % step != 0 {
+                continue;
+            }
+            let data: Vec<u8> = r.get(1).map_err(db_err)?;
+            let hash: Option<Vec<u8>> = r.get(2).map_err(db_err)?;
+            if hash.as_deref() != Some(&leaf_hash(&data)[..]) {
+                tracing::error!(sequence = seq, "event failed its integrity check at start");
+                return Err(damaged(format!(
+                    "event #{seq} does not match its leaf hash"
+                )));
+            }
+            checked += 1;
+        }
+        Ok(())
+    };
+    let recent_from = head.saturating_sub(newest) + 1;
+    check(recent_from, head, 1)?;
+    let older = recent_from.saturating_sub(1);
+    if older > 0 && newest > 0 {
+        check(1, older, (older / STARTUP_CHECK_SAMPLE).max(1))?;
+    }
+    tracing::info!(
+        events = head,
+        checked,
+        ms = started.elapsed().as_millis() as u64,
+        "start-up integrity check passed"
+    );
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
@@ -158,9 +370,15 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
             ),
         ));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction().map_err(db_err)?;
-        tx.execute_batch(sql).map_err(db_err)?;
+        match m {
+            Migration::Sql(sql) => tx.execute_batch(sql).map_err(db_err)?,
+            Migration::LeafHashes(sql) => {
+                tx.execute_batch(sql).map_err(db_err)?;
+                fill_leaf_hashes(&tx)?;
+            }
+        }
         tx.pragma_update(None, "user_version", i + 1)
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
@@ -180,6 +398,46 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
             [&k[..]],
         )
         .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Computes the leaf hash of every event that has none (a store made before
+/// schema version 2), with a progress line every 100,000 events.
+fn fill_leaf_hashes(tx: &Connection) -> Result<(), Rejection> {
+    let total: i64 = tx
+        .query_row("SELECT COUNT(*) FROM events WHERE leaf_hash IS NULL", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if total == 0 {
+        return Ok(());
+    }
+    tracing::info!(events = total, "computing the leaf hash of every stored event");
+    let mut after = 0i64;
+    let mut done = 0i64;
+    loop {
+        let batch: Vec<(i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT seq, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT 10000")
+            .and_then(|mut s| {
+                s.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(db_err)?;
+        let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+            break;
+        };
+        let mut update = tx
+            .prepare_cached("UPDATE events SET leaf_hash = ?2 WHERE seq = ?1")
+            .map_err(db_err)?;
+        for (seq, data) in &batch {
+            update
+                .execute(params![seq, &leaf_hash(data)[..]])
+                .map_err(db_err)?;
+        }
+        done += batch.len() as i64;
+        if done % 100_000 < 10_000 {
+            tracing::info!(done, total, "leaf hashes computed");
+        }
+        after = last;
     }
     Ok(())
 }
@@ -215,56 +473,133 @@ impl Cache {
     }
 }
 
-/// The writer thread: takes the first queued job, then whatever else has
-/// queued (up to [`MAX_BATCH`]), runs each (a refused one has written
-/// nothing), commits once, publishes the events, then answers.
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    let mut cache = Cache::default();
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let start_head = head;
-        let now = Time::now();
-        let started = std::time::Instant::now();
-        metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
-        let mut results = Vec::with_capacity(jobs.len());
-        let mut events = Vec::new();
-        cache.trim();
-        let committed = (|| -> Result<(), Rejection> {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let mut wt = Tx {
-                conn: &tx,
-                cache: Some(&mut cache),
-            };
-            run_batch(&mut wt, &jobs, &mut head, now, &mut results, &mut events)?;
-            tx.commit().map_err(db_err)
-        })();
-        metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
-        match committed {
-            Ok(()) => {
-                publish(events);
-                for (job, r) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(r);
+/// The writer thread's state: the only write connection, the data
+/// directory it watches, and what it has read or written.
+struct Writer {
+    conn: Connection,
+    dir: DataDir,
+    state: WriterState,
+    cache: Cache,
+}
+
+impl Writer {
+    /// Takes the first queued job, then whatever else has queued (up to
+    /// [`MAX_BATCH`]), runs each (a refused one has written nothing),
+    /// commits once, makes sure the data directory is still the one it
+    /// wrote to, publishes the events, then answers. Keeps the WAL under
+    /// its bound, and empties it when the queue closes.
+    fn run(mut self, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
                 }
             }
-            Err(e) => {
-                head = start_head;
-                cache.clear();
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
+            let start_head = head;
+            let now = Time::now();
+            let started = std::time::Instant::now();
+            metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
+            let mut results = Vec::with_capacity(jobs.len());
+            let mut events = Vec::new();
+            self.cache.trim();
+            let committed = self
+                .commit(&jobs, &mut head, now, &mut results, &mut events)
+                .map_err(|e| refine(e, &self.dir));
+            metrics::histogram!(crate::observe::WRITER_COMMIT)
+                .record(started.elapsed().as_secs_f64());
+            match committed {
+                Ok(()) => {
+                    self.state.committed();
+                    publish(events);
+                    for (job, r) in jobs.drain(..).zip(results) {
+                        let _ = job.reply.send(r);
+                    }
+                    self.bound_wal();
+                }
+                Err(e) => {
+                    self.state.failed(&e);
+                    head = start_head;
+                    self.cache.clear();
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
                 }
             }
         }
+        self.close();
     }
-    tracing::info!("writer stopped");
+
+    /// One transaction over `jobs`; `Ok` only once it is durable in the
+    /// data directory the server opened.
+    fn commit(
+        &mut self,
+        jobs: &[Job],
+        head: &mut u64,
+        now: Time,
+        results: &mut Vec<Result<Outcome, Rejection>>,
+        events: &mut Vec<super::Committed>,
+    ) -> Result<(), Rejection> {
+        self.dir.check()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let mut wt = Tx {
+            conn: &tx,
+            cache: Some(&mut self.cache),
+        };
+        run_batch(&mut wt, jobs, head, now, results, events)?;
+        tx.commit().map_err(db_err)?;
+        // Committed into files that are no longer the data directory's
+        // (removed or replaced meanwhile): not acknowledged.
+        self.dir.check()
+    }
+
+    /// Checkpoints and truncates the WAL once it reaches
+    /// [`WAL_CHECKPOINT_AT`]. The writer does it itself, between commits:
+    /// a checkpoint that runs beside a writer that never pauses never
+    /// catches up, and the WAL then grows without end.
+    fn bound_wal(&mut self) {
+        let wal = self.dir.path().join(format!("{DB_FILE}-wal"));
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        metrics::gauge!(crate::observe::WAL_BYTES).set(size as f64);
+        if size < WAL_CHECKPOINT_AT {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+            Ok(0) => {}
+            // A reader held an old snapshot past the busy timeout: the next
+            // commit tries again.
+            Ok(_) => tracing::debug!(bytes = size, "WAL checkpoint blocked by a reader; retrying"),
+            Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed"),
+        }
+        metrics::histogram!(crate::observe::WAL_CHECKPOINT)
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Empties the WAL into the database file on a clean stop.
+    fn close(self) {
+        if !self.dir.is_lost() {
+            match self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                }) {
+                Ok(0) => {}
+                Ok(_) => tracing::warn!("the WAL could not be emptied at stop (a reader was busy)"),
+                Err(e) => tracing::warn!(error = %e, "the WAL could not be emptied at stop"),
+            }
+        }
+        tracing::info!("writer stopped");
+    }
 }
 
 /// A write transaction (or savepoint) on the writer's connection, with the
@@ -519,13 +854,24 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event, data: &[u8]) -> Result<(), Rejection> {
+    fn probe(&mut self, now: Time) -> Result<(), Rejection> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute([now.0]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection> {
         let m = e.message();
         let seq = i64_of(e.sequence)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data, leaf_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -534,7 +880,8 @@ impl WriteTx for Tx<'_> {
                     m.map(|m| m.id.to_string()),
                     m.map(|m| m.thread_id.to_string()),
                     convert::event_type_pb(e.kind) as i32,
-                    data
+                    data,
+                    &leaf_hash[..]
                 ])
             })
             .map_err(db_err)?;
@@ -714,11 +1061,12 @@ impl Sqlite {
                     r.get::<_, Option<String>>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, Option<Vec<u8>>>(6)?,
                 ))
             })?
             .into_iter()
-            .map(|(seq, ch, m, t, k, data)| {
-                query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data)
+            .map(|(seq, ch, m, t, k, data, hash)| {
+                query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data, hash)
             })
             .collect()
         })
