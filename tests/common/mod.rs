@@ -172,8 +172,29 @@ impl Server {
         status.code()
     }
 
-    /// Stops this server (unless [`Server::stop`] already did) and starts a
-    /// new one on the same data directory.
+    /// Sends SIGKILL — a crash: no shutdown, nothing flushed or closed — and
+    /// waits for the process to die. [`Server::restart`] then starts a new
+    /// server on the same store.
+    pub async fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        let status = tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("server did not die within the deadline")
+            .expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "killed: {status}");
+    }
+
+    /// Stops this server (unless [`Server::stop`] or [`Server::kill`]
+    /// already did) and starts a new one on the same data directory.
     pub async fn restart(mut self) -> Server {
         if self.child.is_some() {
             let code = self.stop().await;
