@@ -247,6 +247,8 @@ pub async fn run(
         t.abort();
     }
     drop(ctx);
+    // Commits what is queued, then (embedded store) empties the WAL.
+    store.close().await;
     drop(store);
     tracing::info!("stopped");
     Ok(())

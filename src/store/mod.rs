@@ -71,17 +71,31 @@ impl Frame {
 /// health reporter. The writer logs each change once (a fault with its
 /// cause, then its end), never once per request.
 #[derive(Clone, Default)]
-pub struct WriterState(Arc<Mutex<Option<Reason>>>);
+pub struct WriterState {
+    fault: Arc<Mutex<Option<Reason>>>,
+    /// Set by [`Store::close`]: the writer stops after its current batch.
+    closing: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl WriterState {
+    /// Whether the store is closing (the writer stops after this batch).
+    pub fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The fault the last commit met, if it failed.
     pub fn fault(&self) -> Option<Reason> {
-        self.0.lock().map(|f| *f).unwrap_or(Some(Reason::INTERNAL))
+        self.fault
+            .lock()
+            .map(|f| *f)
+            .unwrap_or(Some(Reason::INTERNAL))
     }
 
     /// A commit failed with `r`.
     pub fn failed(&self, r: &Rejection) {
-        let Ok(mut f) = self.0.lock() else { return };
+        let Ok(mut f) = self.fault.lock() else {
+            return;
+        };
         if *f != Some(r.reason) {
             tracing::error!(
                 reason = r.reason.as_str(),
@@ -95,7 +109,9 @@ impl WriterState {
 
     /// A commit succeeded.
     pub fn committed(&self) {
-        let Ok(mut f) = self.0.lock() else { return };
+        let Ok(mut f) = self.fault.lock() else {
+            return;
+        };
         if let Some(old) = f.take() {
             tracing::info!(
                 was = old.as_str(),
@@ -208,6 +224,8 @@ pub struct Store {
     backend: Backend,
     writer: mpsc::Sender<Job>,
     state: WriterState,
+    /// The writer thread, joined by [`Store::close`].
+    writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
@@ -225,6 +243,7 @@ impl Store {
                 backend: Backend::Sqlite(s.reader),
                 writer: s.writer,
                 state: s.state,
+                writer_thread: Arc::new(Mutex::new(Some(s.thread))),
             },
             s.head,
         ))
@@ -234,15 +253,32 @@ impl Store {
     /// store and the log's head at opening.
     pub async fn open_postgres(url: &str, publish: Publish) -> Result<(Store, u64), Rejection> {
         let state = WriterState::default();
-        let (backend, writer, head) = postgres::start(url, publish, state.clone()).await?;
+        let (backend, writer, head, thread) =
+            postgres::start(url, publish, state.clone()).await?;
         Ok((
             Store {
                 backend: Backend::Postgres(backend),
                 writer,
                 state,
+                writer_thread: Arc::new(Mutex::new(Some(thread))),
             },
             head,
         ))
+    }
+
+    /// Stops the writer once what is queued is committed, and waits for it:
+    /// the embedded store empties its WAL into the database file, so a
+    /// clean stop leaves it empty. Writes after this are `SHUTTING_DOWN`.
+    pub async fn close(&self) {
+        self.state
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes a writer that waits for work; it stops after this batch.
+        let _ = self.write(Caller::Admin, Command::Probe).await;
+        let thread = self.writer_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
 
     /// The fault the writer's last commit met, if it failed: while there is

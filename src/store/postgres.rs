@@ -208,7 +208,7 @@ pub async fn start(
     url: &str,
     publish: Publish,
     state: WriterState,
-) -> Result<(Arc<Postgres>, mpsc::Sender<Job>, u64), Rejection> {
+) -> Result<(Arc<Postgres>, mpsc::Sender<Job>, u64, std::thread::JoinHandle<()>), Rejection> {
     let cfg = config(url)?;
     migrate(&cfg).await?;
     let mgr = Manager::from_config(
@@ -233,11 +233,11 @@ pub async fn start(
     let head = store.head().await?;
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     let writer_cfg = postgres::Config::from(cfg);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("backchannel-writer".into())
         .spawn(move || writer(writer_cfg, rx, publish, state))
         .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
-    Ok((store, tx, head))
+    Ok((store, tx, head, thread))
 }
 
 async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
@@ -342,6 +342,9 @@ fn writer(
                     for job in jobs.drain(..) {
                         let _ = job.reply.send(Err(r.clone()));
                     }
+                    if state.closing() {
+                        break;
+                    }
                     continue;
                 }
             };
@@ -373,6 +376,9 @@ fn writer(
                     let _ = job.reply.send(Err(e.clone()));
                 }
             }
+        }
+        if state.closing() {
+            break;
         }
     }
     tracing::info!("writer stopped");

@@ -54,8 +54,11 @@ pub const WAL_LIMIT: u64 = 64 << 20;
 /// carry it past [`WAL_LIMIT`].
 pub const WAL_CHECKPOINT_AT: u64 = WAL_LIMIT / 4;
 
-/// How long a checkpoint waits for readers still on an old snapshot.
-const CHECKPOINT_BUSY: Duration = Duration::from_millis(500);
+/// How long the writer's checkpoint waits for readers still on an old
+/// snapshot (and the writer for the background checkpoint).
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(100);
+/// How long the writer waits before trying a blocked checkpoint again.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(250);
 
 /// The newest events whose leaf hashes the start-up check verifies.
 pub const DEFAULT_STARTUP_CHECK_EVENTS: u64 = 100_000;
@@ -196,6 +199,8 @@ pub struct Started {
     pub head: u64,
     /// The writer's health.
     pub state: WriterState,
+    /// The writer thread.
+    pub thread: std::thread::JoinHandle<()>,
 }
 
 /// Opens (creating and migrating) the database in `dir`, checks it, and
@@ -230,7 +235,7 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
         .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start checkpoints: {e}")))?;
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     let writer_state = state.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("backchannel-writer".into())
         .spawn(move || {
             Writer {
@@ -238,6 +243,7 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
                 dir: data_dir,
                 state: writer_state,
                 cache: Cache::default(),
+                next_checkpoint: std::time::Instant::now(),
             }
             .run(rx, head, publish)
         })
@@ -252,6 +258,7 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
         writer: tx,
         head,
         state,
+        thread,
     })
 }
 
@@ -480,6 +487,10 @@ struct Writer {
     dir: DataDir,
     state: WriterState,
     cache: Cache,
+    /// No truncating checkpoint before this: one was just blocked by a
+    /// reader on an old snapshot (a long listing, a backup), and trying
+    /// after every commit would stall the writer for nothing.
+    next_checkpoint: std::time::Instant,
 }
 
 impl Writer {
@@ -528,7 +539,12 @@ impl Writer {
                     }
                 }
             }
+            if self.state.closing() {
+                break;
+            }
         }
+        // Whatever is still queued is refused (SHUTTING_DOWN) as `rx` drops.
+        drop(rx);
         self.close();
     }
 
@@ -566,20 +582,33 @@ impl Writer {
         let wal = self.dir.path().join(format!("{DB_FILE}-wal"));
         let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         metrics::gauge!(crate::observe::WAL_BYTES).set(size as f64);
-        if size < WAL_CHECKPOINT_AT {
+        let started = std::time::Instant::now();
+        if size < WAL_CHECKPOINT_AT || started < self.next_checkpoint {
             return;
         }
-        let started = std::time::Instant::now();
-        match self
+        let done = match self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 r.get::<_, i64>(0)
             }) {
-            Ok(0) => {}
-            // A reader held an old snapshot past the busy timeout: the next
-            // commit tries again.
-            Ok(_) => tracing::debug!(bytes = size, "WAL checkpoint blocked by a reader; retrying"),
-            Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed"),
+            Ok(0) => true,
+            Ok(_) => {
+                tracing::debug!(bytes = size, "WAL checkpoint blocked by a reader");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL checkpoint failed");
+                false
+            }
+        };
+        if !done {
+            self.next_checkpoint = started + CHECKPOINT_RETRY;
+            if size > WAL_LIMIT {
+                tracing::warn!(
+                    bytes = size,
+                    "the WAL is over its bound: a reader (a long listing or a backup) holds an old snapshot"
+                );
+            }
         }
         metrics::histogram!(crate::observe::WAL_CHECKPOINT)
             .record(started.elapsed().as_secs_f64());
