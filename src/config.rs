@@ -43,6 +43,27 @@ pub enum Subcommand {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Copies the embedded store, while the server runs, into DEST: a
+    /// consistent snapshot that is a complete data directory (to restore,
+    /// stop the server and put DEST in place of its data directory).
+    Backup {
+        /// The directory to create (or an empty one) for the backup.
+        dest: PathBuf,
+        /// The data directory to copy [default: the server's --data-dir,
+        /// BACKCHANNEL_DATA_DIR or ./backchannel-data].
+        #[arg(long, value_name = "D")]
+        data_dir: Option<PathBuf>,
+        /// Refused: a record in PostgreSQL is backed up with pg_dump.
+        #[arg(long, hide = true)]
+        database_url: Option<String>,
+        /// Pages copied per step; the copy pauses briefly between steps.
+        #[arg(
+            long,
+            default_value_t = crate::backup::DEFAULT_STEP_PAGES,
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)),
+        )]
+        step_pages: u32,
+    },
 }
 
 /// Command-line and environment settings of the `backchannel` binary.

@@ -4,10 +4,11 @@
 //! Layout: [`domain`] holds the rules (no I/O); [`store`] keeps the record
 //! and owns the one writer path; [`api`] holds the thin gRPC handlers;
 //! [`server`] wires them together; [`error`] is the one mapping to gRPC
-//! statuses.
+//! statuses; [`backup`] copies the embedded store while it serves.
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod convert;

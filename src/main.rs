@@ -22,6 +22,9 @@ async fn main() -> std::process::ExitCode {
     if let Some(Subcommand::Health { addr, service }) = &config.command {
         return backchannel::server::health_check(addr, service).await;
     }
+    if let Some(request) = backchannel::backup::Request::from_config(&config) {
+        return backchannel::backup::command(request).await;
+    }
     init_tracing(config.log_format);
     match backchannel::server::run(config, backchannel::server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

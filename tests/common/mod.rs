@@ -98,6 +98,12 @@ impl Server {
         servers
     }
 
+    /// Starts a server on an existing data directory (a restored backup,
+    /// say) that the caller keeps; always the embedded backend.
+    pub async fn start_in(data_dir: PathBuf, opts: Options) -> Server {
+        Server::spawn(data_dir, None, opts).await
+    }
+
     async fn spawn(
         data_dir: PathBuf,
         tmp: Option<Arc<tempfile::TempDir>>,
