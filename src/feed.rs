@@ -288,14 +288,16 @@ impl Follow {
                         after: last,
                         limit: REPLAY_PAGE,
                     };
-                    let page = match this.store.frames(query).await {
+                    let (page, cut_short) = match this.store.replay(query).await {
                         Ok(p) => p,
                         Err(r) => {
                             yield Err(r.into());
                             return;
                         }
                     };
-                    let full = page.len() == REPLAY_PAGE;
+                    // A page cut short by a damaged event is not the end:
+                    // the next one starts at it, and ends the stream.
+                    let full = page.len() == REPLAY_PAGE || cut_short;
                     for f in page {
                         last = f.sequence;
                         if sub.filter.matches(&f) {

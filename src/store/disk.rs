@@ -177,15 +177,26 @@ impl DataDir {
         if intact {
             return Ok(());
         }
-        if !self.lost.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                data_dir = %self.path.display(),
-                "the data directory was removed or replaced while the server was running: \
-                 no write is acknowledged from now on. Restore the directory (or its backup) \
-                 and restart the server"
-            );
-        }
+        // Logged once, by the writer, as the fault it is.
+        self.lost.store(true, Ordering::Relaxed);
         Err(self.lost_rejection())
+    }
+
+    /// `Err(STORE_READ_ONLY)` if the data directory's file system is
+    /// mounted read-only now: the operator (or the kernel, after an error)
+    /// made it refuse writes, so nothing more is committed until it is
+    /// writable again. One `statvfs`.
+    pub fn writable(&self) -> Result<(), Rejection> {
+        match statvfs(&self.path) {
+            Some(st) if st.read_only => Err(Rejection::new(
+                Reason::STORE_READ_ONLY,
+                format!(
+                    "the file system of the data directory {} is read-only; nothing was written",
+                    self.path.display()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the directory was found lost.
@@ -198,7 +209,8 @@ impl DataDir {
             Reason::STORE_LOST,
             format!(
                 "the data directory {} was removed or replaced while the server was running; \
-                 nothing more is written until the server is restarted",
+                 no write is acknowledged from now on: restore the directory (or its backup) \
+                 and restart the server",
                 self.path.display()
             ),
         )

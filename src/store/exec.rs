@@ -152,10 +152,7 @@ impl<T: WriteTx> Executor<'_, T> {
     pub fn execute(&mut self, caller: &Caller, cmd: &Command) -> Result<Outcome, Rejection> {
         self.wrote = false;
         match self.run(caller, cmd) {
-            Err(r)
-                if self.wrote
-                    && !r.is_store_fault() =>
-            {
+            Err(r) if self.wrote && !r.is_store_fault() => {
                 tracing::error!(refusal = %r, "a command was refused after it wrote; failing the batch");
                 Err(Rejection::new(Reason::INTERNAL, "internal error"))
             }

@@ -72,10 +72,24 @@ impl Frame {
 /// cause, then its end), never once per request.
 #[derive(Clone, Default)]
 pub struct WriterState {
-    fault: Arc<Mutex<Option<Reason>>>,
+    log: Arc<Mutex<FaultLog>>,
     /// Set by [`Store::close`]: the writer stops after its current batch.
     closing: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The writer's current fault, and when each kind was last logged.
+#[derive(Default)]
+struct FaultLog {
+    now: Option<Reason>,
+    /// Whether the current fault was logged (a fault that comes back soon
+    /// after it cleared, as a full disk does while it has a few free
+    /// pages, is one fault, logged once).
+    logged: bool,
+    last: Vec<(Reason, std::time::Instant)>,
+}
+
+/// A fault of the same kind within this long of the last is not logged again.
+pub const FAULT_LOG_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl WriterState {
     /// Whether the store is closing (the writer stops after this batch).
@@ -85,34 +99,53 @@ impl WriterState {
 
     /// The fault the last commit met, if it failed.
     pub fn fault(&self) -> Option<Reason> {
-        self.fault
+        self.log
             .lock()
-            .map(|f| *f)
+            .map(|f| f.now)
             .unwrap_or(Some(Reason::INTERNAL))
     }
 
     /// A commit failed with `r`.
     pub fn failed(&self, r: &Rejection) {
-        let Ok(mut f) = self.fault.lock() else {
+        let Ok(mut f) = self.log.lock() else {
             return;
         };
-        if *f != Some(r.reason) {
+        if f.now == Some(r.reason) {
+            return;
+        }
+        f.now = Some(r.reason);
+        let now = std::time::Instant::now();
+        let recent = f
+            .last
+            .iter()
+            .any(|(k, at)| *k == r.reason && now.duration_since(*at) < FAULT_LOG_QUIET);
+        f.logged = !recent;
+        if recent {
+            tracing::debug!(reason = r.reason.as_str(), "store fault again");
+            return;
+        }
+        f.last.retain(|(k, _)| *k != r.reason);
+        f.last.push((r.reason, now));
+        if r.reason == Reason::STORE_LOST {
+            tracing::error!(reason = r.reason.as_str(), "{}", r.message);
+        } else {
             tracing::error!(
                 reason = r.reason.as_str(),
                 cause = %r.message,
                 "the store cannot commit: writes are refused ({}) until this clears",
                 r.reason.as_str()
             );
-            *f = Some(r.reason);
         }
     }
 
     /// A commit succeeded.
     pub fn committed(&self) {
-        let Ok(mut f) = self.fault.lock() else {
+        let Ok(mut f) = self.log.lock() else {
             return;
         };
-        if let Some(old) = f.take() {
+        if let Some(old) = f.now.take()
+            && f.logged
+        {
             tracing::info!(
                 was = old.as_str(),
                 "the store commits again: writes are accepted"
@@ -253,8 +286,7 @@ impl Store {
     /// store and the log's head at opening.
     pub async fn open_postgres(url: &str, publish: Publish) -> Result<(Store, u64), Rejection> {
         let state = WriterState::default();
-        let (backend, writer, head, thread) =
-            postgres::start(url, publish, state.clone()).await?;
+        let (backend, writer, head, thread) = postgres::start(url, publish, state.clone()).await?;
         Ok((
             Store {
                 backend: Backend::Postgres(backend),
@@ -356,9 +388,18 @@ impl Store {
         read!(self.messages(q))
     }
 
-    /// A page of events as stored, oldest first, for subscribers.
+    /// A page of events as stored, oldest first: `RECORD_CORRUPT` if any
+    /// of them is damaged.
     pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
-        read!(self.frames(q))
+        read!(self.frame_rows(q))?.into_iter().collect()
+    }
+
+    /// A page of a subscriber's replay, oldest first, and whether it was cut
+    /// short: it ends just before a damaged event, so what precedes it is
+    /// still streamed, and the next page (which starts at the damaged
+    /// event) is `RECORD_CORRUPT`.
+    pub async fn replay(&self, q: EventQuery) -> Result<(Vec<Frame>, bool), Rejection> {
+        query::intact(read!(self.frame_rows(q))?)
     }
 
     /// A page of events, oldest first.

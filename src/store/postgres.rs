@@ -71,12 +71,7 @@ pub fn pg_cause(e: &tokio_postgres::Error) -> String {
     use std::error::Error as _;
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!(
-                "{} {}: {}",
-                db.severity(),
-                db.code().code(),
-                db.message()
-            );
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
             if let Some(d) = db.detail() {
                 s += &format!(" (detail: {d})");
             }
@@ -179,7 +174,9 @@ fn unavailable(what: impl std::fmt::Display) -> Rejection {
     tracing::debug!(error = %what, "database unavailable");
     Rejection::new(
         Reason::STORE_UNAVAILABLE,
-        format!("the database is unavailable ({what}); retry (with the same request_id for writes)"),
+        format!(
+            "the database is unavailable ({what}); retry (with the same request_id for writes)"
+        ),
     )
 }
 
@@ -208,7 +205,15 @@ pub async fn start(
     url: &str,
     publish: Publish,
     state: WriterState,
-) -> Result<(Arc<Postgres>, mpsc::Sender<Job>, u64, std::thread::JoinHandle<()>), Rejection> {
+) -> Result<
+    (
+        Arc<Postgres>,
+        mpsc::Sender<Job>,
+        u64,
+        std::thread::JoinHandle<()>,
+    ),
+    Rejection,
+> {
     let cfg = config(url)?;
     migrate(&cfg).await?;
     let mgr = Manager::from_config(
@@ -241,10 +246,7 @@ pub async fn start(
 }
 
 async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
-    let (mut client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|e| connect_err(cfg, e))?;
+    let (mut client, conn) = cfg.connect(NoTls).await.map_err(|e| connect_err(cfg, e))?;
     let driver = tokio::spawn(conn);
     let result = async {
         client
@@ -840,11 +842,16 @@ impl Postgres {
         .await
     }
 
-    /// A page of events as stored, oldest first.
-    pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
+    /// A page of events as stored, oldest first, each checked against its
+    /// leaf hash.
+    pub async fn frame_rows(
+        &self,
+        q: EventQuery,
+    ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
         let sql = query::events(&q, Style::Dollar)?;
         let rows = self.rows(&sql.text, &sql.args).await?;
-        rows.iter()
+        Ok(rows
+            .iter()
             .map(|r| {
                 query::frame(
                     r.get(0),
@@ -856,15 +863,15 @@ impl Postgres {
                     r.get(6),
                 )
             })
-            .collect()
+            .collect())
     }
 
     /// A page of events, oldest first.
     pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
-        self.frames(q)
+        self.frame_rows(q)
             .await?
-            .iter()
-            .map(|f| decode_event(&f.data))
+            .into_iter()
+            .map(|f| decode_event(&f?.data))
             .collect()
     }
 

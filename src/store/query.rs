@@ -147,6 +147,24 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
     Ok(s)
 }
 
+/// The frames of a page up to its first damaged event, and whether it
+/// stopped there: a page that meets one ends just before it, so what is
+/// intact is still served, and the next page (which starts at the damaged
+/// event) is `RECORD_CORRUPT`.
+pub fn intact(
+    frames: impl IntoIterator<Item = Result<Frame, Rejection>>,
+) -> Result<(Vec<Frame>, bool), Rejection> {
+    let mut page = Vec::new();
+    for f in frames {
+        match f {
+            Ok(f) => page.push(f),
+            Err(e) if page.is_empty() => return Err(e),
+            Err(_) => return Ok((page, true)),
+        }
+    }
+    Ok((page, false))
+}
+
 /// A row of [`events`] as a [`Frame`], checked against its leaf hash
 /// (`RECORD_CORRUPT` if damaged); the encoding is not decoded.
 #[allow(clippy::too_many_arguments)]

@@ -84,8 +84,13 @@ fn db_err(e: rusqlite::Error) -> Rejection {
             format!("the store's file is damaged ({e}); the operator must restore a backup"),
         ),
         Some(
-            DatabaseBusy | DatabaseLocked | SystemIoFailure | CannotOpen | OutOfMemory
-            | FileLockingProtocolFailed | PermissionDenied,
+            DatabaseBusy
+            | DatabaseLocked
+            | SystemIoFailure
+            | CannotOpen
+            | OutOfMemory
+            | FileLockingProtocolFailed
+            | PermissionDenied,
         ) => (
             Reason::STORE_UNAVAILABLE,
             format!("the store is unavailable: {e}"),
@@ -266,6 +271,7 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
 /// store can commit.
 fn probe(conn: &Connection, dir: &DataDir) -> Result<(), Rejection> {
     dir.check()?;
+    dir.writable()?;
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -285,7 +291,10 @@ fn refine(e: Rejection, dir: &DataDir) -> Rejection {
         Some(Reason::STORE_LOST) => dir.check().err().unwrap_or(e),
         Some(Reason::STORE_FULL) => Rejection::new(
             Reason::STORE_FULL,
-            format!("the store's disk is full; nothing was written ({})", e.message),
+            format!(
+                "the store's disk is full; nothing was written ({})",
+                e.message
+            ),
         ),
         Some(Reason::STORE_READ_ONLY) => Rejection::new(
             Reason::STORE_READ_ONLY,
@@ -413,12 +422,19 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
 /// schema version 2), with a progress line every 100,000 events.
 fn fill_leaf_hashes(tx: &Connection) -> Result<(), Rejection> {
     let total: i64 = tx
-        .query_row("SELECT COUNT(*) FROM events WHERE leaf_hash IS NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE leaf_hash IS NULL",
+            [],
+            |r| r.get(0),
+        )
         .map_err(db_err)?;
     if total == 0 {
         return Ok(());
     }
-    tracing::info!(events = total, "computing the leaf hash of every stored event");
+    tracing::info!(
+        events = total,
+        "computing the leaf hash of every stored event"
+    );
     let mut after = 0i64;
     let mut done = 0i64;
     loop {
@@ -559,6 +575,7 @@ impl Writer {
         events: &mut Vec<super::Committed>,
     ) -> Result<(), Rejection> {
         self.dir.check()?;
+        self.dir.writable()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -610,8 +627,7 @@ impl Writer {
                 );
             }
         }
-        metrics::histogram!(crate::observe::WAL_CHECKPOINT)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::observe::WAL_CHECKPOINT).record(started.elapsed().as_secs_f64());
     }
 
     /// Empties the WAL into the database file on a clean stop.
@@ -1078,11 +1094,15 @@ impl Sqlite {
         .await
     }
 
-    /// A page of events as stored, oldest first.
-    pub async fn frames(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
+    /// A page of events as stored, oldest first, each checked against its
+    /// leaf hash.
+    pub async fn frame_rows(
+        self: &Arc<Self>,
+        q: EventQuery,
+    ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
         self.read(move |c| {
             let sql = query::events(&q, Style::Question)?;
-            rows(c, &sql.text, &sql.args, |r| {
+            let rows = rows(c, &sql.text, &sql.args, |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -1092,22 +1112,23 @@ impl Sqlite {
                     r.get::<_, Vec<u8>>(5)?,
                     r.get::<_, Option<Vec<u8>>>(6)?,
                 ))
-            })?
-            .into_iter()
-            .map(|(seq, ch, m, t, k, data, hash)| {
-                query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data, hash)
-            })
-            .collect()
+            })?;
+            Ok(rows
+                .into_iter()
+                .map(|(seq, ch, m, t, k, data, hash)| {
+                    query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data, hash)
+                })
+                .collect())
         })
         .await
     }
 
     /// A page of events, oldest first.
     pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
-        self.frames(q)
+        self.frame_rows(q)
             .await?
-            .iter()
-            .map(|f| decode_event(&f.data))
+            .into_iter()
+            .map(|f| decode_event(&f?.data))
             .collect()
     }
 }
