@@ -80,7 +80,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
     }
     // Only what does not depend on the machine's speed: a busy debug
     // server may fit no call into a short window, but none may fail.
-    for name in ["baseline", "send"] {
+    for name in ["baseline", "send", "send_request_id"] {
         let levels = s[name].as_array().expect("levels");
         assert_eq!(levels.len(), 4, "{name}: {doc:#}");
         for l in levels {

@@ -971,6 +971,41 @@ fn table(title: &str, note: &str, headers: &[&str], rows: &[Vec<String>]) -> Str
 // ---------------------------------------------------------------------------
 // Scenarios
 
+/// `Health/Check` by the admin: the no-op RPC, with the client setup of the
+/// sends (same connections, same interceptor).
+fn health_op(world: &World) -> Op {
+    let admin = world.admin.clone();
+    Arc::new(move |task, _| {
+        let mut h = admin.on(task).health;
+        Box::pin(async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+            Ok([0; 4])
+        })
+    })
+}
+
+/// `SendMessage` by iran on `channel`; with `request_id`, each call carries
+/// a fresh UUID v4 (random, as most clients make them, and the harder case
+/// for the server's index of them), as a careful client's calls do.
+fn send_op(world: &World, channel: &str, request_id: bool) -> Op {
+    let iran = world.iran.clone();
+    let channel = channel.to_string();
+    Arc::new(move |task, i| {
+        let mut m = iran.on(task).messages;
+        let mut req = send_req(&channel, i);
+        if request_id {
+            req.request_id = uuid::Uuid::new_v4().to_string();
+        }
+        Box::pin(async move {
+            m.send_message(req).await?;
+            Ok([0; 4])
+        })
+    })
+}
+
 async fn run_baseline_send(
     world: &World,
     plan: &Plan,
@@ -983,22 +1018,12 @@ async fn run_baseline_send(
     let mut base_rows = Vec::new();
     let mut send_rows = Vec::new();
     let mut base_json = Vec::new();
-    let mut send_json = Vec::new();
+    // Without request_id, then with it.
+    let mut send_json = [Vec::new(), Vec::new()];
     for &c in &plan.levels {
         let mut base_rate = None;
         if baseline {
-            let admin = world.admin.clone();
-            let op: Op = Arc::new(move |task, _| {
-                let mut h = admin.on(task).health;
-                Box::pin(async move {
-                    h.check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await?;
-                    Ok([0; 4])
-                })
-            });
-            let l = closed_loop(c, plan.timing, world.server_pid, op).await;
+            let l = closed_loop(c, plan.timing, world.server_pid, health_op(world)).await;
             report.error(&format!("baseline c={c}"), &l);
             progress(format!(
                 "baseline c={c}: {} calls/s, p99 {} ms",
@@ -1023,43 +1048,38 @@ async fn run_baseline_send(
             base_json.push(j);
         }
         if send {
-            let iran = world.iran.clone();
-            let ch = channel.clone();
-            let op: Op = Arc::new(move |task, i| {
-                let mut m = iran.on(task).messages;
-                let req = send_req(&ch, i);
-                Box::pin(async move {
-                    m.send_message(req).await?;
-                    Ok([0; 4])
-                })
-            });
-            let l = closed_loop(c, plan.timing, world.server_pid, op).await;
-            report.error(&format!("send c={c}"), &l);
-            let ratio = base_rate.filter(|b| *b > 0.0).map(|b| l.rate() / b);
-            progress(format!(
-                "send c={c}: {} calls/s, p99 {} ms{}",
-                fmt_rate(l.rate()),
-                fmt_ms(l.whole.ms(0.99)),
-                ratio.map_or(String::new(), |r| format!(", {r:.2}x baseline"))
-            ));
-            send_rows.push(vec![
-                c.to_string(),
-                fmt_rate(l.rate()),
-                fmt_ms(l.whole.ms(0.5)),
-                fmt_ms(l.whole.ms(0.99)),
-                fmt_ms(l.whole.ms(0.999)),
-                ratio.map_or("-".into(), |r| format!("{r:.2}")),
-                l.cpu.cell(),
-                l.errors.to_string(),
-            ]);
-            let mut j = l.whole.json();
-            j["concurrency"] = json!(c);
-            j["calls_per_s"] = json!(round1(l.rate()));
-            j["ratio_to_baseline"] =
-                ratio.map_or(Value::Null, |r| json!((r * 1000.0).round() / 1000.0));
-            j["errors"] = json!(l.errors);
-            l.cpu.add_json(&mut j);
-            send_json.push(j);
+            for (with_id, out) in [false, true].into_iter().zip(send_json.iter_mut()) {
+                let op = send_op(world, &channel, with_id);
+                let l = closed_loop(c, plan.timing, world.server_pid, op).await;
+                let what = if with_id { "send+request_id" } else { "send" };
+                report.error(&format!("{what} c={c}"), &l);
+                let ratio = base_rate.filter(|b| *b > 0.0).map(|b| l.rate() / b);
+                progress(format!(
+                    "{what} c={c}: {} calls/s, p99 {} ms{}",
+                    fmt_rate(l.rate()),
+                    fmt_ms(l.whole.ms(0.99)),
+                    ratio.map_or(String::new(), |r| format!(", {r:.2}x baseline"))
+                ));
+                send_rows.push(vec![
+                    c.to_string(),
+                    if with_id { "yes" } else { "no" }.to_string(),
+                    fmt_rate(l.rate()),
+                    fmt_ms(l.whole.ms(0.5)),
+                    fmt_ms(l.whole.ms(0.99)),
+                    fmt_ms(l.whole.ms(0.999)),
+                    ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                    l.cpu.cell(),
+                    l.errors.to_string(),
+                ]);
+                let mut j = l.whole.json();
+                j["concurrency"] = json!(c);
+                j["request_id"] = json!(with_id);
+                j["calls_per_s"] = json!(round1(l.rate()));
+                j["ratio_to_baseline"] = round3(ratio);
+                j["errors"] = json!(l.errors);
+                l.cpu.add_json(&mut j);
+                out.push(j);
+            }
         }
     }
     let conns = format!(
@@ -1087,10 +1107,11 @@ async fn run_baseline_send(
     }
     if send {
         text.push_str(&table(
-            "send: durable SendMessage",
+            "send: durable SendMessage, without and with a request_id (a fresh UUID v4 per call)",
             &conns,
             &[
                 "concurrency",
+                "request_id",
                 "calls/s",
                 "p50 ms",
                 "p99 ms",
@@ -1101,7 +1122,9 @@ async fn run_baseline_send(
             ],
             &send_rows,
         ));
-        report.json.insert("send".into(), json!(send_json));
+        let [plain, with_id] = send_json;
+        report.json.insert("send".into(), json!(plain));
+        report.json.insert("send_request_id".into(), json!(with_id));
     }
     Ok(())
 }
