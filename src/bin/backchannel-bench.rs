@@ -2438,6 +2438,9 @@ struct Sustained<'a> {
     /// Messages stored then.
     stored: u64,
     per_message: Option<f64>,
+    /// The same without the WAL, which a checkpoint empties into the
+    /// database file (and which a WAL over its bound dominates).
+    per_message_without_wal: Option<f64>,
     last_to_first: Option<f64>,
     to_baseline: Option<f64>,
 }
@@ -2485,6 +2488,12 @@ impl<'a> Sustained<'a> {
             per_message: disk
                 .filter(|_| stored > 0)
                 .map(|b| b as f64 / stored as f64),
+            per_message_without_wal: match (disk, wal_now) {
+                (Some(d), Some(w)) if stored > 0 => {
+                    Some(d.saturating_sub(w) as f64 / stored as f64)
+                }
+                _ => None,
+            },
             disk,
             stored,
             last_to_first,
@@ -2564,15 +2573,16 @@ impl<'a> Sustained<'a> {
             (Storage::Postgres { .. }, _) => "WAL: n/a (PostgreSQL)\n".into(),
             (Storage::Remote, _) => "WAL: n/a (a --target server)\n".into(),
         });
-        let per = self
-            .per_message
-            .map_or("-".into(), |v| fmt_count(v.round() as u64));
+        let per_msg = |v: Option<f64>| v.map_or("-".into(), |v| fmt_count(v.round() as u64));
+        let per = per_msg(self.per_message);
         note.push_str(&match (self.storage, self.disk) {
             (Storage::Embedded(_), Some(b)) => format!(
-                "disk: {} MiB in the data directory (the WAL {} MiB of it) for {} messages stored = {per} bytes/message",
+                "disk: {} MiB in the data directory (the WAL {} MiB of it) for {} messages stored = {per} bytes/message \
+                 ({} without the WAL)",
                 fmt_mib(Some(b)),
                 fmt_mib(self.wal_now),
                 fmt_count(self.stored),
+                per_msg(self.per_message_without_wal),
             ),
             (Storage::Postgres { name, .. }, Some(b)) => format!(
                 "disk: {} MiB (pg_database_size of {name}) for {} messages stored = {per} bytes/message",
@@ -2693,6 +2703,7 @@ impl<'a> Sustained<'a> {
             "wal_bytes": self.wal_now,
             "messages_stored": self.stored,
             "bytes_per_message": self.per_message.map(round1),
+            "bytes_per_message_without_wal": self.per_message_without_wal.map(round1),
         });
         j
     }
