@@ -75,12 +75,13 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         "fanout",
         "catchup",
         "scale",
+        "sustained",
     ] {
         assert!(!s[name].is_null(), "scenario {name} missing: {doc:#}");
     }
     // Only what does not depend on the machine's speed: a busy debug
     // server may fit no call into a short window, but none may fail.
-    for name in ["baseline", "send"] {
+    for name in ["baseline", "send", "send_request_id"] {
         let levels = s[name].as_array().expect("levels");
         assert_eq!(levels.len(), 4, "{name}: {doc:#}");
         for l in levels {
@@ -106,4 +107,36 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         Some(2),
         "{doc:#}"
     );
+    // --quick: 3 s of sends in slices of 1 s, on a store of at least 2,000.
+    let sustained = &s["sustained"];
+    assert_eq!(sustained["errors"], 0, "{sustained:#}");
+    assert_eq!(sustained["baseline"]["errors"], 0, "{sustained:#}");
+    assert_eq!(sustained["request_id"], "uuid_v4", "{sustained:#}");
+    assert_eq!(
+        sustained["slices"].as_array().map(Vec::len),
+        Some(3),
+        "{sustained:#}"
+    );
+    assert!(
+        sustained["messages_at_start"].as_u64().unwrap_or(0) >= 2000,
+        "{sustained:#}"
+    );
+    assert!(
+        sustained["disk"]["bytes_per_message"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{sustained:#}"
+    );
+    assert_eq!(
+        sustained["wal_bound_bytes"],
+        64 * 1024 * 1024,
+        "{sustained:#}"
+    );
+    if common::backend_is_postgres() {
+        assert!(sustained["wal_peak_bytes"].is_null(), "{sustained:#}");
+    } else {
+        assert!(sustained["wal_peak_bytes"].is_u64(), "{sustained:#}");
+        assert!(sustained["wal_bytes_after_stop"].is_u64(), "{sustained:#}");
+    }
 }

@@ -54,6 +54,10 @@ enum Scenario {
     Catchup,
     /// `GetMessage` and `ListMessages` with few vs many messages stored.
     Scale,
+    /// `SendMessage` with a `request_id`, for a minute, on a store that
+    /// already holds a million messages: does it keep its speed, and its
+    /// write-ahead log its bound?
+    Sustained,
 }
 
 impl Scenario {
@@ -65,6 +69,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Catchup => "catchup",
             Scenario::Scale => "scale",
+            Scenario::Sustained => "sustained",
         }
     }
 }
@@ -113,6 +118,38 @@ struct Args {
     /// Seconds of warm-up before each point (default 0.75; 0.2 with --quick).
     #[arg(long, value_name = "S")]
     warmup_secs: Option<f64>,
+    /// Messages the store must hold when `sustained` starts sending: those
+    /// earlier scenarios of this run stored count, the rest are written
+    /// first, as fast as the server takes them (default 1,000,000; 2,000
+    /// with --quick).
+    #[arg(long, value_name = "N")]
+    sustained_preload: Option<u64>,
+    /// Seconds `sustained` sends for, after its warm-up (default 60; 3 with
+    /// --quick).
+    #[arg(long, value_name = "S", value_parser = parse_secs)]
+    sustained_secs: Option<f64>,
+    /// Length of the slices `sustained` reports one by one (default 10; 1
+    /// with --quick).
+    #[arg(long, value_name = "S", value_parser = parse_secs)]
+    sustained_slice_secs: Option<f64>,
+    /// `SendMessage` calls in flight in `sustained`, and `Health/Check`
+    /// calls in its baseline.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    sustained_in_flight: usize,
+    /// The bound the server under test claims for its write-ahead log, in
+    /// MiB (DESIGN.md §5: 64 by default); `sustained` reports the log's peak
+    /// beside it.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    wal_bound_mib: u64,
+}
+
+/// A positive, finite number of seconds (at most a few years, so that it
+/// fits a `Duration`).
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e8 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
 }
 
 fn parse_point(s: &str) -> Result<(usize, u64), String> {
@@ -135,6 +172,21 @@ struct Timing {
     measure: Duration,
 }
 
+/// How `sustained` runs.
+#[derive(Debug, Clone, Copy)]
+struct SustainedPlan {
+    /// Messages the store holds at least when the sends start.
+    preload: u64,
+    /// Calls in flight, in the sends and in their baseline.
+    in_flight: usize,
+    /// How long the sends are measured (after [`Plan::timing`]'s warm-up).
+    run: Duration,
+    /// Throughput and latency are reported per slice of this length.
+    slice: Duration,
+    /// The bound the server claims for its write-ahead log, in bytes.
+    wal_bound: u64,
+}
+
 /// Everything a run is configured with.
 struct Plan {
     quick: bool,
@@ -150,6 +202,7 @@ struct Plan {
     scale_small: u64,
     scale_calls: usize,
     drain_timeout: Duration,
+    sustained: SustainedPlan,
 }
 
 impl Plan {
@@ -192,6 +245,25 @@ impl Plan {
             scale_small: 1000,
             scale_calls: if quick { 200 } else { 2000 },
             drain_timeout: Duration::from_secs(if quick { 20 } else { 30 }),
+            sustained: SustainedPlan {
+                preload: a.sustained_preload.unwrap_or(if quick {
+                    2_000
+                } else {
+                    DEFAULT_SUSTAINED_PRELOAD
+                }),
+                in_flight: a.sustained_in_flight.max(1),
+                run: Duration::from_secs_f64(a.sustained_secs.unwrap_or(if quick {
+                    3.0
+                } else {
+                    60.0
+                })),
+                slice: Duration::from_secs_f64(a.sustained_slice_secs.unwrap_or(if quick {
+                    1.0
+                } else {
+                    10.0
+                })),
+                wal_bound: a.wal_bound_mib.saturating_mul(MIB),
+            },
         }
     }
 }
@@ -203,8 +275,20 @@ impl Plan {
 const DEFAULT_CATCHUP_EVENTS: u64 = FULL_CATCHUP_EVENTS;
 /// The size the issue's `catchup` and `scale` targets speak of.
 const FULL_CATCHUP_EVENTS: u64 = 1_000_000;
-/// Requests in flight while writing the catch-up data set.
+/// Messages the store holds when `sustained` starts, by default: the
+/// issue's "a store that already holds a million messages".
+const DEFAULT_SUSTAINED_PRELOAD: u64 = 1_000_000;
+/// Requests in flight while writing the catch-up data set (and the
+/// `sustained` preload).
 const BULK_CONCURRENCY: usize = 256;
+/// How often the catch-up writes say how far they got.
+const BULK_PROGRESS: Duration = Duration::from_secs(3);
+/// How often the `sustained` preload says how far it got.
+const PRELOAD_PROGRESS: Duration = Duration::from_secs(10);
+/// One mebibyte.
+const MIB: u64 = 1024 * 1024;
+/// How often `sustained` looks at the size of the write-ahead log.
+const WAL_POLL: Duration = Duration::from_millis(100);
 /// Subscribers per HTTP/2 connection in `fanout`.
 const SUBSCRIBERS_PER_CONNECTION: usize = 100;
 /// Writer tasks that share a `fanout` rate.
@@ -620,6 +704,10 @@ struct World {
     us: Identity,
     ids: Parties,
     server_pid: Option<u32>,
+    /// `SendMessage` calls of this run that succeeded, so the messages a
+    /// server the bench started holds (`sustained` tops the store up to
+    /// its preload, and divides the disk used by this).
+    stored: Arc<AtomicU64>,
 }
 
 struct Parties {
@@ -675,6 +763,7 @@ impl World {
             admin,
             ids,
             server_pid: pid,
+            stored: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -737,6 +826,11 @@ type Op = Arc<dyn Fn(usize, u64) -> BoxFut<Result<[u64; 4], Status>> + Send + Sy
 struct Load {
     whole: Samples,
     steps: [Samples; 4],
+    /// The samples of `whole` again, by the slice of the window in which
+    /// each operation ended (empty unless the run was sliced).
+    slices: Vec<Samples>,
+    /// When the measurement window opened.
+    window_start: Instant,
     errors: u64,
     first_error: Option<String>,
     secs: f64,
@@ -752,15 +846,47 @@ impl Load {
 /// `conc` tasks each run `op` back to back for warm-up + measurement; only
 /// operations that start and end inside the measurement window count.
 async fn closed_loop(conc: usize, t: Timing, pid: Option<u32>, op: Op) -> Load {
+    closed_loop_sliced(conc, t, None, pid, op).await
+}
+
+/// The measurement window cut into slices of `slice` (the last one may be
+/// shorter): each slice's start and end, from the window's start.
+fn slice_bounds(measure: Duration, slice: Duration) -> Vec<(Duration, Duration)> {
+    let mut out = Vec::new();
+    let mut from = Duration::ZERO;
+    while from < measure {
+        let to = (from + slice).min(measure);
+        out.push((from, to));
+        from = to;
+    }
+    out
+}
+
+/// [`closed_loop`], with each counted operation also filed under the
+/// [`slice_bounds`] slice in which it ended. As only operations that start
+/// and end inside the window count, the first and the last slice each miss
+/// up to `conc` operations (those under way at the window's edges), so
+/// comparing the two is fair.
+async fn closed_loop_sliced(
+    conc: usize,
+    t: Timing,
+    slice: Option<Duration>,
+    pid: Option<u32>,
+    op: Op,
+) -> Load {
     let start = Instant::now();
     let m0 = start + t.warmup;
     let m1 = m0 + t.measure;
+    let bounds = slice.map_or_else(Vec::new, |s| slice_bounds(t.measure, s));
+    let slice_ns = slice.map_or(1, |s| s.as_nanos().max(1));
     let cpu = cpu_window(pid, m0, m1);
     let mut handles = Vec::with_capacity(conc);
     for task in 0..conc {
         let op = op.clone();
+        let nslices = bounds.len();
         handles.push(tokio::spawn(async move {
             let mut whole = Vec::new();
+            let mut slices: Vec<Vec<u64>> = vec![Vec::new(); nslices];
             let mut steps: [Vec<u64>; 4] = Default::default();
             let mut errors = 0u64;
             let mut first_error = None;
@@ -776,7 +902,12 @@ async fn closed_loop(conc: usize, t: Timing, pid: Option<u32>, op: Op) -> Load {
                 match r {
                     Ok(s) => {
                         if a >= m0 && b <= m1 {
-                            whole.push((b - a).as_nanos() as u64);
+                            let ns = (b - a).as_nanos() as u64;
+                            whole.push(ns);
+                            if nslices > 0 {
+                                let k = ((b - m0).as_nanos() / slice_ns) as usize;
+                                slices[k.min(nslices - 1)].push(ns);
+                            }
                             for (k, v) in s.iter().enumerate() {
                                 if *v > 0 {
                                     steps[k].push(*v);
@@ -793,12 +924,14 @@ async fn closed_loop(conc: usize, t: Timing, pid: Option<u32>, op: Op) -> Load {
                     }
                 }
             }
-            (whole, steps, errors, first_error)
+            (whole, slices, steps, errors, first_error)
         }));
     }
     let mut load = Load {
         whole: Samples::default(),
         steps: Default::default(),
+        slices: bounds.iter().map(|_| Samples::default()).collect(),
+        window_start: m0,
         errors: 0,
         first_error: None,
         secs: t.measure.as_secs_f64(),
@@ -806,8 +939,11 @@ async fn closed_loop(conc: usize, t: Timing, pid: Option<u32>, op: Op) -> Load {
     };
     for h in handles {
         match h.await {
-            Ok((w, s, e, f)) => {
+            Ok((w, sl, s, e, f)) => {
                 load.whole.extend(w);
+                for (k, v) in sl.into_iter().enumerate() {
+                    load.slices[k].extend(v);
+                }
                 for (k, v) in s.into_iter().enumerate() {
                     load.steps[k].extend(v);
                 }
@@ -824,7 +960,7 @@ async fn closed_loop(conc: usize, t: Timing, pid: Option<u32>, op: Op) -> Load {
     }
     load.cpu = cpu.await.unwrap_or_default();
     load.whole.finish();
-    for s in &mut load.steps {
+    for s in load.steps.iter_mut().chain(load.slices.iter_mut()) {
         s.finish();
     }
     load
@@ -918,18 +1054,36 @@ fn fmt_ms(v: Option<f64>) -> String {
 
 fn fmt_rate(v: f64) -> String {
     if v >= 100.0 {
-        let n = v.round() as u64;
-        let s = n.to_string();
-        let mut out = String::new();
-        for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
+        fmt_count(v.round() as u64)
     } else {
         format!("{v:.1}")
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn fmt_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{r:.2}"))
+}
+
+/// Whole seconds when they are whole, else to the tenth.
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.1}")
     }
 }
 
@@ -971,6 +1125,44 @@ fn table(title: &str, note: &str, headers: &[&str], rows: &[Vec<String>]) -> Str
 // ---------------------------------------------------------------------------
 // Scenarios
 
+/// `Health/Check` by the admin: the no-op RPC, with the client setup of the
+/// sends (same connections, same interceptor).
+fn health_op(world: &World) -> Op {
+    let admin = world.admin.clone();
+    Arc::new(move |task, _| {
+        let mut h = admin.on(task).health;
+        Box::pin(async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+            Ok([0; 4])
+        })
+    })
+}
+
+/// `SendMessage` by iran on `channel`; with `request_id`, each call carries
+/// a fresh UUID v4 (random, as most clients make them, and the harder case
+/// for the server's index of them), as a careful client's calls do.
+fn send_op(world: &World, channel: &str, request_id: bool) -> Op {
+    let iran = world.iran.clone();
+    let channel = channel.to_string();
+    let stored = world.stored.clone();
+    Arc::new(move |task, i| {
+        let mut m = iran.on(task).messages;
+        let mut req = send_req(&channel, i);
+        if request_id {
+            req.request_id = uuid::Uuid::new_v4().to_string();
+        }
+        let stored = stored.clone();
+        Box::pin(async move {
+            m.send_message(req).await?;
+            stored.fetch_add(1, Ordering::Relaxed);
+            Ok([0; 4])
+        })
+    })
+}
+
 async fn run_baseline_send(
     world: &World,
     plan: &Plan,
@@ -983,22 +1175,12 @@ async fn run_baseline_send(
     let mut base_rows = Vec::new();
     let mut send_rows = Vec::new();
     let mut base_json = Vec::new();
-    let mut send_json = Vec::new();
+    // Without request_id, then with it.
+    let mut send_json = [Vec::new(), Vec::new()];
     for &c in &plan.levels {
         let mut base_rate = None;
         if baseline {
-            let admin = world.admin.clone();
-            let op: Op = Arc::new(move |task, _| {
-                let mut h = admin.on(task).health;
-                Box::pin(async move {
-                    h.check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await?;
-                    Ok([0; 4])
-                })
-            });
-            let l = closed_loop(c, plan.timing, world.server_pid, op).await;
+            let l = closed_loop(c, plan.timing, world.server_pid, health_op(world)).await;
             report.error(&format!("baseline c={c}"), &l);
             progress(format!(
                 "baseline c={c}: {} calls/s, p99 {} ms",
@@ -1023,43 +1205,38 @@ async fn run_baseline_send(
             base_json.push(j);
         }
         if send {
-            let iran = world.iran.clone();
-            let ch = channel.clone();
-            let op: Op = Arc::new(move |task, i| {
-                let mut m = iran.on(task).messages;
-                let req = send_req(&ch, i);
-                Box::pin(async move {
-                    m.send_message(req).await?;
-                    Ok([0; 4])
-                })
-            });
-            let l = closed_loop(c, plan.timing, world.server_pid, op).await;
-            report.error(&format!("send c={c}"), &l);
-            let ratio = base_rate.filter(|b| *b > 0.0).map(|b| l.rate() / b);
-            progress(format!(
-                "send c={c}: {} calls/s, p99 {} ms{}",
-                fmt_rate(l.rate()),
-                fmt_ms(l.whole.ms(0.99)),
-                ratio.map_or(String::new(), |r| format!(", {r:.2}x baseline"))
-            ));
-            send_rows.push(vec![
-                c.to_string(),
-                fmt_rate(l.rate()),
-                fmt_ms(l.whole.ms(0.5)),
-                fmt_ms(l.whole.ms(0.99)),
-                fmt_ms(l.whole.ms(0.999)),
-                ratio.map_or("-".into(), |r| format!("{r:.2}")),
-                l.cpu.cell(),
-                l.errors.to_string(),
-            ]);
-            let mut j = l.whole.json();
-            j["concurrency"] = json!(c);
-            j["calls_per_s"] = json!(round1(l.rate()));
-            j["ratio_to_baseline"] =
-                ratio.map_or(Value::Null, |r| json!((r * 1000.0).round() / 1000.0));
-            j["errors"] = json!(l.errors);
-            l.cpu.add_json(&mut j);
-            send_json.push(j);
+            for (with_id, out) in [false, true].into_iter().zip(send_json.iter_mut()) {
+                let op = send_op(world, &channel, with_id);
+                let l = closed_loop(c, plan.timing, world.server_pid, op).await;
+                let what = if with_id { "send+request_id" } else { "send" };
+                report.error(&format!("{what} c={c}"), &l);
+                let ratio = base_rate.filter(|b| *b > 0.0).map(|b| l.rate() / b);
+                progress(format!(
+                    "{what} c={c}: {} calls/s, p99 {} ms{}",
+                    fmt_rate(l.rate()),
+                    fmt_ms(l.whole.ms(0.99)),
+                    ratio.map_or(String::new(), |r| format!(", {r:.2}x baseline"))
+                ));
+                send_rows.push(vec![
+                    c.to_string(),
+                    if with_id { "yes" } else { "no" }.to_string(),
+                    fmt_rate(l.rate()),
+                    fmt_ms(l.whole.ms(0.5)),
+                    fmt_ms(l.whole.ms(0.99)),
+                    fmt_ms(l.whole.ms(0.999)),
+                    ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                    l.cpu.cell(),
+                    l.errors.to_string(),
+                ]);
+                let mut j = l.whole.json();
+                j["concurrency"] = json!(c);
+                j["request_id"] = json!(with_id);
+                j["calls_per_s"] = json!(round1(l.rate()));
+                j["ratio_to_baseline"] = round3(ratio);
+                j["errors"] = json!(l.errors);
+                l.cpu.add_json(&mut j);
+                out.push(j);
+            }
         }
     }
     let conns = format!(
@@ -1087,10 +1264,11 @@ async fn run_baseline_send(
     }
     if send {
         text.push_str(&table(
-            "send: durable SendMessage",
+            "send: durable SendMessage, without and with a request_id (a fresh UUID v4 per call)",
             &conns,
             &[
                 "concurrency",
+                "request_id",
                 "calls/s",
                 "p50 ms",
                 "p99 ms",
@@ -1101,7 +1279,9 @@ async fn run_baseline_send(
             ],
             &send_rows,
         ));
-        report.json.insert("send".into(), json!(send_json));
+        let [plain, with_id] = send_json;
+        report.json.insert("send".into(), json!(plain));
+        report.json.insert("send_request_id".into(), json!(with_id));
     }
     Ok(())
 }
@@ -1114,16 +1294,19 @@ async fn run_lifecycle(
 ) -> Result<()> {
     let channel = world.channel("bench lifecycle").await?;
     let (iran, france, us) = (world.iran.clone(), world.france.clone(), world.us.clone());
+    let stored = world.stored.clone();
     let op: Op = Arc::new(move |task, i| {
         let mut s = iran.on(task).messages;
         let mut f = france.on(task).messages;
         let mut u = us.on(task).messages;
         let req = send_req(&channel, i);
+        let stored = stored.clone();
         Box::pin(async move {
             let mut t = [0u64; 4];
             let a = Instant::now();
             let m = s.send_message(req).await?.into_inner();
             t[0] = elapsed_ns(a);
+            stored.fetch_add(1, Ordering::Relaxed);
             let a = Instant::now();
             f.accept_message(pb::AcceptMessageRequest {
                 message_id: m.id.clone(),
@@ -1505,6 +1688,7 @@ async fn fanout_point(
     let first_error = first_error.lock().unwrap().take();
     let writers_done = Instant::now();
     let written = written.load(Ordering::Relaxed);
+    world.stored.fetch_add(written, Ordering::Relaxed);
     let expected = channel_sequences(world, &channel, h0).await?;
     let target = expected.last().copied().unwrap_or(h0);
     let _ = end_tx.send(Some((target, (Instant::now() + plan.drain_timeout).into())));
@@ -1667,8 +1851,10 @@ async fn run_fanout(
     Ok(())
 }
 
-/// Writes `n` messages on `channel` with many requests in flight; returns a
-/// sample of their ids and how long it took.
+/// Writes `n` messages on `channel` with many requests in flight, saying
+/// how far it got every `progress_every`; returns a sample of their ids and
+/// how long it took.
+#[allow(clippy::too_many_arguments)]
 async fn bulk_write(
     world: &World,
     channel: &str,
@@ -1676,6 +1862,7 @@ async fn bulk_write(
     concurrency: usize,
     label: &str,
     cap: Option<Duration>,
+    progress_every: Duration,
     report: &mut Report,
 ) -> Result<Bulk> {
     let next = Arc::new(AtomicU64::new(0));
@@ -1687,7 +1874,7 @@ async fn bulk_write(
         let done = done.clone();
         let label = label.to_string();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            let mut tick = tokio::time::interval(progress_every);
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -1705,6 +1892,7 @@ async fn bulk_write(
     for t in 0..concurrency {
         let mut m = world.iran.on(t).messages;
         let (next, done, sample) = (next.clone(), done.clone(), sample.clone());
+        let stored = world.stored.clone();
         let channel = channel.to_string();
         tasks.push(tokio::spawn(async move {
             let (mut errors, mut first_error) = (0u64, None);
@@ -1719,6 +1907,7 @@ async fn bulk_write(
                 match m.send_message(send_req(&channel, i)).await {
                     Ok(r) => {
                         done.fetch_add(1, Ordering::Relaxed);
+                        stored.fetch_add(1, Ordering::Relaxed);
                         if i % stride == 0 {
                             sample.lock().unwrap().push(r.into_inner().id);
                         }
@@ -1938,6 +2127,589 @@ async fn scale_point(
 }
 
 // ---------------------------------------------------------------------------
+// Sustained load
+
+/// Where the server under test keeps its record, for the disk figures.
+#[derive(Debug, Clone)]
+enum Storage {
+    /// The embedded store, in this data directory.
+    Embedded(PathBuf),
+    /// The PostgreSQL database `name`, sized through a connection to
+    /// `admin_url`.
+    Postgres { admin_url: String, name: String },
+    /// A `--target` server: its storage is out of the bench's sight.
+    Remote,
+}
+
+impl Storage {
+    /// The embedded store's write-ahead log file.
+    fn wal_path(&self) -> Option<PathBuf> {
+        match self {
+            Storage::Embedded(dir) => {
+                Some(dir.join(format!("{}-wal", backchannel::store::sqlite::DB_FILE)))
+            }
+            Storage::Postgres { .. } | Storage::Remote => None,
+        }
+    }
+
+    /// What [`Storage::bytes`] measures, for the report.
+    fn source(&self) -> Option<&'static str> {
+        match self {
+            Storage::Embedded(_) => Some("data_dir"),
+            Storage::Postgres { .. } => Some("pg_database_size"),
+            Storage::Remote => None,
+        }
+    }
+
+    /// The bytes the record takes now: every file in the data directory,
+    /// or PostgreSQL's `pg_database_size` of the bench's database; `None`
+    /// for a server the bench did not start.
+    async fn bytes(&self) -> Result<Option<u64>> {
+        match self {
+            Storage::Embedded(dir) => {
+                let dir = dir.clone();
+                Ok(Some(
+                    tokio::task::spawn_blocking(move || dir_bytes(&dir)).await??,
+                ))
+            }
+            Storage::Postgres { admin_url, name } => {
+                let (url, name) = (admin_url.clone(), name.clone());
+                let size = tokio::task::spawn_blocking(move || -> Result<i64> {
+                    let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+                    let row = c.query_one("SELECT pg_database_size($1::name)", &[&name])?;
+                    Ok(row.try_get(0)?)
+                })
+                .await??;
+                Ok(Some(u64::try_from(size)?))
+            }
+            Storage::Remote => Ok(None),
+        }
+    }
+}
+
+/// The total length of the files under `dir`. A file that goes away while
+/// it is counted (SQLite's `-shm`, say) counts as empty.
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = match entry.path().symlink_metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            total += dir_bytes(&entry.path())?;
+        } else {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// A file's length: 0 if it does not exist (SQLite removes its WAL when
+/// the last connection closes cleanly), `None` if it cannot be looked at.
+fn file_len(path: &Path) -> Option<u64> {
+    match std::fs::metadata(path) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// Samples the length of the write-ahead log every [`WAL_POLL`] until it
+/// is stopped.
+struct WalWatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<(Instant, u64)>>,
+}
+
+impl WalWatch {
+    fn start(path: PathBuf) -> WalWatch {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(WAL_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        if let Some(n) = file_len(&path) {
+                            samples.push((Instant::now(), n));
+                        }
+                    }
+                }
+            }
+            samples
+        });
+        WalWatch { stop, task }
+    }
+
+    /// Stops polling; the samples taken (time, bytes), oldest first.
+    async fn stop(self) -> Vec<(Instant, u64)> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The largest WAL length sampled in `[from, to)`.
+fn wal_peak(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Option<u64> {
+    samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, n)| *n)
+        .max()
+}
+
+fn fmt_mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB as f64))
+}
+
+/// `sustained`: tops the store up to [`SustainedPlan::preload`] messages,
+/// measures a no-op baseline at the same concurrency, then sends with a
+/// fresh `request_id` per call for [`SustainedPlan::run`], slice by slice,
+/// while it watches the write-ahead log; last, the disk used per message.
+async fn run_sustained(
+    world: &World,
+    plan: &Plan,
+    storage: &Storage,
+    report: &mut Report,
+    text: &mut String,
+) -> Result<()> {
+    let sp = plan.sustained;
+    let channel = world.channel("bench sustained").await?;
+    let wal = storage.wal_path();
+
+    // The store must already hold `preload` messages: what earlier
+    // scenarios stored counts, the rest is written now, as fast as the
+    // server takes it.
+    let stored_before = world.stored.load(Ordering::Relaxed);
+    let missing = sp.preload.saturating_sub(stored_before);
+    let mut preload = None;
+    let mut preload_wal = None;
+    if missing > 0 {
+        progress(format!(
+            "sustained: preloading {} messages ({} stored already)",
+            fmt_count(missing),
+            fmt_count(stored_before)
+        ));
+        let watch = wal.clone().map(WalWatch::start);
+        let b = bulk_write(
+            world,
+            &channel,
+            missing,
+            BULK_CONCURRENCY,
+            "sustained preload",
+            None,
+            PRELOAD_PROGRESS,
+            report,
+        )
+        .await?;
+        if let Some(w) = watch {
+            preload_wal = w.stop().await.iter().map(|(_, n)| *n).max();
+        }
+        progress(format!(
+            "sustained: preloaded {} messages in {:.1} s ({}/s)",
+            fmt_count(b.written),
+            b.secs,
+            fmt_rate(b.written as f64 / b.secs)
+        ));
+        preload = Some(b);
+    }
+    let at_start = world.stored.load(Ordering::Relaxed);
+
+    // The no-op ceiling, at the same concurrency, on the same server state.
+    let base = closed_loop(
+        sp.in_flight,
+        plan.timing,
+        world.server_pid,
+        health_op(world),
+    )
+    .await;
+    report.error("sustained baseline", &base);
+    progress(format!(
+        "sustained: baseline c={}: {} calls/s, p99 {} ms",
+        sp.in_flight,
+        fmt_rate(base.rate()),
+        fmt_ms(base.whole.ms(0.99))
+    ));
+
+    progress(format!(
+        "sustained: {} SendMessage calls with request_id in flight for {:.0} s, on {} messages",
+        sp.in_flight,
+        sp.run.as_secs_f64(),
+        fmt_count(at_start)
+    ));
+    let timing = Timing {
+        warmup: plan.timing.warmup,
+        measure: sp.run,
+    };
+    let watch = wal.clone().map(WalWatch::start);
+    let sends = closed_loop_sliced(
+        sp.in_flight,
+        timing,
+        Some(sp.slice),
+        world.server_pid,
+        send_op(world, &channel, true),
+    )
+    .await;
+    let wal_samples = match watch {
+        Some(w) => Some(w.stop().await),
+        None => None,
+    };
+    report.error("sustained", &sends);
+    let disk = match storage.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            progress(format!("sustained: cannot measure the disk used: {e}"));
+            None
+        }
+    };
+    let s = Sustained::new(
+        plan,
+        storage,
+        Preload {
+            stored_before,
+            bulk: preload,
+            wal_peak: preload_wal,
+        },
+        at_start,
+        base,
+        sends,
+        wal_samples.as_deref(),
+        wal.as_deref().and_then(file_len),
+        disk,
+        world.stored.load(Ordering::Relaxed),
+    );
+    progress(format!(
+        "sustained: {} calls/s ({}x baseline), last/first slice {}, WAL peak {} MiB, {} bytes/message",
+        fmt_rate(s.sends.rate()),
+        fmt_ratio(s.to_baseline),
+        fmt_ratio(s.last_to_first),
+        fmt_mib(s.wal_peak),
+        s.per_message
+            .map_or("-".into(), |v| fmt_count(v.round() as u64))
+    ));
+    text.push_str(&s.text());
+    report.json.insert("sustained".into(), s.json());
+    Ok(())
+}
+
+/// How `sustained` met its preload.
+struct Preload {
+    /// Messages earlier scenarios had stored.
+    stored_before: u64,
+    /// What was written to make up the rest, if anything was missing.
+    bulk: Option<Bulk>,
+    /// The WAL's largest size while that was written.
+    wal_peak: Option<u64>,
+}
+
+/// One slice of the `sustained` sends.
+struct Slice {
+    /// From the start of the measurement window.
+    from: Duration,
+    to: Duration,
+    /// Calls that ended in the slice, per second.
+    rate: f64,
+    /// The WAL's largest size sampled in the slice.
+    wal_peak: Option<u64>,
+}
+
+/// What `sustained` measured, and the figures derived from it.
+struct Sustained<'a> {
+    plan: &'a Plan,
+    storage: &'a Storage,
+    preload: Preload,
+    /// Messages stored when the sends started.
+    at_start: u64,
+    /// `Health/Check` at the same concurrency.
+    base: Load,
+    /// The sends, with their slices.
+    sends: Load,
+    slices: Vec<Slice>,
+    /// The WAL's largest size while sending (warm-up included).
+    wal_peak: Option<u64>,
+    /// Its size when the disk was measured, right after the sends.
+    wal_now: Option<u64>,
+    /// What [`Storage::bytes`] said right after the sends.
+    disk: Option<u64>,
+    /// Messages stored then.
+    stored: u64,
+    per_message: Option<f64>,
+    /// The same without the WAL, which a checkpoint empties into the
+    /// database file (and which a WAL over its bound dominates).
+    per_message_without_wal: Option<f64>,
+    last_to_first: Option<f64>,
+    to_baseline: Option<f64>,
+}
+
+impl<'a> Sustained<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        plan: &'a Plan,
+        storage: &'a Storage,
+        preload: Preload,
+        at_start: u64,
+        base: Load,
+        sends: Load,
+        wal_samples: Option<&[(Instant, u64)]>,
+        wal_now: Option<u64>,
+        disk: Option<u64>,
+        stored: u64,
+    ) -> Sustained<'a> {
+        let m0 = sends.window_start;
+        let slices: Vec<Slice> = slice_bounds(plan.sustained.run, plan.sustained.slice)
+            .into_iter()
+            .zip(&sends.slices)
+            .map(|((from, to), s)| Slice {
+                from,
+                to,
+                rate: s.len() as f64 / (to - from).as_secs_f64(),
+                wal_peak: wal_samples.and_then(|w| wal_peak(w, m0 + from, m0 + to)),
+            })
+            .collect();
+        let last_to_first = match (slices.first(), slices.last()) {
+            (Some(f), Some(l)) if slices.len() > 1 && f.rate > 0.0 => Some(l.rate / f.rate),
+            _ => None,
+        };
+        Sustained {
+            plan,
+            storage,
+            preload,
+            at_start,
+            to_baseline: (base.rate() > 0.0).then(|| sends.rate() / base.rate()),
+            base,
+            wal_peak: wal_samples.and_then(|w| w.iter().map(|(_, n)| *n).max()),
+            sends,
+            slices,
+            wal_now,
+            per_message: disk
+                .filter(|_| stored > 0)
+                .map(|b| b as f64 / stored as f64),
+            per_message_without_wal: match (disk, wal_now) {
+                (Some(d), Some(w)) if stored > 0 => {
+                    Some(d.saturating_sub(w) as f64 / stored as f64)
+                }
+                _ => None,
+            },
+            disk,
+            stored,
+            last_to_first,
+        }
+    }
+
+    /// The table, with what it was measured on above it.
+    fn text(&self) -> String {
+        let (sp, timing) = (&self.plan.sustained, &self.plan.timing);
+        let mut note = match &self.preload.bulk {
+            Some(b) => format!(
+                "preload: {} messages written first ({BULK_CONCURRENCY} in flight, no request_id) in {:.1} s ({}/s), \
+                 beside the {} earlier scenarios stored",
+                fmt_count(b.written),
+                b.secs,
+                fmt_rate(b.written as f64 / b.secs),
+                fmt_count(self.preload.stored_before)
+            ),
+            None => format!(
+                "preload: none needed, earlier scenarios stored {} messages",
+                fmt_count(self.preload.stored_before)
+            ),
+        };
+        note.push_str(&format!(
+            "; the store held {} messages at the start{}\n",
+            fmt_count(self.at_start),
+            if self.at_start < DEFAULT_SUSTAINED_PRELOAD {
+                format!(
+                    " (NOTE: not the {} of the target; --sustained-preload {DEFAULT_SUSTAINED_PRELOAD} for that)",
+                    fmt_count(DEFAULT_SUSTAINED_PRELOAD)
+                )
+            } else {
+                String::new()
+            }
+        ));
+        note.push_str(&format!(
+            "no-op baseline (Health/Check, {} in flight, {:.2} s after {:.2} s warm-up): {} calls/s, p99 {} ms, \
+             CPU server/bench {} %\n",
+            sp.in_flight,
+            timing.measure.as_secs_f64(),
+            timing.warmup.as_secs_f64(),
+            fmt_rate(self.base.rate()),
+            fmt_ms(self.base.whole.ms(0.99)),
+            self.base.cpu.cell()
+        ));
+        note.push_str(&format!(
+            "sends: {} calls in {:.0} s after {:.2} s warm-up = {} calls/s; sustained/baseline {}; \
+             last/first slice {}; {} failed calls; CPU server/bench {} %\n",
+            fmt_count(self.sends.whole.len() as u64),
+            sp.run.as_secs_f64(),
+            timing.warmup.as_secs_f64(),
+            fmt_rate(self.sends.rate()),
+            fmt_ratio(self.to_baseline),
+            fmt_ratio(self.last_to_first),
+            self.sends.errors,
+            self.sends.cpu.cell()
+        ));
+        note.push_str(&match (self.storage, self.wal_peak) {
+            (Storage::Embedded(_), Some(peak)) => format!(
+                "WAL ({}-wal, sampled every {} ms): peak {} MiB while sending{}; \
+                 the bound claimed is {} MiB: {}\n",
+                backchannel::store::sqlite::DB_FILE,
+                WAL_POLL.as_millis(),
+                fmt_mib(Some(peak)),
+                self.preload.wal_peak.map_or(String::new(), |p| format!(
+                    ", {} MiB during the preload",
+                    fmt_mib(Some(p))
+                )),
+                fmt_mib(Some(sp.wal_bound)),
+                if peak <= sp.wal_bound {
+                    "within it"
+                } else {
+                    "OVER IT"
+                }
+            ),
+            (Storage::Embedded(_), None) => "WAL: could not be sampled\n".into(),
+            (Storage::Postgres { .. }, _) => "WAL: n/a (PostgreSQL)\n".into(),
+            (Storage::Remote, _) => "WAL: n/a (a --target server)\n".into(),
+        });
+        let per_msg = |v: Option<f64>| v.map_or("-".into(), |v| fmt_count(v.round() as u64));
+        let per = per_msg(self.per_message);
+        note.push_str(&match (self.storage, self.disk) {
+            (Storage::Embedded(_), Some(b)) => format!(
+                "disk: {} MiB in the data directory (the WAL {} MiB of it) for {} messages stored = {per} bytes/message \
+                 ({} without the WAL)",
+                fmt_mib(Some(b)),
+                fmt_mib(self.wal_now),
+                fmt_count(self.stored),
+                per_msg(self.per_message_without_wal),
+            ),
+            (Storage::Postgres { name, .. }, Some(b)) => format!(
+                "disk: {} MiB (pg_database_size of {name}) for {} messages stored = {per} bytes/message",
+                fmt_mib(Some(b)),
+                fmt_count(self.stored),
+            ),
+            (Storage::Remote, _) => "disk: n/a (a --target server)".into(),
+            (_, None) => "disk: could not be measured".into(),
+        });
+        let mut rows: Vec<Vec<String>> = self
+            .slices
+            .iter()
+            .zip(&self.sends.slices)
+            .enumerate()
+            .map(|(k, (sl, s))| {
+                vec![
+                    (k + 1).to_string(),
+                    fmt_secs(sl.from),
+                    fmt_secs(sl.to),
+                    fmt_rate(sl.rate),
+                    fmt_ms(s.ms(0.5)),
+                    fmt_ms(s.ms(0.99)),
+                    fmt_ms(s.max_ms()),
+                    fmt_mib(sl.wal_peak),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "all".into(),
+            fmt_secs(Duration::ZERO),
+            fmt_secs(sp.run),
+            fmt_rate(self.sends.rate()),
+            fmt_ms(self.sends.whole.ms(0.5)),
+            fmt_ms(self.sends.whole.ms(0.99)),
+            fmt_ms(self.sends.whole.max_ms()),
+            fmt_mib(self.wal_peak),
+        ]);
+        table(
+            &format!(
+                "sustained: SendMessage with a request_id (a fresh UUID v4 per call), {} in flight for {:.0} s, \
+                 on a store holding {} messages",
+                sp.in_flight,
+                sp.run.as_secs_f64(),
+                fmt_count(self.at_start)
+            ),
+            &note,
+            &[
+                "slice",
+                "from s",
+                "to s",
+                "calls/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "WAL peak MiB",
+            ],
+            &rows,
+        )
+    }
+
+    /// The same figures, for `--json`.
+    fn json(&self) -> Value {
+        let sp = &self.plan.sustained;
+        let mut j = self.sends.whole.json();
+        self.sends.cpu.add_json(&mut j);
+        let mut base = self.base.whole.json();
+        base["concurrency"] = json!(sp.in_flight);
+        base["calls_per_s"] = json!(round1(self.base.rate()));
+        base["errors"] = json!(self.base.errors);
+        self.base.cpu.add_json(&mut base);
+        let slices: Vec<Value> = self
+            .slices
+            .iter()
+            .zip(&self.sends.slices)
+            .enumerate()
+            .map(|(k, (sl, s))| {
+                let mut v = s.json();
+                v["slice"] = json!(k + 1);
+                v["start_s"] = json!(sl.from.as_secs_f64());
+                v["end_s"] = json!(sl.to.as_secs_f64());
+                v["calls_per_s"] = json!(round1(sl.rate));
+                v["wal_peak_bytes"] = json!(sl.wal_peak);
+                v
+            })
+            .collect();
+        let bulk = self.preload.bulk.as_ref();
+        j["request_id"] = json!("uuid_v4");
+        j["in_flight"] = json!(sp.in_flight);
+        j["warmup_s"] = json!(self.plan.timing.warmup.as_secs_f64());
+        j["seconds"] = json!(sp.run.as_secs_f64());
+        j["slice_seconds"] = json!(sp.slice.as_secs_f64());
+        j["preload"] = json!({
+            "asked": sp.preload,
+            "stored_before": self.preload.stored_before,
+            "written": bulk.map_or(0, |b| b.written),
+            "seconds": bulk.map(|b| round3(Some(b.secs))),
+            "written_per_s": bulk.map(|b| round1(b.written as f64 / b.secs)),
+            "concurrency": BULK_CONCURRENCY,
+            "request_id": false,
+            "wal_peak_bytes": self.preload.wal_peak,
+        });
+        j["messages_at_start"] = json!(self.at_start);
+        j["calls_per_s"] = json!(round1(self.sends.rate()));
+        j["errors"] = json!(self.sends.errors);
+        j["slices"] = json!(slices);
+        j["last_to_first_slice"] = round3(self.last_to_first);
+        j["baseline"] = base;
+        j["ratio_to_baseline"] = round3(self.to_baseline);
+        j["wal_peak_bytes"] = json!(self.wal_peak);
+        j["wal_bound_bytes"] = json!(sp.wal_bound);
+        j["wal_within_bound"] = json!(self.wal_peak.map(|p| p <= sp.wal_bound));
+        j["wal_poll_ms"] = json!(WAL_POLL.as_millis() as u64);
+        // Filled in once the server has stopped (embedded store only).
+        j["wal_bytes_after_stop"] = Value::Null;
+        j["disk"] = json!({
+            "source": self.storage.source(),
+            "bytes": self.disk,
+            "wal_bytes": self.wal_now,
+            "messages_stored": self.stored,
+            "bytes_per_message": self.per_message.map(round1),
+            "bytes_per_message_without_wal": self.per_message_without_wal.map(round1),
+        });
+        j
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Main
 
 fn git(args: &[&str]) -> Option<String> {
@@ -2016,6 +2788,16 @@ async fn run(args: Args) -> Result<bool> {
         }
     };
     let pid = spawned.as_ref().map(|s| s.pid);
+    let storage = match &spawned {
+        Some(s) => match &s.db {
+            Some(db) => Storage::Postgres {
+                admin_url: db.admin_url.clone(),
+                name: db.name.clone(),
+            },
+            None => Storage::Embedded(s.data_dir.clone()),
+        },
+        None => Storage::Remote,
+    };
     progress(format!(
         "server at {addr} ({backend}{})",
         pid.map_or(String::new(), |p| format!(", pid {p}"))
@@ -2047,6 +2829,7 @@ async fn run(args: Args) -> Result<bool> {
                 64,
                 "scale (small)",
                 None,
+                BULK_PROGRESS,
                 &mut report,
             )
             .await?;
@@ -2109,6 +2892,7 @@ async fn run(args: Args) -> Result<bool> {
                 BULK_CONCURRENCY,
                 "catchup",
                 plan.catchup_cap,
+                BULK_PROGRESS,
                 &mut report,
             )
             .await?;
@@ -2272,11 +3056,34 @@ async fn run(args: Args) -> Result<bool> {
         );
     }
 
+    // Last, as it fills the store: the other scenarios keep the conditions
+    // they were designed for.
+    if on(Scenario::Sustained) {
+        let mut text = String::new();
+        if let Err(e) = run_sustained(&world, &plan, &storage, &mut report, &mut text).await {
+            report
+                .failures
+                .push(format!("sustained could not run: {e}"));
+        }
+        sections.insert("sustained", text);
+    }
+
     // Stop the server (and drop its database) before reporting.
     let warnings = spawned.as_ref().map(|s| s.warnings.load(Ordering::Relaxed));
     drop(world);
     if let Some(s) = spawned.as_mut() {
         s.stop();
+    }
+    // A clean stop leaves the write-ahead log empty (DESIGN.md §5).
+    if let (Some(wal), Some(j)) = (storage.wal_path(), report.json.get_mut("sustained")) {
+        let after = file_len(&wal);
+        j["wal_bytes_after_stop"] = json!(after);
+        if let Some(t) = sections.get_mut("sustained") {
+            t.push_str(&format!(
+                "WAL after the server's clean stop at the end of the run: {}\n",
+                after.map_or("could not be read".into(), |b| format!("{b} bytes"))
+            ));
+        }
     }
     drop(spawned);
 
@@ -2296,7 +3103,14 @@ async fn run(args: Args) -> Result<bool> {
     if debug_server {
         out.push_str("the server is a debug build: figures are not meaningful\n");
     }
-    for s in ["send", "lifecycle", "fanout", "catchup", "scale"] {
+    for s in [
+        "send",
+        "lifecycle",
+        "fanout",
+        "catchup",
+        "scale",
+        "sustained",
+    ] {
         if let Some(t) = sections.get(s) {
             out.push_str(t);
         }
@@ -2321,6 +3135,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Fanout,
             Scenario::Catchup,
             Scenario::Scale,
+            Scenario::Sustained,
         ]
         .into_iter()
         .filter(|s| on(*s))
@@ -2349,6 +3164,11 @@ async fn run(args: Args) -> Result<bool> {
                 "catchup_events": plan.catchup_events,
                 "scale_small_messages": plan.scale_small,
                 "scale_calls": plan.scale_calls,
+                "sustained_preload": plan.sustained.preload,
+                "sustained_in_flight": plan.sustained.in_flight,
+                "sustained_s": plan.sustained.run.as_secs_f64(),
+                "sustained_slice_s": plan.sustained.slice.as_secs_f64(),
+                "wal_bound_bytes": plan.sustained.wal_bound,
             },
             "scenarios_run": scenarios,
             "scenarios": Value::Object(report.json.clone()),
