@@ -168,6 +168,22 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Outcome, Rejection>>,
 }
 
+/// Waits for the next job, then takes whatever else has queued, up to `max`,
+/// into `jobs` (group commit). `false` once the queue is closed and empty.
+pub fn next_batch(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max: usize) -> bool {
+    let Some(first) = rx.blocking_recv() else {
+        return false;
+    };
+    jobs.push(first);
+    while jobs.len() < max {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 /// A token as stored: its secret only as a SHA-256 hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {

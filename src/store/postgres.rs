@@ -326,14 +326,7 @@ fn writer(
     let mut conn: Option<postgres::Client> = None;
     let mut stmts: HashMap<&'static str, postgres::Statement> = HashMap::new();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
+    while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
             stmts.clear();
             conn = match cfg.connect(postgres::NoTls) {

@@ -499,14 +499,7 @@ impl Writer {
     /// its bound, and empties it when the queue closes.
     fn run(mut self, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
+        while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
             let start_head = head;
             let now = Time::now();
             let started = std::time::Instant::now();
