@@ -721,3 +721,45 @@ async fn a_missing_postgresql_database_is_named_with_the_command_that_creates_it
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_write_ahead_log_stays_under_its_bound_however_much_is_written() {
+    if !embedded("WAL bound") {
+        return;
+    }
+    const BOUND: u64 = 64 << 20;
+    let server = Server::start().await;
+    let w = world(&server).await;
+    let wal = server.data_dir.join("backchannel.db-wal");
+    // About 200 MiB of records (each 16 KiB body is stored in the event
+    // and in the message record): far past the bound if nothing resets it.
+    let body = "x".repeat(16 << 10);
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let mut iran = server.clients(&w.tokens["iran"]).await;
+        let channel = w.channel.id.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..800 {
+                let mut req = send_req(&channel, &format!("w{k} {i}"));
+                req.body = body.clone();
+                req.request_id = uuid::Uuid::new_v4().to_string();
+                iran.messages.send_message(req).await.expect("send");
+            }
+        }));
+    }
+    let mut peak = 0;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    eprintln!("WAL peak {peak} bytes");
+    assert!(peak > 0, "the WAL was sampled");
+    assert!(
+        peak <= BOUND,
+        "the WAL reached {peak} bytes, over its bound of {BOUND}"
+    );
+}

@@ -41,8 +41,11 @@ const MIGRATIONS: &[Migration] = &[
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "backchannel.db";
 
-/// Most commands committed in one transaction.
-pub const MAX_BATCH: usize = 512;
+/// Most commands committed in one transaction. It bounds what one commit
+/// adds to the WAL: a command writes at most its event and its message
+/// record, each under about 80 KiB at the default limits (a 64 KiB body,
+/// its subject and labels), so 128 of them add well under 32 MiB.
+pub const MAX_BATCH: usize = 128;
 
 /// The write-ahead log's bound: it never grows past this, however long
 /// writes go on (DESIGN §5 "Bounded disk").
@@ -50,8 +53,8 @@ pub const WAL_LIMIT: u64 = 64 << 20;
 
 /// When the WAL is this large after a commit, the writer itself checkpoints
 /// it and truncates it to zero before it commits again. A quarter of the
-/// bound, so that one more batch (at most [`MAX_BATCH`] commands) cannot
-/// carry it past [`WAL_LIMIT`].
+/// bound, so that one more batch (at most [`MAX_BATCH`] commands, under
+/// 32 MiB) cannot carry it past [`WAL_LIMIT`].
 pub const WAL_CHECKPOINT_AT: u64 = WAL_LIMIT / 4;
 
 /// How long the writer's checkpoint waits for readers still on an old
@@ -192,9 +195,10 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(db_err)?;
     conn.busy_timeout(CHECKPOINT_BUSY).map_err(db_err)?;
-    // The writer touches the newest pages of every index: 16 MiB of cache
-    // (readers keep SQLite's default 2 MiB; the OS caches the file too).
-    conn.pragma_update(None, "cache_size", -16384)
+    // The writer touches the newest pages of every index and random pages
+    // of the idempotency index: 64 MiB of cache (readers keep SQLite's
+    // default 2 MiB; the OS caches the file too).
+    conn.pragma_update(None, "cache_size", -65536)
         .map_err(db_err)?;
     let state = WriterState::default();
     // A write probe at start: a full or read-only disk is reported now, and
