@@ -197,9 +197,9 @@ impl Call {
         let _g = self.span.enter();
         match code {
             "OK" => tracing::debug!(elapsed_ms = ms, "rpc"),
-            "INTERNAL" | "UNAVAILABLE" | "UNKNOWN" | "DATA_LOSS" => {
-                tracing::warn!(elapsed_ms = ms, "rpc")
-            }
+            "INTERNAL" | "UNKNOWN" | "DATA_LOSS" => tracing::warn!(elapsed_ms = ms, "rpc"),
+            // A store fault refuses every write while it lasts; the writer
+            // logs the fault once, so each refusal is only `info`.
             _ => tracing::info!(elapsed_ms = ms, "rpc"),
         }
     }
