@@ -98,6 +98,8 @@ const TONIC_FRAMING_ERRORS: &[&str] = &[
     "Unexpected EOF decoding stream",
     "Error decompressing",
     "protocol error:",
+    // tonic's prost codec, in the services we do not own (health).
+    "failed to decode Protobuf message",
 ];
 
 /// The rejection that replaces tonic's own status in `headers`, if any.

@@ -169,23 +169,28 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    // tonic's own limit sits above ours so that our codec, which answers
-    // RESOURCE_EXHAUSTED, sees oversized requests first.
-    let max_decoding = limits.request_bytes.saturating_mul(4).max(4 << 20);
+    // tonic applies its limit to the decompressed size as it inflates, so
+    // a gzip bomb stops at the limit; `RequestFaults` answers its refusal
+    // as RESOURCE_EXHAUSTED / REQUEST_TOO_LARGE, like our codec's.
+    let max_decoding = limits.request_bytes;
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
     // Every call is authenticated before its body is decoded.
     let require_token = auth::RequireToken(ctx.auth.clone());
     let party = InterceptedService::new(
         pb::party_service_server::PartyServiceServer::new(PartyApi(ctx.clone()))
+            .accept_compressed(gzip)
             .max_decoding_message_size(max_decoding),
         require_token.clone(),
     );
     let channel = InterceptedService::new(
         pb::channel_service_server::ChannelServiceServer::new(ChannelApi(ctx.clone()))
+            .accept_compressed(gzip)
             .max_decoding_message_size(max_decoding),
         require_token.clone(),
     );
     let message = InterceptedService::new(
         pb::message_service_server::MessageServiceServer::new(MessageApi(ctx.clone()))
+            .accept_compressed(gzip)
             .max_decoding_message_size(max_decoding),
         require_token,
     );
@@ -224,9 +229,13 @@ pub async fn run(
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
         .layer(crate::observe::ObserveLayer)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(crate::codec::RequestFaults(
+            health_service
+                .accept_compressed(gzip)
+                .max_decoding_message_size(max_decoding),
+        ))
+        .add_service(crate::codec::RequestFaults(reflection_v1))
+        .add_service(crate::codec::RequestFaults(reflection_v1alpha))
         .add_service(crate::codec::RequestFaults(party))
         .add_service(crate::codec::RequestFaults(channel))
         .add_service(crate::codec::RequestFaults(message))

@@ -1,0 +1,233 @@
+//! A hostile client costs little (DESIGN §5): requests that do not decode,
+//! compressed requests and compression bombs, against the real binary.
+
+mod common;
+
+use backchannel::pb;
+use bytes::{Buf, BufMut};
+use common::*;
+use tonic::Code;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+
+/// Sends its bytes as the request message, as they are; ignores the reply.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct IgnoreDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = IgnoreDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> IgnoreDecoder {
+        IgnoreDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for IgnoreDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    req
+}
+
+/// A unary call with raw request bytes.
+async fn raw_unary(
+    server: &Server,
+    token: Option<&str>,
+    path: &'static str,
+    body: Vec<u8>,
+    gzip: bool,
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(server.connect().await);
+    if gzip {
+        grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+    }
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        with_token(body, token),
+        PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// A server-streaming call with raw request bytes; the first item.
+async fn raw_server_stream(
+    server: &Server,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Option<()>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(server.connect().await);
+    grpc.ready().await.expect("ready");
+    let mut s = grpc
+        .server_streaming(
+            with_token(body, None),
+            PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await?
+        .into_inner();
+    s.message().await
+}
+
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+#[tokio::test]
+async fn health_answers_invalid_argument_to_bytes_that_do_not_decode() {
+    let server = Server::start().await;
+    // Field 1 (service) claims 100 bytes and has 3.
+    let garbage = vec![0x0a, 0x64, 0x61, 0x62, 0x63];
+    let r = raw_unary(&server, None, HEALTH_CHECK, garbage.clone(), false).await;
+    assert_err(r, Code::InvalidArgument, "INVALID_REQUEST");
+    let r = raw_server_stream(&server, HEALTH_WATCH, garbage).await;
+    assert_err(r, Code::InvalidArgument, "INVALID_REQUEST");
+    // Invalid UTF-8 in the service name.
+    let r = raw_unary(
+        &server,
+        None,
+        HEALTH_CHECK,
+        vec![0x0a, 0x02, 0xc3, 0x28],
+        false,
+    )
+    .await;
+    assert_err(r, Code::InvalidArgument, "INVALID_REQUEST");
+    // No request message at all.
+    let mut grpc = tonic::client::Grpc::new(server.connect().await);
+    grpc.ready().await.expect("ready");
+    let r = grpc
+        .client_streaming(
+            tonic::Request::new(tokio_stream::iter(Vec::<Vec<u8>>::new())),
+            PathAndQuery::from_static(HEALTH_CHECK),
+            RawCodec,
+        )
+        .await;
+    assert_err(r, Code::InvalidArgument, "INVALID_REQUEST");
+    // A well-formed request through the same path is served.
+    raw_unary(&server, None, HEALTH_CHECK, Vec::new(), false)
+        .await
+        .expect("an empty HealthCheckRequest is the whole server's health");
+}
+
+#[tokio::test]
+async fn gzip_compressed_requests_are_accepted_on_every_service() {
+    let server = Server::start().await;
+    let w = world(&server).await;
+    let channel = server.connect().await;
+    let mut iran = Clients::new(channel.clone(), Some(&w.tokens["iran"]));
+    iran.parties = iran.parties.send_compressed(CompressionEncoding::Gzip);
+    iran.channels = iran.channels.send_compressed(CompressionEncoding::Gzip);
+    iran.messages = iran.messages.send_compressed(CompressionEncoding::Gzip);
+    let me = iran
+        .parties
+        .who_am_i(pb::WhoAmIRequest::default())
+        .await
+        .expect("gzip WhoAmI")
+        .into_inner();
+    assert_eq!(me.party_id, "iran");
+    iran.channels
+        .get_channel(pb::GetChannelRequest {
+            channel_id: w.channel.id.clone(),
+        })
+        .await
+        .expect("gzip GetChannel");
+    let mut req = send_req(&w.channel.id, "compressed");
+    req.body = "a long and repetitive body ".repeat(1000);
+    let sent = iran
+        .messages
+        .send_message(req.clone())
+        .await
+        .expect("gzip SendMessage")
+        .into_inner();
+    assert_eq!(sent.body, req.body);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .send_compressed(CompressionEncoding::Gzip);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("gzip Health/Check");
+}
+
+/// `SendMessageRequest` whose `subject` (tag 2) is `n` zero bytes: tiny once
+/// compressed.
+fn zero_subject(channel_id: &str, n: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(n + 64);
+    prost::encoding::string::encode(1, &channel_id.to_owned(), &mut b);
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut b);
+    prost::encoding::encode_varint(n as u64, &mut b);
+    b.resize(b.len() + n, 0);
+    b
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_is_refused_without_being_inflated() {
+    let server = Server::start().await;
+    let w = world(&server).await;
+    const SEND: &str = "/backchannel.v1.MessageService/SendMessage";
+    let token = w.tokens["iran"].clone();
+    // Just over the limit once inflated.
+    let r = raw_unary(
+        &server,
+        Some(&token),
+        SEND,
+        zero_subject(&w.channel.id, 1024 * 1024 + 1),
+        true,
+    )
+    .await;
+    assert_err(r, Code::ResourceExhausted, "REQUEST_TOO_LARGE");
+    // 32 MiB of zeros (about 32 KiB compressed), 16 at once: the server
+    // stops inflating each at the limit, so its memory hardly moves. (The
+    // client compresses on its runtime's only thread; much larger bombs
+    // starve its HTTP/2 keepalive in a debug build.)
+    let bomb = zero_subject(&w.channel.id, 32 << 20);
+    let before = server.rss_kib();
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let (server, token, bomb) = (&server, token.clone(), bomb.clone());
+        calls.push(async move { raw_unary(server, Some(&token), SEND, bomb, true).await });
+    }
+    for r in futures_util::future::join_all(calls).await {
+        assert_err(r, Code::ResourceExhausted, "REQUEST_TOO_LARGE");
+    }
+    let grown_mib = server.rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 100,
+        "16 bombs of 32 MiB grew the server by {grown_mib} MiB"
+    );
+    // Nothing was stored, and the party can still send.
+    let mut iran = w.iran.clone();
+    iran.messages
+        .send_message(send_req(&w.channel.id, "after the bombs"))
+        .await
+        .expect("a normal send after the bombs");
+}
