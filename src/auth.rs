@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::domain::{Caller, Id, PartyId, Reason, Rejection};
+use crate::domain::{Caller, Id, Reason, Rejection, Time};
 use crate::store::TokenRecord;
 
 /// Prefix of party tokens: `bc_<token id, 32 hex>_<secret>`.
@@ -27,12 +28,54 @@ pub struct Identity {
     pub caller: Caller,
     /// The party token's id (`None` for the admin).
     pub token_id: Option<Id>,
+    /// Whether the token may only read.
+    pub read_only: bool,
+}
+
+/// A last use is recorded when it is this much newer than the one before
+/// (so that calls do not all write one shared word).
+const USE_GRANULARITY_MICROS: i64 = 1_000_000;
+
+/// A cached token and when this process last saw it used.
+struct Entry {
+    rec: TokenRecord,
+    /// Microseconds since the epoch; 0 = not since start.
+    last_use: AtomicI64,
+    /// The last use already handed to the store.
+    stored_use: AtomicI64,
+}
+
+impl Entry {
+    fn new(rec: TokenRecord) -> Entry {
+        let stored = rec.last_use_time.map_or(0, |t| t.0);
+        Entry {
+            rec,
+            last_use: AtomicI64::new(stored),
+            stored_use: AtomicI64::new(stored),
+        }
+    }
+
+    fn used(&self, now: Time) {
+        if now.0 >= self.last_use.load(Ordering::Relaxed) + USE_GRANULARITY_MICROS {
+            self.last_use.fetch_max(now.0, Ordering::Relaxed);
+        }
+    }
+
+    /// The record, with the newest last use known here.
+    fn info(&self) -> TokenRecord {
+        let used = self.last_use.load(Ordering::Relaxed);
+        let mut rec = self.rec.clone();
+        if used > rec.last_use_time.map_or(0, |t| t.0) {
+            rec.last_use_time = Some(Time(used));
+        }
+        rec
+    }
 }
 
 /// Resolves bearer tokens to callers.
 pub struct Authenticator {
     admin_hash: [u8; 32],
-    tokens: RwLock<HashMap<Id, TokenRecord>>,
+    tokens: RwLock<HashMap<Id, Entry>>,
     /// Counts the changes this process made to the cache.
     changes: std::sync::atomic::AtomicU64,
 }
@@ -113,7 +156,12 @@ impl Authenticator {
     pub fn new(admin_token: &str, tokens: Vec<TokenRecord>) -> Authenticator {
         Authenticator {
             admin_hash: sha256(admin_token.as_bytes()),
-            tokens: RwLock::new(tokens.into_iter().map(|t| (t.token_id, t)).collect()),
+            tokens: RwLock::new(
+                tokens
+                    .into_iter()
+                    .map(|t| (t.token_id, Entry::new(t)))
+                    .collect(),
+            ),
             changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -134,38 +182,78 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| unauth("the authorization metadata must be 'Bearer TOKEN'"))?
             .trim();
-        self.resolve(token)
-            .ok_or_else(|| unauth("the token is unknown or revoked"))
+        self.resolve(token, Time::now())
     }
 
-    /// The identity a token names, if it is valid now.
-    pub fn resolve(&self, token: &str) -> Option<Identity> {
+    /// The identity a token names, if it is valid at `now`.
+    pub fn resolve(&self, token: &str, now: Time) -> Result<Identity, Rejection> {
+        let unknown = || Rejection::new(Reason::UNAUTHENTICATED, "the token is unknown or revoked");
         if let Some((id, secret)) = parse_party_token(token) {
-            let tokens = self.tokens.read().ok()?;
-            let rec = tokens.get(&id)?;
-            let ok: bool = rec.secret_hash.ct_eq(&sha256(secret.as_bytes())).into();
-            return (ok && !rec.revoked).then(|| Identity {
-                caller: Caller::Party(rec.party_id.clone()),
+            let tokens = self.tokens.read().map_err(|_| unknown())?;
+            let e = tokens.get(&id).ok_or_else(unknown)?;
+            let ok: bool = e.rec.secret_hash.ct_eq(&sha256(secret.as_bytes())).into();
+            if !ok || e.rec.revoke_time.is_some() {
+                return Err(unknown());
+            }
+            if !e.rec.valid_at(now) {
+                return Err(Rejection::new(
+                    Reason::UNAUTHENTICATED,
+                    "the token has expired; ask the admin for a new one",
+                ));
+            }
+            e.used(now);
+            return Ok(Identity {
+                caller: Caller::Party(e.rec.party_id.clone()),
                 token_id: Some(id),
+                read_only: e.rec.read_only,
             });
         }
         let ok: bool = self.admin_hash.ct_eq(&sha256(token.as_bytes())).into();
-        ok.then_some(Identity {
+        if !ok {
+            return Err(unknown());
+        }
+        Ok(Identity {
             caller: Caller::Admin,
             token_id: None,
+            read_only: false,
         })
     }
 
-    /// Whether the identity's token is still valid (not revoked).
+    /// Whether the identity's token is still valid (not revoked, not expired).
     pub fn still_valid(&self, who: &Identity) -> bool {
         match who.token_id {
             None => true,
             Some(id) => self
                 .tokens
                 .read()
-                .map(|t| t.get(&id).is_some_and(|r| !r.revoked))
+                .map(|t| t.get(&id).is_some_and(|e| e.rec.valid_at(Time::now())))
                 .unwrap_or(false),
         }
+    }
+
+    /// Every cached token with the newest last use known here, ordered by id.
+    pub fn list(&self) -> Vec<TokenRecord> {
+        let mut v: Vec<TokenRecord> = self
+            .tokens
+            .read()
+            .map(|t| t.values().map(Entry::info).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|r| r.token_id.0);
+        v
+    }
+
+    /// The uses seen since the last call, for the store.
+    pub fn uses_to_store(&self) -> Vec<(Id, Time)> {
+        let Ok(tokens) = self.tokens.read() else {
+            return Vec::new();
+        };
+        tokens
+            .iter()
+            .filter_map(|(id, e)| {
+                let used = e.last_use.load(Ordering::Relaxed);
+                (e.stored_use.swap(used, Ordering::Relaxed) < used).then_some((*id, Time(used)))
+            })
+            .collect()
     }
 
     /// How many changes this process has made to the cache so far.
@@ -180,34 +268,40 @@ impl Authenticator {
         if let Ok(mut t) = self.tokens.write()
             && self.version() == seen
         {
-            *t = tokens.into_iter().map(|r| (r.token_id, r)).collect();
+            let fresh = tokens
+                .into_iter()
+                .map(|r| {
+                    let e = Entry::new(r);
+                    // Uses this process saw and has not stored yet stay.
+                    if let Some(old) = t.get(&e.rec.token_id) {
+                        e.last_use
+                            .fetch_max(old.last_use.load(Ordering::Relaxed), Ordering::Relaxed);
+                        e.stored_use
+                            .store(old.stored_use.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                    (e.rec.token_id, e)
+                })
+                .collect();
+            *t = fresh;
         }
     }
 
     /// Records a token the writer committed.
-    pub fn issued(&self, token_id: Id, party_id: PartyId, secret_hash: [u8; 32]) {
+    pub fn issued(&self, rec: TokenRecord) {
         if let Ok(mut t) = self.tokens.write() {
             self.changes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            t.insert(
-                token_id,
-                TokenRecord {
-                    token_id,
-                    party_id,
-                    secret_hash,
-                    revoked: false,
-                },
-            );
+            t.insert(rec.token_id, Entry::new(rec));
         }
     }
 
     /// Records a revocation the writer committed.
-    pub fn revoked(&self, token_id: Id) {
+    pub fn revoked(&self, token_id: Id, at: Time) {
         if let Ok(mut t) = self.tokens.write() {
             self.changes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if let Some(r) = t.get_mut(&token_id) {
-                r.revoked = true;
+            if let Some(e) = t.get_mut(&token_id) {
+                e.rec.revoke_time = Some(at);
             }
         }
     }
@@ -243,22 +337,44 @@ fn parse_party_token(token: &str) -> Option<(Id, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::PartyId;
 
     #[test]
     fn issued_tokens_resolve_and_revoked_ones_do_not() {
         let auth = Authenticator::new("root-secret", vec![]);
         let t = new_token().unwrap();
         let party = PartyId::parse("iran").unwrap();
-        assert!(auth.resolve(&t.token).is_none());
-        auth.issued(t.token_id, party.clone(), t.secret_hash);
-        assert_eq!(auth.resolve(&t.token).unwrap().caller, Caller::Party(party));
+        let now = Time::now();
+        assert!(auth.resolve(&t.token, now).is_err());
+        auth.issued(TokenRecord {
+            token_id: t.token_id,
+            party_id: party.clone(),
+            secret_hash: t.secret_hash,
+            read_only: true,
+            create_time: now,
+            expire_time: Some(now.plus_secs(60)),
+            revoke_time: None,
+            last_use_time: None,
+        });
+        let who = auth.resolve(&t.token, now).unwrap();
+        assert_eq!(who.caller, Caller::Party(party));
+        assert!(who.read_only);
+        assert_eq!(auth.uses_to_store(), vec![(t.token_id, now)]);
+        assert_eq!(auth.uses_to_store(), vec![]);
+        assert!(
+            auth.resolve(&t.token, now.plus_secs(60)).is_err(),
+            "expired"
+        );
         let mut forged = t.token.clone();
         forged.pop();
         forged.push('x');
-        assert!(auth.resolve(&forged).is_none());
-        auth.revoked(t.token_id);
-        assert!(auth.resolve(&t.token).is_none());
-        assert_eq!(auth.resolve("root-secret").unwrap().caller, Caller::Admin);
-        assert!(auth.resolve("root-secreT").is_none());
+        assert!(auth.resolve(&forged, now).is_err());
+        auth.revoked(t.token_id, now);
+        assert!(auth.resolve(&t.token, now).is_err());
+        assert_eq!(
+            auth.resolve("root-secret", now).unwrap().caller,
+            Caller::Admin
+        );
+        assert!(auth.resolve("root-secreT", now).is_err());
     }
 }

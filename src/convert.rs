@@ -189,6 +189,20 @@ impl From<&Party> for pb::Party {
     }
 }
 
+impl From<&crate::store::TokenRecord> for pb::TokenInfo {
+    fn from(t: &crate::store::TokenRecord) -> Self {
+        pb::TokenInfo {
+            token_id: t.token_id.to_string(),
+            party_id: t.party_id.to_string(),
+            read_only: t.read_only,
+            create_time: Some(timestamp(t.create_time)),
+            expire_time: t.expire_time.map(timestamp),
+            revoke_time: t.revoke_time.map(timestamp),
+            last_use_time: t.last_use_time.map(timestamp),
+        }
+    }
+}
+
 impl From<&Channel> for pb::Channel {
     fn from(c: &Channel) -> Self {
         pb::Channel {

@@ -405,5 +405,9 @@ fn shutting_down() -> Status {
 }
 
 fn revoked() -> Status {
-    Rejection::new(Reason::UNAUTHENTICATED, "the token was revoked").into()
+    Rejection::new(
+        Reason::UNAUTHENTICATED,
+        "the token was revoked or has expired",
+    )
+    .into()
 }

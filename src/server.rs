@@ -196,6 +196,11 @@ pub async fn run(
     );
 
     set_health(&health, true).await;
+    let token_uses = tokio::spawn(store_token_uses(
+        store.clone(),
+        ctx.auth.clone(),
+        shutdown_token.clone(),
+    ));
     let prober = tokio::spawn(probe_store(
         store.clone(),
         health.clone(),
@@ -252,6 +257,13 @@ pub async fn run(
     }
     expiry.abort();
     prober.abort();
+    // Stores the last uses seen since its last tick, then ends.
+    if tokio::time::timeout(SHUTDOWN_GRACE, token_uses)
+        .await
+        .is_err()
+    {
+        tracing::warn!("token uses not stored at stop");
+    }
     if let Some(t) = tailer {
         t.abort();
     }
@@ -323,6 +335,38 @@ async fn probe_store(
                 tonic_health::ServingStatus::NotServing
             };
             health.set_service_status("", status).await;
+        }
+    }
+}
+
+/// How often the server stores when tokens were last used (`ListTokens`
+/// shows the newest use it saw at once; another replica, or this server
+/// after a crash, may see one up to this old).
+const TOKEN_USE_STORE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Stores token uses every [`TOKEN_USE_STORE_INTERVAL`], and once more at
+/// shutdown.
+async fn store_token_uses(
+    store: Store,
+    auth: std::sync::Arc<crate::auth::Authenticator>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(TOKEN_USE_STORE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let last = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let uses = auth.uses_to_store();
+        if !uses.is_empty()
+            && let Err(e) = store.write(Caller::Admin, Command::TouchTokens(uses)).await
+        {
+            tracing::debug!(error = %e, "token uses not stored");
+        }
+        if last {
+            return;
         }
     }
 }

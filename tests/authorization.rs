@@ -33,6 +33,7 @@ enum Rpc {
     ListParties,
     IssueToken,
     RevokeToken,
+    ListTokens,
     WhoAmI,
     CreateChannel,
     GetChannel,
@@ -53,12 +54,13 @@ enum Rpc {
     Subscribe,
 }
 
-const ALL: [Rpc; 23] = [
+const ALL: [Rpc; 24] = [
     Rpc::CreateParty,
     Rpc::GetParty,
     Rpc::ListParties,
     Rpc::IssueToken,
     Rpc::RevokeToken,
+    Rpc::ListTokens,
     Rpc::WhoAmI,
     Rpc::CreateChannel,
     Rpc::GetChannel,
@@ -89,6 +91,7 @@ impl Rpc {
             ListParties => "/backchannel.v1.PartyService/ListParties",
             IssueToken => "/backchannel.v1.PartyService/IssueToken",
             RevokeToken => "/backchannel.v1.PartyService/RevokeToken",
+            ListTokens => "/backchannel.v1.PartyService/ListTokens",
             WhoAmI => "/backchannel.v1.PartyService/WhoAmI",
             CreateChannel => "/backchannel.v1.ChannelService/CreateChannel",
             GetChannel => "/backchannel.v1.ChannelService/GetChannel",
@@ -119,6 +122,7 @@ enum Req {
     ListParties(pb::ListPartiesRequest),
     IssueToken(pb::IssueTokenRequest),
     RevokeToken(pb::RevokeTokenRequest),
+    ListTokens(pb::ListTokensRequest),
     WhoAmI(pb::WhoAmIRequest),
     CreateChannel(pb::CreateChannelRequest),
     GetChannel(pb::GetChannelRequest),
@@ -147,6 +151,7 @@ impl Req {
             Req::ListParties(_) => Rpc::ListParties,
             Req::IssueToken(_) => Rpc::IssueToken,
             Req::RevokeToken(_) => Rpc::RevokeToken,
+            Req::ListTokens(_) => Rpc::ListTokens,
             Req::WhoAmI(_) => Rpc::WhoAmI,
             Req::CreateChannel(_) => Rpc::CreateChannel,
             Req::GetChannel(_) => Rpc::GetChannel,
@@ -178,6 +183,7 @@ async fn call(c: &Clients, req: Req) -> Result<(), Status> {
         Req::ListParties(r) => c.parties.list_parties(r).await.map(drop),
         Req::IssueToken(r) => c.parties.issue_token(r).await.map(drop),
         Req::RevokeToken(r) => c.parties.revoke_token(r).await.map(drop),
+        Req::ListTokens(r) => c.parties.list_tokens(r).await.map(drop),
         Req::WhoAmI(r) => c.parties.who_am_i(r).await.map(drop),
         Req::CreateChannel(r) => c.channels.create_channel(r).await.map(drop),
         Req::GetChannel(r) => c.channels.get_channel(r).await.map(drop),
@@ -224,9 +230,14 @@ fn request(rpc: Rpc, t: &Target) -> Req {
         Rpc::ListParties => Req::ListParties(pb::ListPartiesRequest::default()),
         Rpc::IssueToken => Req::IssueToken(pb::IssueTokenRequest {
             party_id: t.party.clone(),
+            ..Default::default()
         }),
         Rpc::RevokeToken => Req::RevokeToken(pb::RevokeTokenRequest {
             token_id: t.token.clone(),
+        }),
+        Rpc::ListTokens => Req::ListTokens(pb::ListTokensRequest {
+            party_id: t.party.clone(),
+            ..Default::default()
         }),
         Rpc::WhoAmI => Req::WhoAmI(pb::WhoAmIRequest {}),
         Rpc::CreateChannel => Req::CreateChannel(pb::CreateChannelRequest {
@@ -303,8 +314,13 @@ fn malformed(rpc: Rpc) -> Req {
         }),
         Rpc::IssueToken => Req::IssueToken(pb::IssueTokenRequest {
             party_id: String::new(),
+            ..Default::default()
         }),
         Rpc::RevokeToken => Req::RevokeToken(pb::RevokeTokenRequest { token_id: bad() }),
+        Rpc::ListTokens => Req::ListTokens(pb::ListTokensRequest {
+            page_size: -1,
+            ..Default::default()
+        }),
         Rpc::WhoAmI => Req::WhoAmI(pb::WhoAmIRequest {}),
         Rpc::CreateChannel => Req::CreateChannel(pb::CreateChannelRequest {
             display_name: String::new(),
@@ -466,6 +482,7 @@ async fn fixture() -> Fx {
         .parties
         .issue_token(pb::IssueTokenRequest {
             party_id: "iran".into(),
+            ..Default::default()
         })
         .await
         .expect("issue")
@@ -523,7 +540,7 @@ fn assert_covers(what: &str, seen: &BTreeSet<Rpc>, want: &[Rpc]) {
 // (a), (b), (c): no token, garbage tokens, a revoked token.
 
 #[tokio::test]
-async fn every_rpc_refuses_a_missing_garbage_or_revoked_token() {
+async fn every_rpc_refuses_a_missing_garbage_revoked_or_expired_token() {
     let mut fx = fixture().await;
     let t = Target {
         party: "iran".into(),
@@ -538,6 +555,7 @@ async fn every_rpc_refuses_a_missing_garbage_or_revoked_token() {
             .parties
             .issue_token(pb::IssueTokenRequest {
                 party_id: "iran".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -559,6 +577,38 @@ async fn every_rpc_refuses_a_missing_garbage_or_revoked_token() {
         .await
         .expect("revoke");
 
+    // An expired token: issued to iran for two seconds.
+    let expiring =
+        fx.w.admin
+            .parties
+            .issue_token(pb::IssueTokenRequest {
+                party_id: "iran".into(),
+                expire_time: Some(in_secs(2)),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let expired = fx.server.clients(&expiring.token).await;
+    let me = expired
+        .parties
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("the token works before it expires")
+        .into_inner();
+    assert_eq!(me.party_id, "iran");
+    eventually("the token expires", || {
+        let mut c = expired.parties.clone();
+        async move {
+            match c.who_am_i(pb::WhoAmIRequest {}).await {
+                Err(s) if s.code() == Code::Unauthenticated => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+
     // Garbage: not a token at all, empty, well-shaped but unknown, a real
     // token id with a forged secret, a near-miss of the admin token.
     let real = fx.w.tokens["iran"].clone();
@@ -572,6 +622,7 @@ async fn every_rpc_refuses_a_missing_garbage_or_revoked_token() {
     let mut callers: Vec<(String, Clients)> = vec![
         ("no token".into(), fx.server.anonymous().await),
         ("revoked token".into(), revoked),
+        ("expired token".into(), expired),
     ];
     for tok in ["garbage", "", &unknown_id, &forged, &near_admin] {
         callers.push((
@@ -928,6 +979,8 @@ async fn a_caller_in_the_wrong_role_is_refused_with_the_specific_reason() {
         (Iran, r(RevokeToken, &t1), denied(ADMIN_ONLY)),
         (Outsider, r(RevokeToken, &t1), denied(ADMIN_ONLY)),
         (Outsider, r(RevokeToken, &nobody), denied(ADMIN_ONLY)),
+        (Iran, r(ListTokens, &t1), denied(ADMIN_ONLY)),
+        (France, r(ListTokens, &nobody), denied(ADMIN_ONLY)),
         // … but the directory is not secret.
         (Outsider, r(GetParty, &t1), Want::Ok),
         (Outsider, r(ListParties, &t1), Want::Ok),
@@ -1444,7 +1497,8 @@ async fn who_am_i_names_the_caller() {
         me(Who::Admin).await,
         pb::WhoAmIResponse {
             party_id: String::new(),
-            admin: true
+            admin: true,
+            read_only: false,
         }
     );
     for (who, id) in [
@@ -1458,8 +1512,98 @@ async fn who_am_i_names_the_caller() {
             me(who).await,
             pb::WhoAmIResponse {
                 party_id: id.into(),
-                admin: false
+                admin: false,
+                read_only: false,
             }
         );
     }
+}
+
+/// A timestamp `secs` from now.
+fn in_secs(secs: u64) -> prost_types::Timestamp {
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+    prost_types::Timestamp::from(t)
+}
+
+// ---------------------------------------------------------------------------
+// Read-only tokens.
+
+#[tokio::test]
+async fn a_read_only_token_reads_what_its_party_may_and_writes_nothing() {
+    let mut fx = fixture().await;
+    use Rpc::*;
+    let issued =
+        fx.w.admin
+            .parties
+            .issue_token(pb::IssueTokenRequest {
+                party_id: "iran".into(),
+                read_only: true,
+                ..Default::default()
+            })
+            .await
+            .expect("issue a read-only token")
+            .into_inner();
+    let viewer = fx.server.clients(&issued.token).await;
+    let me = viewer
+        .parties
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("who am i")
+        .into_inner();
+    assert_eq!(
+        me,
+        pb::WhoAmIResponse {
+            party_id: "iran".into(),
+            admin: false,
+            read_only: true,
+        }
+    );
+    let t = Target {
+        party: "iran".into(),
+        token: fx.iran_token_id.clone(),
+        channel: fx.a.id.clone(),
+        message: fx.m3.id.clone(), // us -> iran: iran may read it
+    };
+    let reads = [
+        GetParty,
+        ListParties,
+        WhoAmI,
+        GetChannel,
+        ListChannels,
+        GetMessage,
+        ListMessages,
+        ListEvents,
+        Subscribe,
+    ];
+    let before = fx.log_len().await;
+    let mut failures = Vec::new();
+    for rpc in ALL {
+        let want = if reads.contains(&rpc) {
+            Want::Ok
+        } else if rpc == ListTokens {
+            // Not a write, but the admin's.
+            denied("ADMIN_ONLY")
+        } else {
+            denied("READ_ONLY_TOKEN")
+        };
+        let got = call(&viewer, request(rpc, &t)).await;
+        if let Some(m) = mismatch(&got, want) {
+            failures.push(format!("{rpc:?}: {m}"));
+        }
+        // Refused before the request is looked at: a malformed write is
+        // refused the same way.
+        if !reads.contains(&rpc) && rpc != ListTokens && rpc != WhoAmI {
+            let got = call(&viewer, malformed(rpc)).await;
+            if let Some(m) = mismatch(&got, denied("READ_ONLY_TOKEN")) {
+                failures.push(format!("malformed {rpc:?}: {m}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(fx.log_len().await, before, "a read-only token wrote");
+    // Its subscription sees what iran sees.
+    let mut sub = stream::subscribe(&mut viewer.clone(), stream::from(Some(0))).await;
+    let (events, _) = stream::caught_up(&mut sub).await;
+    assert!(events.iter().any(|e| e.message_id == fx.m3.id));
 }

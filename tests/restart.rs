@@ -107,6 +107,7 @@ async fn the_record_tokens_and_sequence_survive_a_restart() {
         .parties
         .issue_token(pb::IssueTokenRequest {
             party_id: "iran".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -123,6 +124,7 @@ async fn the_record_tokens_and_sequence_survive_a_restart() {
         .parties
         .issue_token(pb::IssueTokenRequest {
             party_id: "japan".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -342,6 +344,7 @@ async fn the_record_tokens_and_sequence_survive_a_restart() {
         .parties
         .issue_token(pb::IssueTokenRequest {
             party_id: "outsider".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -378,6 +378,7 @@ async fn revoking_the_token_ends_its_stream_with_unauthenticated() {
         .parties
         .issue_token(pb::IssueTokenRequest {
             party_id: "iran".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

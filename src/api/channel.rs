@@ -134,7 +134,7 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         &self,
         req: Request<pb::CreateChannelRequest>,
     ) -> Result<Response<pb::Channel>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let c = new_channel(&self.0, req.into_inner())?;
         let o = self
             .0
@@ -211,7 +211,7 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         &self,
         req: Request<pb::SuspendChannelRequest>,
     ) -> Result<Response<pb::Channel>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let r = req.get_ref();
         self.change(
             caller,
@@ -227,7 +227,7 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         &self,
         req: Request<pb::ResumeChannelRequest>,
     ) -> Result<Response<pb::Channel>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let r = req.get_ref();
         self.change(
             caller,
@@ -243,7 +243,7 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         &self,
         req: Request<pb::CloseChannelRequest>,
     ) -> Result<Response<pb::Channel>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let r = req.get_ref();
         self.change(
             caller,

@@ -153,7 +153,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let m = new_message(&self.0, req.into_inner())?;
         let o = self.0.store.write(caller, Command::SendMessage(m)).await?;
         message_outcome(o)
@@ -253,7 +253,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::AcceptMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         self.step(caller, move_fields!(req.get_ref()), MessageAction::Accept)
             .await
     }
@@ -262,7 +262,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::ForwardMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         self.step(caller, move_fields!(req.get_ref()), MessageAction::Forward)
             .await
     }
@@ -271,7 +271,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::DeclineMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         self.step(caller, move_fields!(req.get_ref()), MessageAction::Decline)
             .await
     }
@@ -280,7 +280,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::AcknowledgeMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         self.step(
             caller,
             move_fields!(req.get_ref()),
@@ -293,7 +293,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::RejectMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         self.step(caller, move_fields!(req.get_ref()), MessageAction::Reject)
             .await
     }
@@ -302,7 +302,7 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::WithdrawMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         self.step(caller, move_fields!(req.get_ref()), MessageAction::Withdraw)
             .await
     }

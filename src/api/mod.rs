@@ -12,7 +12,7 @@ use tonic::Request;
 
 use crate::auth::{Authenticator, Identity};
 use crate::domain::validate::Limits;
-use crate::domain::{Caller, Id, PartyId, Rejection, Time};
+use crate::domain::{Caller, Id, PartyId, Reason, Rejection, Time};
 use crate::store::Store;
 
 pub use paging::Pager;
@@ -43,6 +43,19 @@ impl Ctx {
     /// The caller named by the request's token.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Rejection> {
         Ok(self.identify(req)?.caller)
+    }
+
+    /// The caller of a write RPC: refused with `READ_ONLY_TOKEN`, before
+    /// anything else is looked at, when its token is read-only.
+    pub fn writer<T>(&self, req: &Request<T>) -> Result<Caller, Rejection> {
+        let who = self.identify(req)?;
+        if who.read_only {
+            return Err(Rejection::new(
+                Reason::READ_ONLY_TOKEN,
+                "this token is read-only: it may read and subscribe, not write",
+            ));
+        }
+        Ok(who.caller)
     }
 }
 

@@ -36,16 +36,15 @@ async fn write_token_change(
     tokio::spawn(async move {
         let out = ctx.store.write(caller, cmd).await?;
         match &out {
-            Outcome::TokenIssued {
-                token_id,
-                party_id,
-                secret_hash,
-            } => {
-                ctx.auth.issued(*token_id, party_id.clone(), *secret_hash);
-                tracing::info!(%token_id, party = %party_id, "token issued");
+            Outcome::TokenIssued(t) => {
+                ctx.auth.issued(t.clone());
+                tracing::info!(token_id = %t.token_id, party = %t.party_id, read_only = t.read_only, "token issued");
             }
-            Outcome::TokenRevoked { token_id } => {
-                ctx.auth.revoked(*token_id);
+            Outcome::TokenRevoked {
+                token_id,
+                revoke_time,
+            } => {
+                ctx.auth.revoked(*token_id, *revoke_time);
                 tracing::info!(%token_id, "token revoked");
             }
             _ => {}
@@ -71,7 +70,7 @@ impl pb::party_service_server::PartyService for PartyApi {
         &self,
         req: Request<pb::CreatePartyRequest>,
     ) -> Result<Response<pb::Party>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
         let id = v.check("party_id", crate::domain::PartyId::parse(&r.party_id));
@@ -159,18 +158,25 @@ impl pb::party_service_server::PartyService for PartyApi {
         &self,
         req: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        let caller = self.0.caller(&req)?;
-        let party_id = party_id("party_id", &req.get_ref().party_id)?;
+        let caller = self.0.writer(&req)?;
+        let r = req.get_ref();
+        let party_id = party_id("party_id", &r.party_id)?;
+        let expire_time = super::opt_time("expire_time", r.expire_time.as_ref())?;
+        if expire_time.is_some_and(|t| t <= crate::domain::Time::now()) {
+            return Err(Rejection::field("expire_time", "must lie in the future").into());
+        }
         admin_only(&caller)?;
         let t = auth::new_token()?;
         let cmd = Command::IssueToken {
             party_id,
             token_id: t.token_id,
             secret_hash: t.secret_hash,
+            read_only: r.read_only,
+            expire_time,
         };
         match write_token_change(&self.0, caller, cmd).await? {
-            Outcome::TokenIssued { token_id, .. } => Ok(Response::new(pb::IssueTokenResponse {
-                token_id: token_id.to_string(),
+            Outcome::TokenIssued(rec) => Ok(Response::new(pb::IssueTokenResponse {
+                token_id: rec.token_id.to_string(),
                 token: t.token,
             })),
             o => Err(unexpected(o)),
@@ -181,7 +187,7 @@ impl pb::party_service_server::PartyService for PartyApi {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let caller = self.0.caller(&req)?;
+        let caller = self.0.writer(&req)?;
         let token_id = super::id("token_id", &req.get_ref().token_id)?;
         admin_only(&caller)?;
         match write_token_change(&self.0, caller, Command::RevokeToken { token_id }).await? {
@@ -194,15 +200,73 @@ impl pb::party_service_server::PartyService for PartyApi {
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        Ok(Response::new(match self.0.caller(&req)? {
+        let who = self.0.identify(&req)?;
+        Ok(Response::new(match who.caller {
             Caller::Admin => pb::WhoAmIResponse {
                 party_id: String::new(),
                 admin: true,
+                read_only: false,
             },
             Caller::Party(p) => pb::WhoAmIResponse {
                 party_id: p.to_string(),
                 admin: false,
+                read_only: who.read_only,
             },
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = self.0.caller(&req)?;
+        let r = req.into_inner();
+        let party = super::opt_party_id("party_id", &r.party_id)?;
+        let limit = self
+            .0
+            .limits
+            .page_size(r.page_size)
+            .map_err(|e| Rejection::field("page_size", e))?;
+        admin_only(&caller)?;
+        // The page token is bound to the party filter.
+        let scope = format!("ListTokens/{}", r.party_id);
+        let after = self
+            .0
+            .pager
+            .read(&scope, &r.page_token)?
+            .map(|c| c.key)
+            .unwrap_or_default();
+        // Every token is in the server's cache (loaded at start, kept
+        // current by the writer and, on PostgreSQL, by the replicas'
+        // notifications), with the newest last use this server saw.
+        let mut tokens: Vec<_> = self
+            .0
+            .auth
+            .list()
+            .into_iter()
+            .filter(|t| party.as_ref().is_none_or(|p| &t.party_id == p))
+            .filter(|t| after.is_empty() || t.token_id.0.simple().to_string() > after)
+            .take(limit + 1)
+            .collect();
+        let next_page_token = if tokens.len() > limit {
+            tokens.truncate(limit);
+            let key = tokens
+                .last()
+                .map(|t| t.token_id.0.simple().to_string())
+                .unwrap_or_default();
+            self.0.pager.issue(
+                &scope,
+                &Cursor {
+                    key,
+                    ..Cursor::default()
+                },
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(Into::into).collect(),
+            next_page_token,
         }))
     }
 }

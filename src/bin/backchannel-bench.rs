@@ -749,6 +749,7 @@ impl World {
                 a.parties
                     .issue_token(pb::IssueTokenRequest {
                         party_id: id.clone(),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner()

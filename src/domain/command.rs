@@ -156,7 +156,14 @@ pub enum Command {
         token_id: Id,
         /// SHA-256 of its secret.
         secret_hash: [u8; 32],
+        /// Whether it may only read.
+        read_only: bool,
+        /// When it stops working, if it does.
+        expire_time: Option<Time>,
     },
+    /// Store when tokens last authenticated a call (the server, from its
+    /// in-memory record of uses; never moves a time back).
+    TouchTokens(Vec<(Id, Time)>),
     /// Revoke a token (admin).
     RevokeToken {
         /// Its id.

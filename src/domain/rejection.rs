@@ -66,6 +66,7 @@ reasons! {
     MESSAGE_NOT_FOUND => NotFound,
     TOKEN_NOT_FOUND => NotFound,
     ADMIN_ONLY => PermissionDenied,
+    READ_ONLY_TOKEN => PermissionDenied,
     NOT_A_PRINCIPAL => PermissionDenied,
     NOT_A_MEDIATOR => PermissionDenied,
     NOT_THE_SENDER => PermissionDenied,

@@ -18,13 +18,9 @@ pub trait WriteTx {
     /// Inserts a party; `false` if the id is taken.
     fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection>;
     /// Inserts a token.
-    fn insert_token(
-        &mut self,
-        id: Id,
-        party: &PartyId,
-        hash: &[u8; 32],
-        now: Time,
-    ) -> Result<(), Rejection>;
+    fn insert_token(&mut self, t: &super::TokenRecord) -> Result<(), Rejection>;
+    /// Moves a token's stored last use forward to `at` (never back).
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), Rejection>;
     /// Marks a token revoked. `None` if absent, `Some(false)` if already revoked.
     fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection>;
     /// Loads a channel.
@@ -66,19 +62,16 @@ pub enum Outcome {
     /// A party was registered.
     Party(Party),
     /// A token was issued.
-    TokenIssued {
-        /// Its id.
-        token_id: Id,
-        /// The party.
-        party_id: PartyId,
-        /// SHA-256 of its secret.
-        secret_hash: [u8; 32],
-    },
+    TokenIssued(super::TokenRecord),
     /// A token was revoked.
     TokenRevoked {
         /// Its id.
         token_id: Id,
+        /// When.
+        revoke_time: Time,
     },
+    /// Token uses were stored.
+    Touched,
     /// A channel, as it now is.
     Channel(Channel),
     /// A message, as it now is.
@@ -191,6 +184,8 @@ impl<T: WriteTx> Executor<'_, T> {
                 party_id,
                 token_id,
                 secret_hash,
+                read_only,
+                expire_time,
             } => {
                 admin_only(caller)?;
                 if self.tx.party(party_id)?.is_none() {
@@ -199,14 +194,28 @@ impl<T: WriteTx> Executor<'_, T> {
                         format!("no party '{party_id}'"),
                     ));
                 }
-                let now = self.now;
-                self.w()
-                    .insert_token(*token_id, party_id, secret_hash, now)?;
-                Ok(Outcome::TokenIssued {
+                if expire_time.is_some_and(|t| t <= self.now) {
+                    return Err(Rejection::field("expire_time", "must lie in the future"));
+                }
+                let token = super::TokenRecord {
                     token_id: *token_id,
                     party_id: party_id.clone(),
                     secret_hash: *secret_hash,
-                })
+                    read_only: *read_only,
+                    create_time: self.now,
+                    expire_time: *expire_time,
+                    revoke_time: None,
+                    last_use_time: None,
+                };
+                self.w().insert_token(&token)?;
+                Ok(Outcome::TokenIssued(token))
+            }
+            Command::TouchTokens(uses) => {
+                admin_only(caller)?;
+                for (id, at) in uses {
+                    self.w().touch_token(*id, *at)?;
+                }
+                Ok(Outcome::Touched)
             }
             Command::RevokeToken { token_id } => {
                 admin_only(caller)?;
@@ -221,6 +230,7 @@ impl<T: WriteTx> Executor<'_, T> {
                         self.wrote = true;
                         Ok(Outcome::TokenRevoked {
                             token_id: *token_id,
+                            revoke_time: self.now,
                         })
                     }
                 }

@@ -21,7 +21,7 @@ pub use postgres::Change;
 
 use crate::domain::{
     Caller, Channel, ChannelState, Command, Event, EventType, Id, Message, MessageState, Party,
-    PartyId, Reason, Rejection,
+    PartyId, Reason, Rejection, Time,
 };
 
 /// An event as committed: the value, and its encoding as stored in the log
@@ -193,8 +193,23 @@ pub struct TokenRecord {
     pub party_id: PartyId,
     /// SHA-256 of the secret.
     pub secret_hash: [u8; 32],
-    /// Whether it was revoked.
-    pub revoked: bool,
+    /// Whether it may only read.
+    pub read_only: bool,
+    /// When it was issued.
+    pub create_time: Time,
+    /// When it stops working, if it does.
+    pub expire_time: Option<Time>,
+    /// When it was revoked, if it was.
+    pub revoke_time: Option<Time>,
+    /// When it last authenticated a call, as last stored.
+    pub last_use_time: Option<Time>,
+}
+
+impl TokenRecord {
+    /// Whether it authenticates calls at `now`.
+    pub fn valid_at(&self, now: Time) -> bool {
+        self.revoke_time.is_none() && self.expire_time.is_none_or(|t| now < t)
+    }
 }
 
 /// Filters of a channel listing. `viewer` `None` is the admin.

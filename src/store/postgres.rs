@@ -38,6 +38,7 @@ use crate::pb;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_leaf_hash.sql"),
+    include_str!("../../migrations/postgres/0003_token_scopes.sql"),
 ];
 
 /// Most commands committed in one transaction.
@@ -402,7 +403,7 @@ fn commit_batch(
     let tokens_changed = results.iter().any(|r| {
         matches!(
             r,
-            Ok(Outcome::TokenIssued { .. } | Outcome::TokenRevoked { .. })
+            Ok(Outcome::TokenIssued(_) | Outcome::TokenRevoked { .. })
         )
     });
     if !events.is_empty() {
@@ -479,16 +480,26 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(n == 1)
     }
 
-    fn insert_token(
-        &mut self,
-        id: Id,
-        party: &PartyId,
-        hash: &[u8; 32],
-        now: Time,
-    ) -> Result<(), Rejection> {
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), Rejection> {
         self.exec(
-            "INSERT INTO tokens (id, party_id, secret_hash, create_time) VALUES ($1, $2, $3, $4)",
-            &[&id.to_string(), &party.as_str(), &&hash[..], &now.0],
+            "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &t.token_id.to_string(),
+                &t.party_id.as_str(),
+                &&t.secret_hash[..],
+                &t.create_time.0,
+                &t.read_only,
+                &t.expire_time.map(|e| e.0),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+        self.exec(
+            "UPDATE tokens SET last_use_time = GREATEST(COALESCE(last_use_time, 0), $2) WHERE id = $1",
+            &[&id.to_string(), &at.0],
         )?;
         Ok(())
     }
@@ -720,7 +731,9 @@ impl Postgres {
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Rejection> {
         let rows = self
             .rows(
-                "SELECT id, party_id, secret_hash, revoke_time IS NOT NULL FROM tokens",
+                "SELECT id, party_id, secret_hash, read_only, create_time, expire_time,
+                        revoke_time, last_use_time
+                 FROM tokens ORDER BY id",
                 &[],
             )
             .await?;
@@ -733,7 +746,11 @@ impl Postgres {
                         .get::<_, Vec<u8>>(2)
                         .try_into()
                         .map_err(|_| corrupt("bad token hash"))?,
-                    revoked: r.get(3),
+                    read_only: r.get(3),
+                    create_time: Time(r.get(4)),
+                    expire_time: r.get::<_, Option<i64>>(5).map(Time),
+                    revoke_time: r.get::<_, Option<i64>>(6).map(Time),
+                    last_use_time: r.get::<_, Option<i64>>(7).map(Time),
                 })
             })
             .collect()

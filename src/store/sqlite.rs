@@ -36,6 +36,9 @@ enum Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration::Sql(include_str!("../../migrations/sqlite/0001_init.sql")),
     Migration::LeafHashes(include_str!("../../migrations/sqlite/0002_leaf_hash.sql")),
+    Migration::Sql(include_str!(
+        "../../migrations/sqlite/0003_token_scopes.sql"
+    )),
 ];
 
 /// The database file's name inside the data directory.
@@ -677,18 +680,32 @@ impl WriteTx for Tx<'_> {
         Ok(n == 1)
     }
 
-    fn insert_token(
-        &mut self,
-        id: Id,
-        party: &PartyId,
-        hash: &[u8; 32],
-        now: Time,
-    ) -> Result<(), Rejection> {
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), Rejection> {
         self.conn
             .prepare_cached(
-                "INSERT INTO tokens (id, party_id, secret_hash, create_time) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut s| s.execute(params![id.to_string(), party.as_str(), &hash[..], now.0]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    t.token_id.to_string(),
+                    t.party_id.as_str(),
+                    &t.secret_hash[..],
+                    t.create_time.0,
+                    t.read_only,
+                    t.expire_time.map(|e| e.0)
+                ])
+            })
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+        self.conn
+            .prepare_cached(
+                "UPDATE tokens SET last_use_time = MAX(COALESCE(last_use_time, 0), ?2) WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
             .map_err(db_err)?;
         Ok(())
     }
@@ -969,7 +986,11 @@ impl Sqlite {
     pub async fn tokens(self: &Arc<Self>) -> Result<Vec<TokenRecord>, Rejection> {
         self.read(|c| {
             let mut s = c
-                .prepare("SELECT id, party_id, secret_hash, revoke_time IS NOT NULL FROM tokens")
+                .prepare(
+                    "SELECT id, party_id, secret_hash, read_only, create_time, expire_time,
+                            revoke_time, last_use_time
+                     FROM tokens ORDER BY id",
+                )
                 .map_err(db_err)?;
             let rows = s
                 .query_map([], |r| {
@@ -978,20 +999,30 @@ impl Sqlite {
                         r.get::<_, String>(1)?,
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, bool>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
                     ))
                 })
                 .map_err(db_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
             rows.into_iter()
-                .map(|(id, party, hash, revoked)| {
-                    Ok(TokenRecord {
-                        token_id: Id::parse(&id).map_err(corrupt)?,
-                        party_id: PartyId::trusted(party),
-                        secret_hash: hash.try_into().map_err(|_| corrupt("bad token hash"))?,
-                        revoked,
-                    })
-                })
+                .map(
+                    |(id, party, hash, read_only, create, expire, revoke, used)| {
+                        Ok(TokenRecord {
+                            token_id: Id::parse(&id).map_err(corrupt)?,
+                            party_id: PartyId::trusted(party),
+                            secret_hash: hash.try_into().map_err(|_| corrupt("bad token hash"))?,
+                            read_only,
+                            create_time: Time(create),
+                            expire_time: expire.map(Time),
+                            revoke_time: revoke.map(Time),
+                            last_use_time: used.map(Time),
+                        })
+                    },
+                )
                 .collect()
         })
         .await

@@ -411,6 +411,7 @@ pub async fn party(admin: &mut Clients, id: &str) -> String {
         .parties
         .issue_token(pb::IssueTokenRequest {
             party_id: id.into(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("issue token {id}: {e}"))
