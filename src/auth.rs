@@ -311,8 +311,13 @@ impl Authenticator {
 /// `UNAUTHENTICATED` wins over `INVALID_ARGUMENT` (DESIGN §4) even for a body
 /// that does not decode or is over the size limit. The caller's [`Identity`]
 /// is left in the request's extensions for the handler.
+/// The caller's request rate is counted here too, so that a party over its
+/// limit costs a refusal before anything else.
 #[derive(Clone)]
-pub struct RequireToken(pub std::sync::Arc<Authenticator>);
+pub struct RequireToken(
+    pub std::sync::Arc<Authenticator>,
+    pub std::sync::Arc<crate::quota::Quotas>,
+);
 
 impl tonic::service::Interceptor for RequireToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -321,6 +326,9 @@ impl tonic::service::Interceptor for RequireToken {
             .authenticate(req.metadata())
             .map_err(|r| crate::error::status(&r))?;
         tracing::Span::current().record("caller", who.caller.actor());
+        self.1
+            .admit(&who.caller)
+            .map_err(|r| crate::error::status(&r))?;
         // The handler reads the caller from here instead of checking again.
         req.extensions_mut().insert(who);
         Ok(req)

@@ -127,6 +127,20 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: usize,
 
+    /// Most open subscriptions of one party (and of the admin).
+    #[arg(long, env = "BACKCHANNEL_MAX_SUBSCRIPTIONS_PER_PARTY", default_value_t = crate::quota::DEFAULT_SUBSCRIPTIONS_PER_PARTY)]
+    pub max_subscriptions_per_party: usize,
+
+    /// Requests per second per party (the admin has a bucket of its own),
+    /// with a burst of twice that; over it calls are RESOURCE_EXHAUSTED
+    /// RATE_LIMITED with RetryInfo. 0 turns the limit off.
+    #[arg(long, env = "BACKCHANNEL_RATE_LIMIT", default_value_t = crate::quota::DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Most open health Watch streams (they need no token).
+    #[arg(long, env = "BACKCHANNEL_MAX_HEALTH_WATCHES", default_value_t = crate::quota::DEFAULT_HEALTH_WATCHES)]
+    pub max_health_watches: usize,
+
     /// Most concurrent calls and streams on one HTTP/2 connection.
     #[arg(long, env = "BACKCHANNEL_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,

@@ -32,8 +32,14 @@ pub fn status(r: &Rejection) -> Status {
     let mut details = ErrorDetails::with_error_info(
         r.reason.as_str(),
         ERROR_DOMAIN,
-        std::collections::HashMap::<String, String>::new(),
+        r.metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<std::collections::HashMap<String, String>>(),
     );
+    if let Some(after) = r.retry_after {
+        details.set_retry_info(Some(after));
+    }
     if !r.fields.is_empty() {
         details.set_bad_request(
             r.fields

@@ -192,6 +192,8 @@ pub struct Follow {
     pub max_subscriptions: usize,
     /// Subscriptions open now.
     pub open: Arc<AtomicUsize>,
+    /// Per-party limits.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// Counts one open subscription for as long as it lives.
@@ -202,6 +204,8 @@ impl OpenSubscription {
         let prev = open.fetch_add(1, Ordering::SeqCst);
         let guard = OpenSubscription(open.clone());
         if prev >= max {
+            metrics::counter!(crate::observe::SUBSCRIPTIONS_REFUSED, "limit" => "total")
+                .increment(1);
             return Err(Rejection::new(
                 Reason::TOO_MANY_SUBSCRIPTIONS,
                 format!("the server holds its maximum of {max} subscriptions; retry later"),
@@ -244,6 +248,7 @@ impl Follow {
     /// Starts a subscription. The caller has checked that `start_after` is
     /// not beyond the head.
     pub fn start(&self, sub: Subscription) -> Result<SubscriptionStream, Rejection> {
+        let slot = self.quotas.subscription(&sub.who.caller)?;
         let open = OpenSubscription::new(&self.open, self.max_subscriptions)?;
         // Subscribe to the window before anything else, so nothing published
         // from now on can be missed.
@@ -251,6 +256,7 @@ impl Follow {
         let this = self.clone();
         Ok(Box::pin(async_stream::stream! {
             let _open = open;
+            let _slot = slot;
             let mut ring = ring;
             let viewer = sub.who.caller.party().cloned();
             let mut last = sub.start_after;

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod feed;
 pub mod observe;
+pub mod quota;
 pub mod server;
 pub mod store;
 pub mod wire;

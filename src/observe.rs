@@ -24,6 +24,13 @@ pub const RPC_REQUESTS: &str = "backchannel_rpc_requests_total";
 pub const RPC_DURATION: &str = "backchannel_rpc_duration_seconds";
 /// Subscriptions open now.
 pub const SUBSCRIPTIONS_OPEN: &str = "backchannel_subscriptions_open";
+/// Subscriptions and health watches refused at a limit (`limit`: total,
+/// party, health).
+pub const SUBSCRIPTIONS_REFUSED: &str = "backchannel_subscriptions_refused_total";
+/// Health `Watch` streams open now.
+pub const HEALTH_WATCHES_OPEN: &str = "backchannel_health_watches_open";
+/// Calls refused for being over their party's request rate.
+pub const RATE_LIMITED: &str = "backchannel_rate_limited_total";
 /// Events sent to subscribers.
 pub const EVENTS_DELIVERED: &str = "backchannel_events_delivered_total";
 /// How many events behind the head a subscriber was when sent an event.
@@ -96,6 +103,15 @@ fn describe() {
         "Call latency by method (streams: lifetime)"
     );
     describe_gauge!(SUBSCRIPTIONS_OPEN, "Subscriptions open now");
+    describe_counter!(
+        SUBSCRIPTIONS_REFUSED,
+        "Subscriptions and health watches refused at a limit (total, party, health)"
+    );
+    describe_gauge!(HEALTH_WATCHES_OPEN, "Health Watch streams open now");
+    describe_counter!(
+        RATE_LIMITED,
+        "Calls refused for being over their party's request rate"
+    );
     describe_counter!(EVENTS_DELIVERED, "Events sent to subscribers");
     describe_histogram!(
         SUBSCRIBER_LAG,

@@ -129,6 +129,10 @@ pub async fn run(
         None => tracing::info!("admin token from BACKCHANNEL_ADMIN_TOKEN"),
     }
     let auth = Arc::new(Authenticator::new(&admin_token, store.tokens().await?));
+    let quotas = Arc::new(crate::quota::Quotas::new(
+        config.rate_limit,
+        config.max_subscriptions_per_party,
+    ));
     let ctx = Arc::new(Ctx {
         pager: Pager::new(store.page_key().await?),
         store: store.clone(),
@@ -139,6 +143,7 @@ pub async fn run(
             shutdown: shutdown_token.clone(),
             max_subscriptions: config.max_subscriptions,
             open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            quotas: quotas.clone(),
         },
         auth,
         limits: limits.clone(),
@@ -175,7 +180,7 @@ pub async fn run(
     let max_decoding = limits.request_bytes;
     let gzip = tonic::codec::CompressionEncoding::Gzip;
     // Every call is authenticated before its body is decoded.
-    let require_token = auth::RequireToken(ctx.auth.clone());
+    let require_token = auth::RequireToken(ctx.auth.clone(), quotas);
     let party = InterceptedService::new(
         pb::party_service_server::PartyServiceServer::new(PartyApi(ctx.clone()))
             .accept_compressed(gzip)
@@ -234,10 +239,13 @@ pub async fn run(
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
         .layer(crate::observe::ObserveLayer)
-        .add_service(crate::codec::RequestFaults(
-            health_service
-                .accept_compressed(gzip)
-                .max_decoding_message_size(max_decoding),
+        .add_service(crate::quota::HealthWatchLimit::new(
+            crate::codec::RequestFaults(
+                health_service
+                    .accept_compressed(gzip)
+                    .max_decoding_message_size(max_decoding),
+            ),
+            config.max_health_watches,
         ))
         .add_service(crate::codec::RequestFaults(reflection_v1))
         .add_service(crate::codec::RequestFaults(reflection_v1alpha))

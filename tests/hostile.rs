@@ -231,3 +231,117 @@ async fn a_gzip_bomb_is_refused_without_being_inflated() {
         .await
         .expect("a normal send after the bombs");
 }
+
+fn error_info(s: &tonic::Status) -> tonic_types::ErrorInfo {
+    use tonic_types::StatusExt;
+    s.get_details_error_info().expect("an ErrorInfo detail")
+}
+
+#[tokio::test]
+async fn one_party_over_its_rate_is_refused_with_retry_info_and_the_others_are_not() {
+    let server = Server::start_with(Options {
+        args: vec!["--rate-limit".into(), "20".into()],
+        ..Default::default()
+    })
+    .await;
+    let w = world(&server).await;
+    // A burst of twice the rate passes; past it, the party is refused.
+    let mut refused = None;
+    for i in 0..200 {
+        match w.iran.parties.clone().who_am_i(pb::WhoAmIRequest {}).await {
+            Ok(_) => assert!(i < 200, "never refused"),
+            Err(s) => {
+                refused = Some((i, s));
+                break;
+            }
+        }
+    }
+    let (passed, s) = refused.expect("200 calls at once are over a rate of 20/s");
+    assert!(passed >= 20, "refused after only {passed} calls");
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    let info = error_info(&s);
+    assert_eq!(info.reason, "RATE_LIMITED");
+    assert_eq!(info.metadata.get("limit").map(String::as_str), Some("20"));
+    use tonic_types::StatusExt;
+    let retry = s
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a RetryInfo with a delay");
+    assert!(retry <= std::time::Duration::from_secs(1), "{retry:?}");
+    // Another party, and the admin, have buckets of their own.
+    w.us.parties
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("another party is not limited by iran's calls");
+    w.admin
+        .parties
+        .clone()
+        .list_parties(pb::ListPartiesRequest::default())
+        .await
+        .expect("the admin is not limited by iran's calls");
+    // Iran gets through again once its bucket refills.
+    eventually("iran's bucket refills", || {
+        let mut c = w.iran.parties.clone();
+        async move { c.who_am_i(pb::WhoAmIRequest {}).await.ok() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_party_at_its_subscription_limit_does_not_keep_another_out() {
+    let server = Server::start_with(Options {
+        args: vec!["--max-subscriptions-per-party".into(), "3".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut w = world(&server).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(stream::subscribe(&mut w.iran, stream::from(None)).await);
+    }
+    let r = w.iran.messages.subscribe(stream::from(None)).await;
+    let s = r.expect_err("a fourth subscription of iran");
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    let info = error_info(&s);
+    assert_eq!(info.reason, "TOO_MANY_SUBSCRIPTIONS");
+    assert_eq!(info.metadata.get("limit").map(String::as_str), Some("3"));
+    // The United States subscribes (and sees the next event) all the same.
+    let mut us = stream::subscribe(&mut w.us, stream::from(None)).await;
+    stream::caught_up(&mut us).await;
+    // Closing one of iran's frees its slot.
+    held.pop();
+    eventually("iran's slot is free again", || {
+        let mut c = w.iran.messages.clone();
+        async move { c.subscribe(stream::from(None)).await.ok() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_watches_have_a_limit_of_their_own() {
+    let server = Server::start_with(Options {
+        args: vec!["--max-health-watches".into(), "2".into()],
+        ..Default::default()
+    })
+    .await;
+    let channel = server.connect().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let watch = || tonic_health::pb::HealthCheckRequest::default();
+    let mut a = health.watch(watch()).await.expect("watch 1").into_inner();
+    let b = health.watch(watch()).await.expect("watch 2").into_inner();
+    a.message().await.expect("status").expect("an item");
+    let s = health.watch(watch()).await.expect_err("a third watch");
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert_eq!(error_info(&s).reason, "TOO_MANY_SUBSCRIPTIONS");
+    // Check is not a watch, and a party's subscription is not either.
+    health.check(watch()).await.expect("Check still answers");
+    let mut w = world(&server).await;
+    stream::subscribe(&mut w.iran, stream::from(None)).await;
+    drop(b);
+    eventually("a watch slot is free again", || {
+        let mut h = health.clone();
+        async move { h.watch(watch()).await.ok() }
+    })
+    .await;
+}

@@ -521,6 +521,12 @@ impl Spawned {
             .arg("--log-format")
             .arg("json")
             .env("BACKCHANNEL_ADMIN_TOKEN", admin_token)
+            // The bench is one party sending as fast as the server takes
+            // it, and holding thousands of subscriptions: no per-party
+            // limits (environment variables, which a binary from before
+            // the limits ignores).
+            .env("BACKCHANNEL_RATE_LIMIT", "0")
+            .env("BACKCHANNEL_MAX_SUBSCRIPTIONS_PER_PARTY", "1000000")
             .env("RUST_LOG", "info")
             .env_remove("BACKCHANNEL_DATABASE_URL")
             .env_remove("BACKCHANNEL_LISTEN")

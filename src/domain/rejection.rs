@@ -88,6 +88,7 @@ reasons! {
     START_AFTER_BEYOND_HEAD => OutOfRange,
     REQUEST_TOO_LARGE => ResourceExhausted,
     TOO_MANY_SUBSCRIPTIONS => ResourceExhausted,
+    RATE_LIMITED => ResourceExhausted,
     STORE_UNAVAILABLE => Unavailable,
     STORE_FULL => Unavailable,
     STORE_READ_ONLY => Unavailable,
@@ -115,6 +116,10 @@ pub struct Rejection {
     pub message: String,
     /// Field problems (only for `INVALID_ARGUMENT`).
     pub fields: Vec<FieldViolation>,
+    /// Facts a client acts on (`ErrorInfo.metadata`), e.g. `limit`.
+    pub metadata: Vec<(&'static str, String)>,
+    /// When a retry may succeed (`google.rpc.RetryInfo`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Rejection {
@@ -124,7 +129,21 @@ impl Rejection {
             reason,
             message: message.into(),
             fields: Vec::new(),
+            metadata: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// This refusal with one more `ErrorInfo.metadata` entry.
+    pub fn with(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.metadata.push((key, value.to_string()));
+        self
+    }
+
+    /// This refusal, telling the client when to retry.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// An `INVALID_FIELD` refusal naming one field.
@@ -135,6 +154,8 @@ impl Rejection {
             reason: Reason::INVALID_FIELD,
             message: format!("{field}: {description}"),
             fields: vec![FieldViolation { field, description }],
+            metadata: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -226,6 +247,8 @@ impl Violations {
             reason: Reason::INVALID_FIELD,
             message,
             fields: self.0,
+            metadata: Vec::new(),
+            retry_after: None,
         })
     }
 }

@@ -118,6 +118,11 @@ impl Server {
             .arg("json")
             .args(&opts.args)
             .env_remove("BACKCHANNEL_ADMIN_TOKEN")
+            // Most tests are one party calling as fast as they can: no
+            // per-party rate or subscription limit unless a test sets one
+            // (a flag overrides these).
+            .env("BACKCHANNEL_RATE_LIMIT", "0")
+            .env("BACKCHANNEL_MAX_SUBSCRIPTIONS_PER_PARTY", "1000000")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
