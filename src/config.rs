@@ -127,6 +127,11 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: usize,
 
+    /// Bytes of recent events kept in memory for live subscribers (beside
+    /// at most 8,192 events); a subscriber further behind reads the log.
+    #[arg(long, env = "BACKCHANNEL_WINDOW_BYTES", default_value_t = crate::feed::DEFAULT_WINDOW_BYTES)]
+    pub window_bytes: usize,
+
     /// Most open subscriptions of one party (and of the admin).
     #[arg(long, env = "BACKCHANNEL_MAX_SUBSCRIPTIONS_PER_PARTY", default_value_t = crate::quota::DEFAULT_SUBSCRIPTIONS_PER_PARTY)]
     pub max_subscriptions_per_party: usize,

@@ -1,7 +1,10 @@
 //! Fan-out of committed events to subscribers: one path for all of them.
 //!
 //! The writer publishes each committed event into a bounded broadcast ring
-//! (the in-memory window of the last [`WINDOW_EVENTS`] events). Each
+//! (the in-memory window of the last [`WINDOW_EVENTS`] events, and of at
+//! most [`DEFAULT_WINDOW_BYTES`] of them: the ring carries weak references,
+//! the window alone owns the events, so a subscriber that stops reading
+//! pins nothing but its place). Each
 //! subscription is a stream, polled by the connection that carries it, that
 //! replays the durable log from its position, then follows the ring. Events
 //! travel as the bytes they were encoded to at commit (see [`crate::wire`]):
@@ -31,8 +34,13 @@ use crate::store::{Committed, EventQuery, Frame, Store};
 
 /// Events the in-memory window holds.
 pub const WINDOW_EVENTS: usize = 8192;
+/// Bytes of events the in-memory window holds by default.
+pub const DEFAULT_WINDOW_BYTES: usize = 64 << 20;
 /// Events read from the log per page during a replay.
 pub const REPLAY_PAGE: usize = 256;
+/// Stored bytes a replay page holds at most (plus the event that crosses
+/// it): what a stream whose client stops reading can pin while replaying.
+pub const REPLAY_PAGE_BYTES: usize = 512 << 10;
 /// Default seconds of quiet between heartbeats.
 pub const DEFAULT_HEARTBEAT_SECS: u32 = 15;
 /// How often a subscription checks that its token is still valid.
@@ -70,24 +78,38 @@ impl Published {
     }
 }
 
-type Shared = Arc<Published>;
+/// What the ring carries: the window owns the event; a subscriber that
+/// finds it gone has fallen out of the window.
+type Shared = std::sync::Weak<Published>;
+
+/// The events the window owns, newest last, and their bytes.
+#[derive(Default)]
+struct Window {
+    events: std::collections::VecDeque<Arc<Published>>,
+    bytes: usize,
+}
 
 /// The fan-out hub.
 pub struct Feed {
     ring: broadcast::Sender<Shared>,
     head: AtomicU64,
-    /// Serialises publishers (the writer, and with a shared store the tailer).
-    order: std::sync::Mutex<()>,
+    /// Serialises publishers (the writer, and with a shared store the
+    /// tailer), and owns the window's events.
+    window: std::sync::Mutex<Window>,
+    /// The window's byte budget.
+    max_bytes: usize,
 }
 
 impl Feed {
-    /// A hub whose log head is `head`.
-    pub fn new(head: u64) -> Arc<Feed> {
+    /// A hub whose log head is `head`, whose window holds at most
+    /// `max_bytes` of events.
+    pub fn new(head: u64, max_bytes: usize) -> Arc<Feed> {
         let (ring, _) = broadcast::channel(WINDOW_EVENTS);
         Arc::new(Feed {
             ring,
             head: AtomicU64::new(head),
-            order: std::sync::Mutex::new(()),
+            window: std::sync::Mutex::new(Window::default()),
+            max_bytes,
         })
     }
 
@@ -97,7 +119,7 @@ impl Feed {
     /// of another replica come first, and the tailer reads them all from
     /// the log instead.
     pub fn publish(&self, events: Vec<Committed>) -> bool {
-        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let head = self.head();
         let mut events = events
             .into_iter()
@@ -110,9 +132,20 @@ impl Feed {
         }
         for c in events {
             self.head.store(c.event.sequence, Ordering::SeqCst);
+            let p = Arc::new(Published::of(c));
             // No receivers is fine: nobody is subscribed.
-            let _ = self.ring.send(Arc::new(Published::of(c)));
+            let _ = self.ring.send(Arc::downgrade(&p));
+            window.bytes += p.frame.data.len();
+            window.events.push_back(p);
+            while window.events.len() > WINDOW_EVENTS
+                || (window.bytes > self.max_bytes && window.events.len() > 1)
+            {
+                if let Some(old) = window.events.pop_front() {
+                    window.bytes -= old.frame.data.len();
+                }
+            }
         }
+        metrics::gauge!(crate::observe::WINDOW_BYTES).set(window.bytes as f64);
         true
     }
 
@@ -293,6 +326,7 @@ impl Follow {
                         message: sub.filter.only_message(),
                         after: last,
                         limit: REPLAY_PAGE,
+                        max_bytes: REPLAY_PAGE_BYTES,
                     };
                     let (page, cut_short) = match this.store.replay(query).await {
                         Ok(p) => p,
@@ -303,7 +337,9 @@ impl Follow {
                     };
                     // A page cut short by a damaged event is not the end:
                     // the next one starts at it, and ends the stream.
-                    let full = page.len() == REPLAY_PAGE || cut_short;
+                    metrics::counter!(crate::observe::REPLAY_PAGES).increment(1);
+                    let bytes: usize = page.iter().map(|f| f.data.len()).sum();
+                    let full = page.len() == REPLAY_PAGE || bytes >= REPLAY_PAGE_BYTES || cut_short;
                     for f in page {
                         last = f.sequence;
                         if sub.filter.matches(&f) {
@@ -336,7 +372,11 @@ impl Follow {
                             }
                         }
                         r = ring.recv() => match r {
-                            Ok(p) => this.route(&sub, &p, &mut last),
+                            Ok(p) => match p.upgrade() {
+                                Some(p) => this.route(&sub, &p, &mut last),
+                                // Out of the window's byte budget already.
+                                None => Next::Replay("lag"),
+                            },
                             Err(broadcast::error::RecvError::Lagged(n)) => {
                                 tracing::debug!(missed = n, last, "subscriber fell behind the window; replaying from the log");
                                 Next::Replay("lag")

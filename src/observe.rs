@@ -27,6 +27,10 @@ pub const SUBSCRIPTIONS_OPEN: &str = "backchannel_subscriptions_open";
 /// Subscriptions and health watches refused at a limit (`limit`: total,
 /// party, health).
 pub const SUBSCRIPTIONS_REFUSED: &str = "backchannel_subscriptions_refused_total";
+/// Pages read from the log by subscriptions replaying it.
+pub const REPLAY_PAGES: &str = "backchannel_replay_pages_total";
+/// Bytes of events the in-memory window holds.
+pub const WINDOW_BYTES: &str = "backchannel_window_bytes";
 /// Health `Watch` streams open now.
 pub const HEALTH_WATCHES_OPEN: &str = "backchannel_health_watches_open";
 /// Calls refused for being over their party's request rate.
@@ -108,6 +112,14 @@ fn describe() {
         "Subscriptions and health watches refused at a limit (total, party, health)"
     );
     describe_gauge!(HEALTH_WATCHES_OPEN, "Health Watch streams open now");
+    describe_counter!(
+        REPLAY_PAGES,
+        "Pages read from the log by subscriptions replaying it"
+    );
+    describe_gauge!(
+        WINDOW_BYTES,
+        "Bytes of events the in-memory window of recent events holds"
+    );
     describe_counter!(
         RATE_LIMITED,
         "Calls refused for being over their party's request rate"

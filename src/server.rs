@@ -81,7 +81,7 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
 
-    let feed = Feed::new(0);
+    let feed = Feed::new(0, config.window_bytes);
     // The writer publishes what it commits. With PostgreSQL other replicas
     // write too, and a tailer follows the shared log for their events.
     let wake = Arc::new(Notify::new());
@@ -480,6 +480,7 @@ async fn tail(
                     message: None,
                     after: feed.head(),
                     limit: crate::feed::REPLAY_PAGE,
+                    max_bytes: usize::MAX,
                 })
                 .await;
             match page.and_then(committed) {

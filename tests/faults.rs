@@ -700,11 +700,18 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
     }
     let before = all_events(&mut w.admin, pb::ListEventsRequest::default()).await;
     assert_eq!(server.stop().await, Some(0));
-    // Back to schema version 1: no leaf_hash column.
+    // Back to schema version 1: no leaf_hash column (nor the token columns
+    // of version 3).
     {
         let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
-        db.execute_batch("ALTER TABLE events DROP COLUMN leaf_hash; PRAGMA user_version = 1;")
-            .expect("downgrade");
+        db.execute_batch(
+            "ALTER TABLE events DROP COLUMN leaf_hash;
+             ALTER TABLE tokens DROP COLUMN read_only;
+             ALTER TABLE tokens DROP COLUMN expire_time;
+             ALTER TABLE tokens DROP COLUMN last_use_time;
+             PRAGMA user_version = 1;",
+        )
+        .expect("downgrade");
     }
     let server = server.restart().await;
     let mut admin = server.admin().await;

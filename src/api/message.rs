@@ -353,6 +353,7 @@ impl pb::message_service_server::MessageService for MessageApi {
             .0
             .store
             .events(EventQuery {
+                max_bytes: usize::MAX,
                 viewer: caller.party().cloned(),
                 channel,
                 message,

@@ -261,6 +261,9 @@ pub struct EventQuery {
     pub after: u64,
     /// Most items.
     pub limit: usize,
+    /// Stop after the event that brings the page's stored bytes to this
+    /// (a replay page is bounded in bytes as well as in events).
+    pub max_bytes: usize,
 }
 
 /// The storage backends.

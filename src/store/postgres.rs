@@ -860,8 +860,16 @@ impl Postgres {
     ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
         let sql = query::events(&q, Style::Dollar)?;
         let rows = self.rows(&sql.text, &sql.args).await?;
+        // The page keeps no more than `max_bytes` (the rows themselves go
+        // as soon as this returns).
+        let mut bytes = 0usize;
         Ok(rows
             .iter()
+            .take_while(|r| {
+                let more = bytes < q.max_bytes;
+                bytes = bytes.saturating_add(r.get::<_, &[u8]>(5).len());
+                more
+            })
             .map(|r| {
                 query::frame(
                     r.get(0),

@@ -1122,23 +1122,33 @@ impl Sqlite {
     ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
         self.read(move |c| {
             let sql = query::events(&q, Style::Question)?;
-            let rows = rows(c, &sql.text, &sql.args, |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
-                    r.get::<_, Option<Vec<u8>>>(6)?,
-                ))
-            })?;
-            Ok(rows
-                .into_iter()
-                .map(|(seq, ch, m, t, k, data, hash)| {
-                    query::frame(seq, &ch, m.as_deref(), t.as_deref(), k, data, hash)
-                })
-                .collect())
+            let params = sql.args.iter().map(|a| match a {
+                Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+                Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+            });
+            let mut s = c.prepare_cached(&sql.text).map_err(db_err)?;
+            let mut rows = s
+                .query(rusqlite::params_from_iter(params))
+                .map_err(db_err)?;
+            // Rows are read one at a time, and no more once the page holds
+            // `max_bytes`.
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            while bytes < q.max_bytes
+                && let Some(r) = rows.next().map_err(db_err)?
+            {
+                let data = r.get::<_, Vec<u8>>(5).map_err(db_err)?;
+                bytes = bytes.saturating_add(data.len());
+                out.push(query::frame(
+                    r.get::<_, i64>(0).map_err(db_err)?,
+                    &r.get::<_, String>(1).map_err(db_err)?,
+                    r.get::<_, Option<String>>(2).map_err(db_err)?.as_deref(),
+                    r.get::<_, Option<String>>(3).map_err(db_err)?.as_deref(),
+                    r.get::<_, i64>(4).map_err(db_err)?,
+                    data,
+                    r.get::<_, Option<Vec<u8>>>(6).map_err(db_err)?,
+                ));
+            }
+            Ok(out)
         })
         .await
     }

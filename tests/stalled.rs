@@ -1,0 +1,185 @@
+//! Streams whose clients stop reading (DESIGN §5 "A hostile client costs
+//! little"): a raw HTTP/2 client with a flow-control window of 0 holds
+//! streams the server can never write to.
+
+mod common;
+
+use backchannel::pb;
+use common::raw::StalledConnection;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SUBSCRIBE: &str = "/backchannel.v1.MessageService/Subscribe";
+
+async fn scrape(addr: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    out
+}
+
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sends `n` messages with bodies of `body_bytes`, 16 at a time.
+async fn fill(w: &World, n: usize, body_bytes: usize) {
+    let body = "b".repeat(body_bytes);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(16);
+        let calls = (0..k).map(|i| {
+            let mut c = w.iran.messages.clone();
+            let mut r = send_req(&w.channel.id, &format!("large {i}"));
+            r.body = body.clone();
+            async move { c.send_message(r).await.expect("send") }
+        });
+        futures_util::future::join_all(calls).await;
+        left -= k;
+    }
+}
+
+/// The largest RSS (KiB) seen over about a second.
+async fn peak_rss_kib(server: &Server) -> u64 {
+    let mut peak = 0;
+    for _ in 0..50 {
+        peak = peak.max(server.rss_kib());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    peak
+}
+
+#[tokio::test]
+async fn a_hundred_stalled_replays_of_large_events_cost_little_memory() {
+    let server = Server::start_with(Options {
+        args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        ..Default::default()
+    })
+    .await;
+    let metrics = server
+        .log_value("serving metrics", "addr")
+        .expect("metrics address in the log");
+    let w = world(&server).await;
+    // 400 events of about 60 KiB: a replay page of 256 events would be
+    // 15 MB, and 100 stalled streams 1.5 GB.
+    fill(&w, 400, 60 * 1024).await;
+    let before = server.rss_kib();
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut c = StalledConnection::connect(server.addr).await;
+        for _ in 0..25 {
+            c.call(
+                SUBSCRIBE,
+                ADMIN_TOKEN,
+                &pb::SubscribeRequest {
+                    start_after: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        conns.push(c);
+    }
+    // Every stream has read its first page (and holds it: it cannot send).
+    eventually("100 replay pages read", || {
+        let m = metrics.clone();
+        async move {
+            let text = scrape(&m).await;
+            (sample(&text, "backchannel_replay_pages_total") >= 100.0).then_some(())
+        }
+    })
+    .await;
+    let peak = peak_rss_kib(&server).await;
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "100 stalled replays: RSS {} -> {} MiB",
+        before / 1024,
+        peak / 1024
+    );
+    assert!(
+        grown_mib < 150,
+        "100 stalled replays grew the server by {grown_mib} MiB"
+    );
+    // Closing them gives the memory back to the server's allocator; whether
+    // RSS falls is the allocator's choice, so it is reported, not asserted.
+    drop(conns);
+}
+
+/// Growth of a server's RSS (MiB) while 2,000 events of 60 KiB (120 MB)
+/// are sent, with or without a live subscriber that reads nothing, and what
+/// its window held at the end.
+async fn growth_while_sending(stall: bool, budget_mib: u64) -> (u64, f64) {
+    let server = Server::start_with(Options {
+        args: vec![
+            "--window-bytes".into(),
+            (budget_mib << 20).to_string(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let metrics = server
+        .log_value("serving metrics", "addr")
+        .expect("metrics address in the log");
+    let w = world(&server).await;
+    // Warm the store's caches, so that what grows later is the window.
+    fill(&w, 200, 60 * 1024).await;
+    let before = server.rss_kib();
+    // A party that sees none of the traffic, following live, reading nothing.
+    let mut stalled = StalledConnection::connect(server.addr).await;
+    if stall {
+        stalled
+            .call(
+                SUBSCRIBE,
+                &w.tokens["outsider"],
+                &pb::SubscribeRequest::default(),
+            )
+            .await;
+    }
+    let sending = fill(&w, 2000, 60 * 1024);
+    tokio::pin!(sending);
+    let mut peak = before;
+    loop {
+        tokio::select! {
+            () = &mut sending => break,
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                peak = peak.max(server.rss_kib());
+            }
+        }
+    }
+    peak = peak.max(peak_rss_kib(&server).await);
+    let window = sample(&scrape(&metrics).await, "backchannel_window_bytes");
+    drop(stalled);
+    (peak.saturating_sub(before) / 1024, window)
+}
+
+#[tokio::test]
+async fn a_live_subscriber_that_reads_nothing_holds_no_more_than_the_window_budget() {
+    const BUDGET_MIB: u64 = 8;
+    // The same load twice: without a stalled subscriber, then with one. A
+    // window bounded only by its 8,192 events would keep all 120 MB.
+    let (without, _) = growth_while_sending(false, BUDGET_MIB).await;
+    let (with, window) = growth_while_sending(true, BUDGET_MIB).await;
+    eprintln!(
+        "RSS growth while sending 120 MB: {without} MiB, {with} MiB with a stalled live subscriber; window {window} bytes"
+    );
+    assert!(
+        window <= ((BUDGET_MIB << 20) + (64 << 10)) as f64,
+        "the window holds {window} bytes"
+    );
+    assert!(
+        with < without + BUDGET_MIB + 32,
+        "a stalled live subscriber cost {} MiB more",
+        with.saturating_sub(without)
+    );
+}
