@@ -12,6 +12,7 @@ pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod convert;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod feed;
