@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Default per-request timeout in seconds (streams excepted).
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 
+/// Default seconds a connection gets to complete TLS and the HTTP/2 preface.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default seconds a connection may stay open with no stream.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+
 /// Commands other than serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Subcommand {
@@ -122,6 +127,21 @@ pub struct Config {
     /// Seconds a unary call may take before it fails with DEADLINE_EXCEEDED.
     #[arg(long, env = "BACKCHANNEL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
+
+    /// Seconds a new connection gets to complete TLS (when on) and send the
+    /// HTTP/2 preface; closed after.
+    #[arg(long, env = "BACKCHANNEL_HANDSHAKE_TIMEOUT_SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds a connection may stay open with no stream; then GOAWAY.
+    #[arg(long, env = "BACKCHANNEL_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout_secs: u64,
+
+    /// Most client connections open at once [default: the file-descriptor
+    /// limit, raised to its hard limit at start, less a reserve of 128; never
+    /// above that].
+    #[arg(long, env = "BACKCHANNEL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Most open subscriptions; beyond it Subscribe is RESOURCE_EXHAUSTED.
     #[arg(long, env = "BACKCHANNEL_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS)]

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`domain`] holds the rules (no I/O); [`store`] keeps the record
 //! and owns the one writer path; [`api`] holds the thin gRPC handlers;
-//! [`server`] wires them together; [`error`] is the one mapping to gRPC
+//! [`server`] wires them together; [`connections`] accepts and bounds
+//! the connections; [`error`] is the one mapping to gRPC
 //! statuses; [`backup`] copies the embedded store while it serves.
 
 pub mod api;
@@ -11,7 +12,9 @@ pub mod auth;
 pub mod backup;
 pub mod codec;
 pub mod config;
+pub mod connections;
 pub mod convert;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod feed;

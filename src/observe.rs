@@ -4,7 +4,8 @@
 //! Metric names (all prefixed `backchannel_`): `rpc_requests_total{method,code}`,
 //! `rpc_duration_seconds{method}`, `subscriptions_open`,
 //! `events_delivered_total`, `subscriber_lag_events`, `replays_total{reason}`,
-//! `writer_batch_size`, `writer_commit_seconds`, `store_errors_total{reason}`.
+//! `writer_batch_size`, `writer_commit_seconds`, `store_errors_total{reason}`,
+//! `connections_open`, `connections_shed_total`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +52,10 @@ pub const STORE_ERRORS: &str = "backchannel_store_errors_total";
 pub const WAL_BYTES: &str = "backchannel_wal_bytes";
 /// Time the writer spent checkpointing and truncating the WAL.
 pub const WAL_CHECKPOINT: &str = "backchannel_wal_checkpoint_seconds";
+/// Client connections open now (past accept, TLS and HTTP/2 included).
+pub const CONNECTIONS_OPEN: &str = "backchannel_connections_open";
+/// Connections closed at the connection limit to make room or refused.
+pub const CONNECTIONS_SHED: &str = "backchannel_connections_shed_total";
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`); returns the
 /// address it listens on (port 0 picks a free one).
@@ -150,7 +155,13 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time the writer spent checkpointing and truncating the write-ahead log"
     );
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open now");
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "Connections closed at the connection limit (the oldest still in its handshake, else the new one)"
+    );
     metrics::gauge!(SUBSCRIPTIONS_OPEN).set(0.0);
+    metrics::counter!(CONNECTIONS_SHED).increment(0);
     metrics::counter!(EVENTS_DELIVERED).increment(0);
     for reason in [
         "STORE_UNAVAILABLE",

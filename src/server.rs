@@ -9,11 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 
 use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::PartyApi};
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
+use crate::connections;
 use crate::domain::{Caller, Command};
 use crate::domain::{Reason, Rejection};
 use crate::feed::{Feed, Follow};
@@ -34,6 +34,10 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection limit when the file-descriptor limit cannot be read
+/// (the POSIX minimum of 1,024 descriptors, less the reserve).
+const DEFAULT_MAX_CONNECTIONS_UNKNOWN_FD: usize = 1024 - connections::FD_RESERVE as usize;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -72,6 +76,20 @@ pub async fn run(
         crate::observe::serve_metrics(addr).await?;
     }
     let tls = tls_config(&config)?;
+    let max_connections = match connections::raise_fd_limit() {
+        Ok((soft, hard)) => {
+            let max = connections::connection_limit(config.max_connections, soft);
+            tracing::info!(soft, hard, max_connections = max, "file-descriptor limit");
+            max
+        }
+        Err(e) => {
+            let max = config
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_UNKNOWN_FD);
+            tracing::warn!(error = %e, max_connections = max, "cannot read the file-descriptor limit");
+            max
+        }
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -222,37 +240,40 @@ pub async fn run(
         set_health(&health_on_stop, false).await;
     };
 
-    tracing::info!(%addr, tls = tls.is_some(), "serving");
-    // Accepted sockets need TCP_NODELAY set here: tonic ignores its own
-    // nodelay setting for a listener it is handed, and Nagle's algorithm
-    // meeting delayed ACKs costs ~40 ms per call.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let serve = builder
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(config.max_concurrent_streams))
-        .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
+    // Routes, then as tonic's `Server` would stack them: observation, the
+    // per-call deadline, and errors turned into statuses.
+    let routes = tonic::service::Routes::new(crate::quota::HealthWatchLimit::new(
+        crate::codec::RequestFaults(
+            health_service
+                .accept_compressed(gzip)
+                .max_decoding_message_size(max_decoding),
+        ),
+        config.max_health_watches,
+    ))
+    .add_service(crate::codec::RequestFaults(reflection_v1))
+    .add_service(crate::codec::RequestFaults(reflection_v1alpha))
+    .add_service(crate::codec::RequestFaults(party))
+    .add_service(crate::codec::RequestFaults(channel))
+    .add_service(crate::codec::RequestFaults(message))
+    .prepare();
+    let request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+    let service = tower::ServiceBuilder::new()
+        .layer(tonic::service::RecoverErrorLayer::new())
+        .layer_fn(|s| crate::deadline::Deadline::new(s, request_timeout))
         .layer(crate::observe::ObserveLayer)
-        .add_service(crate::quota::HealthWatchLimit::new(
-            crate::codec::RequestFaults(
-                health_service
-                    .accept_compressed(gzip)
-                    .max_decoding_message_size(max_decoding),
-            ),
-            config.max_health_watches,
-        ))
-        .add_service(crate::codec::RequestFaults(reflection_v1))
-        .add_service(crate::codec::RequestFaults(reflection_v1alpha))
-        .add_service(crate::codec::RequestFaults(party))
-        .add_service(crate::codec::RequestFaults(channel))
-        .add_service(crate::codec::RequestFaults(message))
-        .serve_with_incoming_shutdown(incoming, stop);
+        .service(routes);
+
+    let settings = connections::Settings {
+        handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+        max_connections,
+        max_concurrent_streams: config.max_concurrent_streams,
+        keepalive_interval: KEEPALIVE_INTERVAL,
+        keepalive_timeout: KEEPALIVE_TIMEOUT,
+        tcp_keepalive: TCP_KEEPALIVE,
+    };
+    tracing::info!(%addr, tls = tls.is_some(), max_connections, "serving");
+    let serve = connections::serve(listener, tls, service, settings, stop);
     // A client that stops reading can hold its connection open; after the
     // grace period the server stops regardless.
     let grace = async {
@@ -260,7 +281,7 @@ pub async fn run(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        r = serve => r?,
+        () = serve => {}
         () = grace => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
     expiry.abort();
@@ -381,20 +402,19 @@ async fn store_token_uses(
 
 /// Server TLS from the settings: a certificate and key, and optionally a CA
 /// whose client certificates are required.
-fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, BoxError> {
+fn tls_config(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, BoxError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
-    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-    );
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
+    let ca = config.tls_client_ca.as_deref().map(read).transpose()?;
+    Ok(Some(connections::tls_acceptor(
+        &read(cert)?,
+        &read(key)?,
+        ca.as_deref(),
+    )?))
 }
 
 /// The `health` subcommand: asks a running server over plaintext.

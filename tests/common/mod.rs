@@ -42,6 +42,7 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    fd_limit: Option<u64>,
 }
 
 /// Options for starting a server.
@@ -53,6 +54,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Start without BACKCHANNEL_ADMIN_TOKEN (the server generates one).
     pub no_admin_env: bool,
+    /// Both the soft and the hard RLIMIT_NOFILE of the server process (so
+    /// it cannot raise it).
+    pub fd_limit: Option<u64>,
 }
 
 impl Server {
@@ -134,6 +138,22 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        if let Some(n) = opts.fd_limit {
+            // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("start backchannel");
         let stdout = child.stdout.take().expect("stdout");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -165,6 +185,7 @@ impl Server {
             log,
             extra_args: opts.args.clone(),
             env: opts.env.clone(),
+            fd_limit: opts.fd_limit,
         }
     }
 
@@ -216,6 +237,7 @@ impl Server {
             args: self.extra_args.clone(),
             env: self.env.clone(),
             no_admin_env: false,
+            fd_limit: self.fd_limit,
         };
         let mut s = Server::spawn(self.data_dir.clone(), self._tmp.clone(), opts).await;
         s.db = self.db.clone();
