@@ -401,6 +401,26 @@ struct Accepted {
     evict: CancellationToken,
 }
 
+/// A handle on the connection that carries a request, in the request's
+/// extensions: a stream whose end cannot reach its client (the client reads
+/// nothing, so even the trailers wait behind flow control) is ended by
+/// closing its connection.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    close: CancellationToken,
+    peer: SocketAddr,
+}
+
+impl ConnectionHandle {
+    /// Closes the connection at once (every stream on it ends).
+    pub fn close(&self, why: &str) {
+        if !self.close.is_cancelled() {
+            tracing::info!(peer = %self.peer, why, "closing a connection");
+            self.close.cancel();
+        }
+    }
+}
+
 /// One connection's life: TLS, the preface deadline, HTTP/2 until it ends,
 /// `GOAWAY` when idle or at shutdown.
 async fn connection<S, B>(
@@ -456,9 +476,14 @@ async fn connection<S, B>(
         handshake: Some(handshake.clone()),
     };
     let activity = Arc::new(Activity::default());
+    let handle = ConnectionHandle {
+        close: CancellationToken::new(),
+        peer,
+    };
     let service = TowerToHyperService::new(Tracked {
         inner: service,
         activity: activity.clone(),
+        handle: handle.clone(),
     });
     let mut conn = pin!(http2.serve_connection(TokioIo::new(io), service));
     let mut preface_due = pin!(tokio::time::sleep_until(deadline));
@@ -478,6 +503,7 @@ async fn connection<S, B>(
                     break;
                 }
             }
+            () = handle.close.cancelled() => break,
             () = evict.cancelled(), if !handshake.is_done() => {
                 tracing::debug!(%peer, "dropped in its handshake to make room");
                 break;
@@ -611,6 +637,7 @@ impl Drop for OpenStream {
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    handle: ConnectionHandle,
 }
 
 impl<S, B> Service<http::Request<hyper::body::Incoming>> for Tracked<S>
@@ -625,8 +652,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let open = OpenStream::new(self.activity.clone());
+        req.extensions_mut().insert(self.handle.clone());
         TrackedCall {
             call: self.inner.call(req.map(tonic::body::Body::new)),
             open: Some(open),

@@ -45,6 +45,11 @@ pub const REPLAY_PAGE_BYTES: usize = 512 << 10;
 pub const DEFAULT_HEARTBEAT_SECS: u32 = 15;
 /// How often a subscription checks that its token is still valid.
 pub const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+/// How long a subscription that must end (its token revoked or expired, or
+/// the server stopping) has to send its end before its connection is closed
+/// instead: a client that reads nothing never receives the end, which waits
+/// behind flow control.
+pub const END_GRACE: Duration = Duration::from_secs(2);
 
 /// One committed event, as every subscriber receives it.
 pub struct Published {
@@ -208,6 +213,8 @@ pub struct Subscription {
     pub start_after: u64,
     /// Quiet time before a heartbeat.
     pub heartbeat: Duration,
+    /// The connection that carries it (absent only in tests of the feed).
+    pub connection: Option<crate::connections::ConnectionHandle>,
 }
 
 /// What a subscription task needs besides its settings.
@@ -287,9 +294,12 @@ impl Follow {
         // from now on can be missed.
         let ring = self.feed.ring.subscribe();
         let this = self.clone();
+        let ended = CancellationToken::new();
+        self.watch_end(&sub, ended.clone());
         Ok(Box::pin(async_stream::stream! {
             let _open = open;
             let _slot = slot;
+            let _ended = ended.drop_guard();
             let mut ring = ring;
             let viewer = sub.who.caller.party().cloned();
             let mut last = sub.start_after;
@@ -403,6 +413,38 @@ impl Follow {
                 }
             }
         }))
+    }
+
+    /// Watches, beside the stream, for the moment it must end even if its
+    /// client reads nothing: its token revoked or expired, or shutdown. The
+    /// stream ends itself when it is polled; if it has not within
+    /// [`END_GRACE`], its connection is closed.
+    fn watch_end(&self, sub: &Subscription, ended: CancellationToken) {
+        let Some(conn) = sub.connection.clone() else {
+            return;
+        };
+        let (auth, who, shutdown) = (self.auth.clone(), sub.who.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REVOCATION_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let why = loop {
+                tokio::select! {
+                    () = ended.cancelled() => return,
+                    () = shutdown.cancelled() => break "the server is stopping",
+                    _ = tick.tick() => {
+                        if !auth.still_valid(&who) {
+                            break "its token was revoked or has expired";
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = ended.cancelled() => {}
+                () = tokio::time::sleep(END_GRACE) => {
+                    conn.close(&format!("a subscription that must end ({why}) is not read by its client"));
+                }
+            }
+        });
     }
 
     /// What to do with one event from the window.

@@ -183,3 +183,108 @@ async fn a_live_subscriber_that_reads_nothing_holds_no_more_than_the_window_budg
         with.saturating_sub(without)
     );
 }
+
+/// Opens 50 unread subscriptions with `token` over two connections.
+async fn fifty_unread(server: &Server, token: &str) -> Vec<StalledConnection> {
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut c = StalledConnection::connect(server.addr).await;
+        for _ in 0..25 {
+            c.call(SUBSCRIBE, token, &pb::SubscribeRequest::default())
+                .await;
+        }
+        conns.push(c);
+    }
+    conns
+}
+
+/// Polls until the server has closed every connection in `conns`.
+async fn all_closed(conns: &[StalledConnection]) {
+    eventually("the server closes the connections", || {
+        let done = conns.iter().all(StalledConnection::is_closed);
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fifty_unread_streams_of_a_revoked_token_end_within_five_seconds() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let issued = w
+        .admin
+        .parties
+        .issue_token(pb::IssueTokenRequest {
+            party_id: "iran".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("issue")
+        .into_inner();
+    // A large event in the window, so each stream has data it cannot send.
+    let mut r = send_req(&w.channel.id, "large");
+    r.body = "b".repeat(60 * 1024);
+    w.iran.messages.send_message(r).await.expect("send");
+    let conns = fifty_unread(&server, &issued.token).await;
+    let mut r = send_req(&w.channel.id, "large");
+    r.body = "b".repeat(60 * 1024);
+    w.iran.messages.send_message(r).await.expect("send");
+    assert!(!conns.iter().any(StalledConnection::is_closed));
+    let revoked_at = std::time::Instant::now();
+    w.admin
+        .parties
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: issued.token_id,
+        })
+        .await
+        .expect("revoke");
+    all_closed(&conns).await;
+    let took = revoked_at.elapsed();
+    assert!(
+        took.as_secs_f64() < 5.0,
+        "the streams ended {took:?} after the revocation"
+    );
+    // The party's other tokens, and other clients, are untouched.
+    w.iran
+        .parties
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("iran's other token still works");
+}
+
+#[tokio::test]
+async fn fifty_unread_streams_of_an_expired_token_end_within_five_seconds() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let expire = prost_types::Timestamp {
+        seconds: now.as_secs() as i64 + 3,
+        nanos: 0,
+    };
+    let issued = w
+        .admin
+        .parties
+        .issue_token(pb::IssueTokenRequest {
+            party_id: "iran".into(),
+            expire_time: Some(expire),
+            ..Default::default()
+        })
+        .await
+        .expect("issue")
+        .into_inner();
+    let conns = fifty_unread(&server, &issued.token).await;
+    let mut r = send_req(&w.channel.id, "large");
+    r.body = "b".repeat(60 * 1024);
+    w.iran.messages.send_message(r).await.expect("send");
+    all_closed(&conns).await;
+    let expired_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expire.seconds as u64);
+    let took = std::time::SystemTime::now()
+        .duration_since(expired_at)
+        .unwrap_or_default();
+    assert!(
+        took.as_secs_f64() < 5.0,
+        "the streams ended {took:?} after the expiry"
+    );
+}

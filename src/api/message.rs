@@ -390,6 +390,10 @@ impl pb::message_service_server::MessageService for MessageApi {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.0.identify(&req)?;
+        let connection = req
+            .extensions()
+            .get::<crate::connections::ConnectionHandle>()
+            .cloned();
         let r = req.into_inner();
         let filter = subscription_filter(&r)?;
         let mut head = self.0.follow.feed.head();
@@ -419,6 +423,7 @@ impl pb::message_service_server::MessageService for MessageApi {
             filter,
             start_after,
             heartbeat: Duration::from_secs(u64::from(secs)),
+            connection,
         })?;
         Ok(Response::new(Box::pin(stream)))
     }

@@ -73,6 +73,13 @@ impl StalledConnection {
     }
 }
 
+impl StalledConnection {
+    /// Whether the server has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_finished()
+    }
+}
+
 impl Drop for StalledConnection {
     fn drop(&mut self) {
         self.conn.abort();
