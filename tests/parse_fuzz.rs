@@ -106,7 +106,7 @@ fn parsing_never_panics_on_anything_a_client_can_send() {
     let seed = std::env::var("PARSE_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0ddb_a11_u64);
+        .unwrap_or(0x00dd_ba11_u64);
     let cases: u64 = std::env::var("PARSE_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
