@@ -48,6 +48,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`) is 24 bytes.
 const PREFACE_LEN: usize = 24;
 
+/// Control frames (PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE) a
+/// connection may send in one second. h2 bounds resets and CONTINUATION
+/// itself, but answers every WINDOW_UPDATE, PING and SETTINGS frame however
+/// many come; a client that does flow control honestly sends a few per
+/// stream and MiB read. Over this, the connection gets `GOAWAY` and is read
+/// no more.
+pub const CONTROL_FRAMES_PER_SEC: u32 = 20_000;
+/// How long a flooding connection has to take its `GOAWAY` before it is
+/// dropped.
+const FLOOD_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Shed connections are logged at most once per this interval, with a count.
 pub const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -470,10 +481,12 @@ async fn connection<S, B>(
             () = stop.cancelled() => return,
         },
     };
+    let flood = CancellationToken::new();
     let io = Preface {
         inner: io,
         seen: 0,
         handshake: Some(handshake.clone()),
+        meter: FrameMeter::new(flood.clone()),
     };
     let activity = Arc::new(Activity::default());
     let handle = ConnectionHandle {
@@ -504,6 +517,13 @@ async fn connection<S, B>(
                 }
             }
             () = handle.close.cancelled() => break,
+            () = flood.cancelled(), if !closing => {
+                tracing::info!(%peer, limit = CONTROL_FRAMES_PER_SEC, "control-frame flood; GOAWAY");
+                metrics::counter!(crate::observe::FRAME_FLOODS).increment(1);
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                idle.as_mut().reset(Instant::now() + FLOOD_CLOSE_GRACE);
+            }
             () = evict.cancelled(), if !handshake.is_done() => {
                 tracing::debug!(%peer, "dropped in its handshake to make room");
                 break;
@@ -553,6 +573,69 @@ struct Preface<T> {
     inner: T,
     seen: usize,
     handshake: Option<Arc<Handshake>>,
+    meter: FrameMeter,
+}
+
+/// Counts the control frames a connection reads, from their 9-byte headers
+/// (payloads are skipped), in one-second windows.
+struct FrameMeter {
+    /// Payload bytes of the current frame still to skip.
+    skip: usize,
+    header: [u8; 9],
+    have: usize,
+    window: Instant,
+    control: u32,
+    flood: CancellationToken,
+}
+
+impl FrameMeter {
+    fn new(flood: CancellationToken) -> FrameMeter {
+        FrameMeter {
+            skip: 0,
+            header: [0; 9],
+            have: 0,
+            window: Instant::now(),
+            control: 0,
+            flood,
+        }
+    }
+
+    /// Takes the next bytes read after the preface; `true` once the
+    /// connection is over its budget.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < 9 {
+                break;
+            }
+            self.have = 0;
+            let h = &self.header;
+            self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            // PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE.
+            if matches!(h[3], 0x2 | 0x3 | 0x4 | 0x6 | 0x8) {
+                let now = Instant::now();
+                if now.duration_since(self.window) >= Duration::from_secs(1) {
+                    self.window = now;
+                    self.control = 0;
+                }
+                self.control += 1;
+                if self.control > CONTROL_FRAMES_PER_SEC {
+                    self.flood.cancel();
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Preface<T> {
@@ -562,16 +645,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Preface<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // A flooding connection is read no more: what it sends waits in
+        // the kernel, costing nothing, until the connection is dropped.
+        if this.meter.flood.is_cancelled() {
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if this.handshake.is_some() {
-            this.seen += buf.filled().len() - before;
+        let mut new = &buf.filled()[before..];
+        if this.seen < PREFACE_LEN {
+            let n = (PREFACE_LEN - this.seen).min(new.len());
+            this.seen += n;
+            new = &new[n..];
             if this.seen >= PREFACE_LEN
                 && let Some(h) = this.handshake.take()
             {
                 h.complete();
             }
         }
+        this.meter.read(new);
         Poll::Ready(Ok(()))
     }
 }

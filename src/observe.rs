@@ -30,6 +30,8 @@ pub const SUBSCRIPTIONS_OPEN: &str = "backchannel_subscriptions_open";
 pub const SUBSCRIPTIONS_REFUSED: &str = "backchannel_subscriptions_refused_total";
 /// Pages read from the log by subscriptions replaying it.
 pub const REPLAY_PAGES: &str = "backchannel_replay_pages_total";
+/// Connections closed for flooding control frames.
+pub const FRAME_FLOODS: &str = "backchannel_frame_floods_total";
 /// Bytes of events the in-memory window holds.
 pub const WINDOW_BYTES: &str = "backchannel_window_bytes";
 /// Health `Watch` streams open now.
@@ -117,6 +119,10 @@ fn describe() {
         "Subscriptions and health watches refused at a limit (total, party, health)"
     );
     describe_gauge!(HEALTH_WATCHES_OPEN, "Health Watch streams open now");
+    describe_counter!(
+        FRAME_FLOODS,
+        "Connections closed for flooding control frames (WINDOW_UPDATE, PING, SETTINGS, ...)"
+    );
     describe_counter!(
         REPLAY_PAGES,
         "Pages read from the log by subscriptions replaying it"

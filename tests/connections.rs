@@ -261,3 +261,60 @@ async fn an_idle_connection_gets_goaway_while_one_with_an_open_subscription_stay
     let trailers = unary.trailers().await.expect("trailers").expect("trailers");
     assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
 }
+
+/// One raw HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_window_update_flood_ends_in_goaway_and_costs_other_clients_nothing() {
+    let server = Server::start().await;
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    // The preface and empty SETTINGS, then WINDOW_UPDATE frames (increment
+    // 1 on the connection) as fast as the socket takes them.
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    wr.write_all(&hello).await.expect("preface");
+    let update = frame(0x8, 0, 0, &1u32.to_be_bytes());
+    let burst: Vec<u8> = update
+        .iter()
+        .copied()
+        .cycle()
+        .take(update.len() * 4096)
+        .collect();
+    let flooder = tokio::spawn(async move { while wr.write_all(&burst).await.is_ok() {} });
+    // The server answers with GOAWAY and closes.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    flooder.abort();
+    assert!(ended.is_ok(), "the server kept reading the flood");
+    // Walk the frames the server sent: one of them is GOAWAY (type 7).
+    let mut at = 0;
+    let mut goaway = false;
+    while at + 9 <= seen.len() {
+        let len = (usize::from(seen[at]) << 16)
+            | (usize::from(seen[at + 1]) << 8)
+            | usize::from(seen[at + 2]);
+        goaway |= seen[at + 3] == 0x7;
+        at += 9 + len;
+    }
+    assert!(goaway, "no GOAWAY among {} bytes", seen.len());
+    let floods = log_lines(&server, "control-frame flood; GOAWAY");
+    assert_eq!(floods.len(), 1, "logged once");
+    who_am_i_within(&server, Duration::from_secs(5)).await;
+}
