@@ -191,6 +191,140 @@ where
     }
 }
 
+/// Wraps a reflection service (a bidirectional stream): a request message
+/// that does not decode ends the stream with `INVALID_ARGUMENT` /
+/// `INVALID_REQUEST`, where tonic-reflection just ends it with `OK`. The
+/// request body is watched as it passes (its gRPC frames are decoded once
+/// more here), and the response's trailers are replaced when one failed.
+#[derive(Debug, Clone)]
+pub struct ReflectionFaults<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for ReflectionFaults<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpBody = tonic::body::Body;
+
+impl<S> tonic::codegen::Service<tonic::codegen::http::Request<HttpBody>> for ReflectionFaults<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<HttpBody>,
+            Response = tonic::codegen::http::Response<HttpBody>,
+        >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<HttpBody>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<HttpBody>) -> Self::Future {
+        let bad = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watched = bad.clone();
+        let req = req.map(|inner| {
+            HttpBody::new(CheckedRequest {
+                inner,
+                pending: bytes::BytesMut::new(),
+                bad: watched,
+            })
+        });
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(res.map(|body| {
+                HttpBody::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                    if !f.is_trailers() || !bad.load(Ordering::Relaxed) {
+                        return f;
+                    }
+                    let mut trailers = tonic::codegen::http::HeaderMap::new();
+                    let r = Rejection::new(
+                        Reason::INVALID_REQUEST,
+                        "a reflection request does not decode",
+                    );
+                    if crate::error::status(&r).add_header(&mut trailers).is_err() {
+                        return f;
+                    }
+                    http_body::Frame::trailers(trailers)
+                }))
+            }))
+        })
+    }
+}
+
+/// A request body whose gRPC messages are decoded as reflection requests
+/// as they pass; `bad` is set when one does not decode.
+struct CheckedRequest {
+    inner: HttpBody,
+    pending: bytes::BytesMut,
+    bad: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CheckedRequest {
+    fn check(&mut self) {
+        // gRPC framing: a flag byte, a 4-byte length, the message.
+        while self.pending.len() >= 5 {
+            let compressed = self.pending[0] != 0;
+            let len = u32::from_be_bytes([
+                self.pending[1],
+                self.pending[2],
+                self.pending[3],
+                self.pending[4],
+            ]) as usize;
+            if self.pending.len() < 5 + len {
+                return;
+            }
+            let msg = self.pending.split_to(5 + len);
+            // Compressed reflection requests are tonic's to refuse.
+            if !compressed
+                && <tonic_reflection::pb::v1::ServerReflectionRequest as prost::Message>::decode(
+                    &msg[5..],
+                )
+                .is_err()
+            {
+                self.bad.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl http_body::Body for CheckedRequest {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &polled
+            && let Some(data) = f.data_ref()
+        {
+            // Reflection requests are small; a body larger than the request
+            // limit is tonic's to refuse, not ours to buffer.
+            if self.pending.len() + data.len() <= MAX_REQUEST_BYTES.load(Ordering::Relaxed) + 5 {
+                self.pending.extend_from_slice(data);
+                self.check();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,8 +250,8 @@ pub async fn run(
         ),
         config.max_health_watches,
     ))
-    .add_service(crate::codec::RequestFaults(reflection_v1))
-    .add_service(crate::codec::RequestFaults(reflection_v1alpha))
+    .add_service(crate::codec::ReflectionFaults(reflection_v1))
+    .add_service(crate::codec::ReflectionFaults(reflection_v1alpha))
     .add_service(crate::codec::RequestFaults(party))
     .add_service(crate::codec::RequestFaults(channel))
     .add_service(crate::codec::RequestFaults(message))

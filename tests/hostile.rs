@@ -343,3 +343,31 @@ async fn health_watches_have_a_limit_of_their_own() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn reflection_answers_invalid_argument_to_a_request_that_does_not_decode() {
+    let server = Server::start().await;
+    for path in [
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(server.connect().await);
+        grpc.ready().await.expect("ready");
+        // Field 4 (file_containing_symbol) claims 100 bytes and has 3.
+        let garbage = vec![0x22, 0x64, 0x61, 0x62, 0x63];
+        let r = async {
+            let mut s = grpc
+                .streaming(
+                    tonic::Request::new(tokio_stream::iter(vec![garbage])),
+                    PathAndQuery::from_static(path),
+                    RawCodec,
+                )
+                .await?
+                .into_inner();
+            while s.message().await?.is_some() {}
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        assert_err(r, Code::InvalidArgument, "INVALID_REQUEST");
+    }
+}
