@@ -7,28 +7,11 @@ mod common;
 use backchannel::pb;
 use common::raw::StalledConnection;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SUBSCRIBE: &str = "/backchannel.v1.MessageService/Subscribe";
 
-async fn scrape(addr: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("response");
-    out
-}
-
 fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric_sample(text, prefix).unwrap_or(0.0)
 }
 
 /// Sends `n` messages with bodies of `body_bytes`, 16 at a time.

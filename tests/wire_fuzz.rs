@@ -5,10 +5,10 @@
 mod common;
 
 use backchannel::pb;
-use bytes::{Buf, BufMut};
+use common::raw::RawCodec;
+use common::raw::Rng;
 use common::*;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 
 const UNARY: [&str; 24] = [
@@ -41,25 +41,6 @@ const STREAMING: [&str; 2] = [
     "/backchannel.v1.MessageService/Subscribe",
     "/grpc.health.v1.Health/Watch",
 ];
-
-/// A small deterministic generator (xorshift64*), so a failure names the
-/// seed that reproduces it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
@@ -145,42 +126,6 @@ fn body(rng: &mut Rng, ids: &[String], valid: &[Vec<u8>]) -> Vec<u8> {
             b
         }
         _ => shaped(rng, ids, 0),
-    }
-}
-
-#[derive(Default)]
-struct RawCodec;
-struct RawEncoder;
-struct IgnoreDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = IgnoreDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> IgnoreDecoder {
-        IgnoreDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for IgnoreDecoder {
-    type Item = ();
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
     }
 }
 
