@@ -76,6 +76,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         "catchup",
         "scale",
         "sustained",
+        "abuse",
     ] {
         assert!(!s[name].is_null(), "scenario {name} missing: {doc:#}");
     }

@@ -58,6 +58,11 @@ enum Scenario {
     /// already holds a million messages: does it keep its speed, and its
     /// write-ahead log its bound?
     Sustained,
+    /// A well-behaved client's latency and the server's memory while hostile
+    /// clients attack (stalled streams, idle sockets, a WINDOW_UPDATE flood,
+    /// a party at its rate limit), on a server of its own with DESIGN's
+    /// default limits.
+    Abuse,
 }
 
 impl Scenario {
@@ -70,6 +75,7 @@ impl Scenario {
             Scenario::Catchup => "catchup",
             Scenario::Scale => "scale",
             Scenario::Sustained => "sustained",
+            Scenario::Abuse => "abuse",
         }
     }
 }
@@ -415,6 +421,8 @@ async fn connect(addr: &str) -> Result<Channel> {
 struct Identity {
     bearer: Bearer,
     per_conn: Vec<Clients>,
+    /// The bearer token, for raw HTTP/2 calls.
+    token: String,
 }
 
 impl Identity {
@@ -423,6 +431,7 @@ impl Identity {
         Ok(Identity {
             per_conn: conns.iter().map(|c| Clients::new(c, &bearer)).collect(),
             bearer,
+            token: token.to_owned(),
         })
     }
 
@@ -497,6 +506,18 @@ impl Spawned {
         admin_token: &str,
         database_url: Option<&str>,
     ) -> Result<(Spawned, String)> {
+        Spawned::start_with(bin, admin_token, database_url, false)
+    }
+
+    /// With `design_limits`, the server keeps DESIGN's per-party limits
+    /// (the `abuse` scenario); otherwise they are off, as the bench is one
+    /// party calling as fast as the server takes it.
+    fn start_with(
+        bin: &Path,
+        admin_token: &str,
+        database_url: Option<&str>,
+        design_limits: bool,
+    ) -> Result<(Spawned, String)> {
         if !bin.exists() {
             return Err(format!(
                 "server binary {} not found: run `cargo build --release` first, or pass --server-bin",
@@ -525,8 +546,6 @@ impl Spawned {
             // it, and holding thousands of subscriptions: no per-party
             // limits (environment variables, which a binary from before
             // the limits ignores).
-            .env("BACKCHANNEL_RATE_LIMIT", "0")
-            .env("BACKCHANNEL_MAX_SUBSCRIPTIONS_PER_PARTY", "1000000")
             .env("RUST_LOG", "info")
             .env_remove("BACKCHANNEL_DATABASE_URL")
             .env_remove("BACKCHANNEL_LISTEN")
@@ -536,6 +555,10 @@ impl Spawned {
             .stderr(Stdio::inherit());
         if let Some(db) = &db {
             cmd.arg("--database-url").arg(&db.url);
+        }
+        if !design_limits {
+            cmd.env("BACKCHANNEL_RATE_LIMIT", "0")
+                .env("BACKCHANNEL_MAX_SUBSCRIPTIONS_PER_PARTY", "1000000");
         }
         // The server dies with the bench, however the bench ends.
         // SAFETY: prctl is async-signal-safe; nothing else runs in the child
@@ -3075,6 +3098,29 @@ async fn run(args: Args) -> Result<bool> {
         sections.insert("sustained", text);
     }
 
+    if on(Scenario::Abuse) {
+        let mut text = String::new();
+        match (&server_bin, &args.target) {
+            (Some(bin), None) => {
+                if let Err(e) = abuse::run(
+                    bin,
+                    args.database_url.as_deref(),
+                    &plan,
+                    &mut report,
+                    &mut text,
+                )
+                .await
+                {
+                    report.failures.push(format!("abuse could not run: {e}"));
+                }
+            }
+            _ => text.push_str(
+                "== abuse: skipped (it starts a server of its own, with DESIGN's limits; not with --target)\n",
+            ),
+        }
+        sections.insert("abuse", text);
+    }
+
     // Stop the server (and drop its database) before reporting.
     let warnings = spawned.as_ref().map(|s| s.warnings.load(Ordering::Relaxed));
     drop(world);
@@ -3117,6 +3163,7 @@ async fn run(args: Args) -> Result<bool> {
         "catchup",
         "scale",
         "sustained",
+        "abuse",
     ] {
         if let Some(t) = sections.get(s) {
             out.push_str(t);
@@ -3190,4 +3237,313 @@ async fn run(args: Args) -> Result<bool> {
         progress(format!("wrote {}", path.display()));
     }
     Ok(ok)
+}
+
+// ---------------------------------------------------------------------------
+// Abuse: a well-behaved client while hostile ones attack
+
+mod abuse {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::io::AsyncWriteExt;
+
+    /// How often each task of the well-behaved client calls at most.
+    const VICTIM_PERIOD: Duration = Duration::from_millis(4);
+
+    /// The attacks, each measured against the same client with none.
+    #[derive(Clone, Copy)]
+    enum Attack {
+        None,
+        StalledReplays,
+        StalledLive,
+        IdleSockets,
+        WindowUpdateFlood,
+        RateLimitedParty,
+    }
+
+    impl Attack {
+        fn name(self) -> &'static str {
+            match self {
+                Attack::None => "none",
+                Attack::StalledReplays => "100 stalled replays of 60 KiB events",
+                Attack::StalledLive => "a stalled live subscriber, 100 sends/s of 60 KiB",
+                Attack::IdleSockets => "1,000 idle sockets",
+                Attack::WindowUpdateFlood => "WINDOW_UPDATE flood on 3 connections",
+                Attack::RateLimitedParty => "one party at its rate limit (64 in flight)",
+            }
+        }
+    }
+
+    /// Streams the server can never write to: a flow-control window of 0.
+    async fn stalled_h2(addr: &str) -> Result<h2::client::SendRequest<Bytes>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
+
+    async fn stalled_subscribe(
+        send: &h2::client::SendRequest<Bytes>,
+        token: &str,
+        req: &pb::SubscribeRequest,
+    ) -> Result<h2::RecvStream> {
+        let r = tonic::codegen::http::Request::builder()
+            .method("POST")
+            .uri("http://bench/backchannel.v1.MessageService/Subscribe")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())?;
+        let mut send = send.clone().ready().await?;
+        let (response, mut body) = send.send_request(r, false)?;
+        let msg = prost::Message::encode_to_vec(req);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        body.send_data(Bytes::from(frame), true)?;
+        Ok(response.await?.into_body())
+    }
+
+    /// What an attack holds while it runs; dropping it ends the attack.
+    struct Running {
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        _held: Vec<Box<dyn std::any::Any + Send>>,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            for t in &self.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    async fn start(attack: Attack, w: &World, channel: &str) -> Result<Running> {
+        let mut run = Running {
+            tasks: Vec::new(),
+            _held: Vec::new(),
+        };
+        let addr = w.addr.clone();
+        match attack {
+            Attack::None => {}
+            Attack::StalledReplays => {
+                for _ in 0..4 {
+                    let send = stalled_h2(&addr).await?;
+                    for _ in 0..25 {
+                        let s = stalled_subscribe(
+                            &send,
+                            &w.admin.token,
+                            &pb::SubscribeRequest {
+                                start_after: Some(0),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                        run._held.push(Box::new(s));
+                    }
+                    run._held.push(Box::new(send));
+                }
+            }
+            Attack::StalledLive => {
+                let send = stalled_h2(&addr).await?;
+                let s =
+                    stalled_subscribe(&send, &w.us.token, &pb::SubscribeRequest::default()).await?;
+                run._held.push(Box::new(s));
+                run._held.push(Box::new(send));
+                let iran = w.iran.clone();
+                let channel = channel.to_owned();
+                run.tasks.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(10));
+                    let mut i = 0u64;
+                    loop {
+                        tick.tick().await;
+                        let mut c = iran.on(i as usize).messages;
+                        let mut r = send_req(&channel, i);
+                        r.body = "b".repeat(60 * 1024);
+                        i += 1;
+                        tokio::spawn(async move {
+                            let _ = c.send_message(r).await;
+                        });
+                    }
+                }));
+            }
+            Attack::IdleSockets => {
+                for _ in 0..1000 {
+                    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                    run._held.push(Box::new(tcp));
+                }
+            }
+            Attack::WindowUpdateFlood => {
+                for _ in 0..3 {
+                    let addr = addr.clone();
+                    run.tasks.push(tokio::spawn(async move {
+                        // Reconnects whenever the server drops it.
+                        loop {
+                            let Ok(mut tcp) = tokio::net::TcpStream::connect(&addr).await else {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+                            hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+                            let update = [0u8, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                            let burst: Vec<u8> =
+                                update.iter().copied().cycle().take(13 * 4096).collect();
+                            if tcp.write_all(&hello).await.is_err() {
+                                continue;
+                            }
+                            while tcp.write_all(&burst).await.is_ok() {}
+                        }
+                    }));
+                }
+            }
+            Attack::RateLimitedParty => {
+                for task in 0..64 {
+                    let mut c = w.france.on(task).parties;
+                    run.tasks.push(tokio::spawn(async move {
+                        loop {
+                            let _ = c.who_am_i(pb::WhoAmIRequest {}).await;
+                        }
+                    }));
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    pub async fn run(
+        bin: &Path,
+        database_url: Option<&str>,
+        plan: &Plan,
+        report: &mut Report,
+        text: &mut String,
+    ) -> Result<()> {
+        let token = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let (server, addr) = Spawned::start_with(bin, &token, database_url, true)?;
+        raise_fd_limit();
+        let w = World::setup(&addr, &token, plan.connections, Some(server.pid)).await?;
+        let channel = w.channel("bench abuse").await?;
+        // 300 events of 60 KiB, for the replays to read.
+        let body = "b".repeat(60 * 1024);
+        for i in 0..300 {
+            let mut r = send_req(&channel, i);
+            r.body = body.clone();
+            w.iran.on(i as usize).messages.send_message(r).await?;
+        }
+        // The well-behaved client: GetChannel as united-states, 16 in
+        // flight, each task at most one call per 4 ms (4,000/s in all, under
+        // its rate limit). Its latency is the call's own time.
+        let us = w.us.clone();
+        let ch = channel.clone();
+        let op: Op = Arc::new(move |task, _| {
+            let mut c = us.on(task).channels;
+            let ch = ch.clone();
+            Box::pin(async move {
+                let a = Instant::now();
+                c.get_channel(pb::GetChannelRequest { channel_id: ch })
+                    .await?;
+                let took = elapsed_ns(a);
+                tokio::time::sleep(VICTIM_PERIOD.saturating_sub(a.elapsed())).await;
+                Ok([took, 0, 0, 0])
+            })
+        });
+        let mut rows = Vec::new();
+        let mut points = Vec::new();
+        let mut calm_p99 = None;
+        let rss0 = rss_kib(Some(server.pid));
+        for attack in [
+            Attack::None,
+            Attack::StalledReplays,
+            Attack::StalledLive,
+            Attack::IdleSockets,
+            Attack::WindowUpdateFlood,
+            Attack::RateLimitedParty,
+        ] {
+            let running = start(attack, &w, &channel).await?;
+            let pid = server.pid;
+            let sampler = tokio::spawn(async move {
+                let mut peak = 0;
+                loop {
+                    peak = peak.max(rss_kib(Some(pid)).unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if peak == u64::MAX {
+                        return peak;
+                    }
+                }
+            });
+            let l = closed_loop(16, plan.timing, Some(pid), op.clone()).await;
+            let peak = rss_kib(Some(pid)).unwrap_or(0);
+            sampler.abort();
+            let peak = peak.max(sampler.await.unwrap_or(0));
+            drop(running);
+            report.error(&format!("abuse ({})", attack.name()), &l);
+            let p99 = l.steps[0].ms(0.99);
+            if matches!(attack, Attack::None) {
+                calm_p99 = p99;
+            }
+            let ratio = match (p99, calm_p99) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            progress(format!(
+                "abuse ({}): {} calls/s, p99 {} ms ({}x), RSS peak {} MiB",
+                attack.name(),
+                fmt_rate(l.rate()),
+                fmt_ms(p99),
+                ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                peak / 1024
+            ));
+            rows.push(vec![
+                attack.name().to_string(),
+                fmt_rate(l.rate()),
+                fmt_ms(l.steps[0].ms(0.5)),
+                fmt_ms(p99),
+                ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                format!("{}", peak / 1024),
+                l.errors.to_string(),
+            ]);
+            points.push(json!({
+                "attack": attack.name(),
+                "calls_per_s": round1(l.rate()),
+                "latency": l.steps[0].json(),
+                "p99_vs_none": ratio.map(|r| (r * 100.0).round() / 100.0),
+                "rss_peak_kib": peak,
+                "errors": l.errors,
+            }));
+        }
+        text.push_str(&table(
+            "abuse: a well-behaved client (GetChannel, 16 tasks, each at most one call per 4 ms) while each attack runs",
+            &format!(
+                "a server of its own with DESIGN's default limits; RSS {} MiB before the first point",
+                rss0.map_or("-".into(), |r| (r / 1024).to_string())
+            ),
+            &["attack", "calls/s", "p50 ms", "p99 ms", "p99 x none", "RSS peak MiB", "errors"],
+            &rows,
+        ));
+        report
+            .json
+            .insert("abuse".into(), json!({ "points": points }));
+        drop(w);
+        drop(server);
+        Ok(())
+    }
+
+    /// The bench holds a thousand idle sockets itself.
+    fn raise_fd_limit() {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
 }
