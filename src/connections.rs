@@ -524,7 +524,10 @@ async fn connection<S, B>(
                 closing = true;
                 idle.as_mut().reset(Instant::now() + FLOOD_CLOSE_GRACE);
             }
-            () = evict.cancelled(), if !handshake.is_done() => {
+            // Only a connection taken out of the handshake map is evicted,
+            // and the accept loop waits for its slot: honour it even if the
+            // preface completed meanwhile.
+            () = evict.cancelled() => {
                 tracing::debug!(%peer, "dropped in its handshake to make room");
                 break;
             }

@@ -83,9 +83,10 @@ impl Published {
     }
 }
 
-/// What the ring carries: the window owns the event; a subscriber that
-/// finds it gone has fallen out of the window.
-type Shared = std::sync::Weak<Published>;
+/// What the ring carries: an event's sequence, and the event, which the
+/// window owns; a subscriber that finds it gone (and still needs it) has
+/// fallen out of the window.
+type Shared = (u64, std::sync::Weak<Published>);
 
 /// The events the window owns, newest last, and their bytes.
 #[derive(Default)]
@@ -139,7 +140,7 @@ impl Feed {
             self.head.store(c.event.sequence, Ordering::SeqCst);
             let p = Arc::new(Published::of(c));
             // No receivers is fine: nobody is subscribed.
-            let _ = self.ring.send(Arc::downgrade(&p));
+            let _ = self.ring.send((p.frame.sequence, Arc::downgrade(&p)));
             window.bytes += p.frame.data.len();
             window.events.push_back(p);
             while window.events.len() > WINDOW_EVENTS
@@ -296,10 +297,13 @@ impl Follow {
         let this = self.clone();
         let ended = CancellationToken::new();
         self.watch_end(&sub, ended.clone());
+        // Made here, not in the stream, so that a stream dropped before it
+        // is ever polled (its client's window was 0) still ends its watchdog.
+        let ended = ended.drop_guard();
         Ok(Box::pin(async_stream::stream! {
             let _open = open;
             let _slot = slot;
-            let _ended = ended.drop_guard();
+            let _ended = ended;
             let mut ring = ring;
             let viewer = sub.who.caller.party().cloned();
             let mut last = sub.start_after;
@@ -382,7 +386,9 @@ impl Follow {
                             }
                         }
                         r = ring.recv() => match r {
-                            Ok(p) => match p.upgrade() {
+                            // Already read from the log (after a replay).
+                            Ok((seq, _)) if seq <= last => Next::Idle,
+                            Ok((_, p)) => match p.upgrade() {
                                 Some(p) => this.route(&sub, &p, &mut last),
                                 // Out of the window's byte budget already.
                                 None => Next::Replay("lag"),
