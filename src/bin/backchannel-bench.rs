@@ -60,8 +60,8 @@ enum Scenario {
     Sustained,
     /// A well-behaved client's latency and the server's memory while hostile
     /// clients attack (stalled streams, idle sockets, a WINDOW_UPDATE flood,
-    /// a party at its rate limit), on a server of its own with DESIGN's
-    /// default limits.
+    /// a party at its rate limit), on a server of its own with the default
+    /// per-party limits.
     Abuse,
 }
 
@@ -509,7 +509,7 @@ impl Spawned {
         Spawned::start_with(bin, admin_token, database_url, false)
     }
 
-    /// With `design_limits`, the server keeps DESIGN's per-party limits
+    /// With `design_limits`, the server keeps the default per-party limits
     /// (the `abuse` scenario); otherwise they are off, as the bench is one
     /// party calling as fast as the server takes it.
     fn start_with(
@@ -3115,7 +3115,7 @@ async fn run(args: Args) -> Result<bool> {
                 }
             }
             _ => text.push_str(
-                "== abuse: skipped (it starts a server of its own, with DESIGN's limits; not with --target)\n",
+                "== abuse: skipped (it starts a server of its own, with the default per-party limits; not with --target)\n",
             ),
         }
         sections.insert("abuse", text);
@@ -3518,7 +3518,7 @@ mod abuse {
         text.push_str(&table(
             "abuse: a well-behaved client (GetChannel, 16 tasks, each at most one call per 4 ms) while each attack runs",
             &format!(
-                "a server of its own with DESIGN's default limits; RSS {} MiB before the first point",
+                "a server of its own with the default per-party limits; RSS {} MiB before the first point",
                 rss0.map_or("-".into(), |r| (r / 1024).to_string())
             ),
             &["attack", "calls/s", "p50 ms", "p99 ms", "p99 x none", "RSS peak MiB", "errors"],
