@@ -200,6 +200,12 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_STARTUP_CHECK_EVENTS", default_value_t = crate::store::sqlite::DEFAULT_STARTUP_CHECK_EVENTS)]
     pub startup_check_events: u64,
 
+    /// Recent idempotency records the embedded store holds in memory (and
+    /// appends to a table of their own) before it moves them into their
+    /// index in key order; about 140 bytes of memory each.
+    #[arg(long, env = "BACKCHANNEL_REQUESTS_MOVE_AT", default_value_t = crate::store::recent::DEFAULT_MOVE_AT, hide = true)]
+    pub requests_move_at: usize,
+
     /// Largest decoded request in bytes.
     #[arg(long, env = "BACKCHANNEL_MAX_REQUEST_BYTES", default_value_t = validate::DEFAULT_REQUEST_BYTES)]
     pub max_request_bytes: usize,

@@ -4,6 +4,18 @@ use clap::Parser;
 
 use backchannel::config::{Config, LogFormat, Subcommand};
 
+// jemalloc gives freed memory back to the system (glibc's malloc kept the
+// pages of closed streams, on PostgreSQL all of them), with a thread of its
+// own that purges within seconds even when the server is idle.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn purge_in_background() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "cannot start the allocator's purging thread");
+    }
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -26,6 +38,7 @@ async fn main() -> std::process::ExitCode {
         return backchannel::backup::command(request).await;
     }
     init_tracing(config.log_format);
+    purge_in_background();
     match backchannel::server::run(config, backchannel::server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -111,7 +111,10 @@ pub async fn run(
                 Box::new(move |events| {
                     publisher.publish(events);
                 }),
-                config.startup_check_events,
+                crate::store::sqlite::Options {
+                    check_events: config.startup_check_events,
+                    requests_move_at: config.requests_move_at,
+                },
             )?;
             tracing::info!(data_dir = %config.data_dir.display(), head = store.1, "embedded store open");
             store

@@ -102,13 +102,15 @@ async fn a_hundred_stalled_replays_of_large_events_cost_little_memory() {
         }
     })
     .await;
-    let after = server.rss_kib();
+    // And the memory they held goes back to the system (the allocator
+    // purges freed pages within seconds): at least half of what they took.
+    let grown = peak.saturating_sub(before);
+    let after = eventually("RSS falls back after the streams closed", || {
+        let rss = server.rss_kib();
+        async move { (rss <= before + (grown / 2).max(16 * 1024)).then_some(rss) }
+    })
+    .await;
     eprintln!("after they closed: RSS {} MiB", after / 1024);
-    // Every stream is gone and nothing grows after them. How far RSS
-    // falls is the allocator's choice: glibc keeps freed memory for reuse
-    // (on the embedded store it fell by 25-35 MiB in these runs, on
-    // PostgreSQL by none).
-    assert!(after <= peak + 1024, "RSS grew after the streams closed");
 }
 
 /// Growth of a server's RSS (MiB) while 2,000 events of 60 KiB (120 MB)

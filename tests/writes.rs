@@ -491,3 +491,82 @@ async fn expected_version_guards_channel_changes() {
     assert_eq!(actors, vec!["admin", "iran", "united-states", "admin"]);
     assert_eq!(evs[1].note, "pause");
 }
+
+/// The embedded store keeps its newest idempotency records in memory and
+/// moves them into their index in key order once enough have gathered
+/// (here: every 16). Retries find each record before, during and after a
+/// move, and after a restart; nothing is created twice.
+#[tokio::test]
+async fn request_ids_are_kept_across_moves_into_their_index_and_restarts() {
+    let server = Server::start_with(Options {
+        env: vec![("BACKCHANNEL_REQUESTS_MOVE_AT".into(), "16".into())],
+        ..Default::default()
+    })
+    .await;
+    let w = world(&server).await;
+    // 200 sends, 20 at a time, so that batches and moves interleave.
+    let reqs: Vec<pb::SendMessageRequest> = (0..200)
+        .map(|i| {
+            let mut r = send_req(&w.channel.id, &format!("message {i}"));
+            r.request_id = rid();
+            r
+        })
+        .collect();
+    async fn send_all(
+        server: &Server,
+        token: &str,
+        reqs: &[pb::SendMessageRequest],
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for chunk in reqs.chunks(20) {
+            let calls = chunk.iter().map(|r| {
+                let r = r.clone();
+                async move {
+                    let mut c = server.clients(token).await;
+                    c.messages.send_message(r).await.map(|m| m.into_inner().id)
+                }
+            });
+            for id in futures_util::future::join_all(calls).await {
+                ids.push(id.expect("send"));
+            }
+        }
+        ids
+    }
+    let token = w.tokens["iran"].clone();
+    let first = send_all(&server, &token, &reqs).await;
+    let mut admin = server.admin().await;
+    let n = event_count(&mut admin).await;
+    assert_eq!(
+        first.iter().collect::<std::collections::HashSet<_>>().len(),
+        200
+    );
+
+    let again = send_all(&server, &token, &reqs).await;
+    assert_eq!(again, first, "every retry returns the message it created");
+    assert_eq!(
+        event_count(&mut admin).await,
+        n,
+        "no retry created an event"
+    );
+    // The same id with another request is still recognised as reused.
+    let mut other = reqs[3].clone();
+    other.subject = "something else".into();
+    let mut iran = server.clients(&token).await;
+    assert_err(
+        iran.messages.send_message(other.clone()).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+
+    let server = server.restart().await;
+    let after = send_all(&server, &token, &reqs).await;
+    assert_eq!(after, first, "after a restart too");
+    let mut admin = server.admin().await;
+    assert_eq!(event_count(&mut admin).await, n);
+    let mut iran = server.clients(&token).await;
+    assert_err(
+        iran.messages.send_message(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+}

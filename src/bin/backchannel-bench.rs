@@ -142,6 +142,10 @@ struct Args {
     /// calls in its baseline.
     #[arg(long, value_name = "N", default_value_t = 64)]
     sustained_in_flight: usize,
+    /// `sustained` sends without a `request_id` (to measure what the
+    /// idempotency records cost on a full store).
+    #[arg(long)]
+    sustained_without_request_id: bool,
     /// The bound the server under test claims for its write-ahead log, in
     /// MiB (DESIGN.md §5: 64 by default); `sustained` reports the log's peak
     /// beside it.
@@ -191,6 +195,8 @@ struct SustainedPlan {
     slice: Duration,
     /// The bound the server claims for its write-ahead log, in bytes.
     wal_bound: u64,
+    /// Whether each send carries a fresh `request_id`.
+    request_id: bool,
 }
 
 /// Everything a run is configured with.
@@ -269,6 +275,7 @@ impl Plan {
                     10.0
                 })),
                 wal_bound: a.wal_bound_mib.saturating_mul(MIB),
+                request_id: !a.sustained_without_request_id,
             },
         }
     }
@@ -2366,8 +2373,13 @@ async fn run_sustained(
     ));
 
     progress(format!(
-        "sustained: {} SendMessage calls with request_id in flight for {:.0} s, on {} messages",
+        "sustained: {} SendMessage calls {} in flight for {:.0} s, on {} messages",
         sp.in_flight,
+        if sp.request_id {
+            "with request_id"
+        } else {
+            "without request_id"
+        },
         sp.run.as_secs_f64(),
         fmt_count(at_start)
     ));
@@ -2381,7 +2393,7 @@ async fn run_sustained(
         timing,
         Some(sp.slice),
         world.server_pid,
-        send_op(world, &channel, true),
+        send_op(world, &channel, sp.request_id),
     )
     .await;
     let wal_samples = match watch {
@@ -2652,8 +2664,13 @@ impl<'a> Sustained<'a> {
         ]);
         table(
             &format!(
-                "sustained: SendMessage with a request_id (a fresh UUID v4 per call), {} in flight for {:.0} s, \
+                "sustained: SendMessage {}, {} in flight for {:.0} s, \
                  on a store holding {} messages",
+                if sp.request_id {
+                    "with a request_id (a fresh UUID v4 per call)"
+                } else {
+                    "without a request_id (--sustained-without-request-id)"
+                },
                 sp.in_flight,
                 sp.run.as_secs_f64(),
                 fmt_count(self.at_start)
@@ -2699,7 +2716,11 @@ impl<'a> Sustained<'a> {
             })
             .collect();
         let bulk = self.preload.bulk.as_ref();
-        j["request_id"] = json!("uuid_v4");
+        j["request_id"] = if sp.request_id {
+            json!("uuid_v4")
+        } else {
+            json!(false)
+        };
         j["in_flight"] = json!(sp.in_flight);
         j["warmup_s"] = json!(self.plan.timing.warmup.as_secs_f64());
         j["seconds"] = json!(sp.run.as_secs_f64());

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod exec;
 pub mod postgres;
 pub mod query;
+pub mod recent;
 pub mod record;
 pub mod sqlite;
 
@@ -297,14 +298,14 @@ pub struct Store {
 
 impl Store {
     /// Opens the embedded store in `dir` (created if needed, and locked
-    /// for this process), after checking the leaf hashes of its newest
-    /// `check_events` events. Returns the store and the log's head.
+    /// for this process), after the start-up check `options` ask for.
+    /// Returns the store and the log's head.
     pub fn open_embedded(
         dir: &Path,
         publish: Publish,
-        check_events: u64,
+        options: sqlite::Options,
     ) -> Result<(Store, u64), Rejection> {
-        let s = sqlite::start(dir, publish, check_events)?;
+        let s = sqlite::start(dir, publish, options)?;
         Ok((
             Store {
                 backend: Backend::Sqlite(s.reader),

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::disk::DataDir;
 use super::exec::{Outcome, WriteTx, run_batch};
 use super::query::{self, Arg, Style};
+use super::recent::{self, Recent};
 use super::record::{
     corrupt, decode_channel, decode_event, decode_message, decode_party, leaf_hash,
 };
@@ -38,6 +39,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration::LeafHashes(include_str!("../../migrations/sqlite/0002_leaf_hash.sql")),
     Migration::Sql(include_str!(
         "../../migrations/sqlite/0003_token_scopes.sql"
+    )),
+    Migration::Sql(include_str!(
+        "../../migrations/sqlite/0004_recent_requests.sql"
     )),
 ];
 
@@ -188,13 +192,23 @@ pub struct Started {
 /// Opens (creating and migrating) the database in `dir`, checks it, and
 /// starts the writer thread. The data directory stays locked until the
 /// writer stops.
-pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started, Rejection> {
+/// How the embedded store opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The newest events whose leaf hashes the start-up check verifies.
+    pub check_events: u64,
+    /// Recent idempotency records held before they are moved into
+    /// `requests` (see [`recent`]).
+    pub requests_move_at: usize,
+}
+
+pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, Rejection> {
     let mut data_dir = DataDir::lock(dir)?;
     let path = data_dir.database(DB_FILE)?;
     let mut conn = open(&path)?;
     migrate(&mut conn)?;
     let head = head(&conn)?;
-    integrity_check(&conn, head, check_events)?;
+    integrity_check(&conn, head, options.check_events)?;
     // The writer checkpoints on its own terms (see `Writer::bound_wal`).
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(db_err)?;
@@ -204,6 +218,7 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
     // 64 MiB was measured: within the noise, for 48 MiB more memory.
     conn.pragma_update(None, "cache_size", -16384)
         .map_err(db_err)?;
+    let requests = recent_requests(&conn, options.requests_move_at)?;
     let state = WriterState::default();
     // A write probe at start: a full or read-only disk is reported now, and
     // the server still starts, serving reads.
@@ -219,8 +234,12 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
                 conn,
                 dir: data_dir,
                 state: writer_state,
-                cache: Cache::default(),
+                cache: Cache {
+                    requests,
+                    ..Cache::default()
+                },
                 next_checkpoint: std::time::Instant::now(),
+                filter_build: None,
             }
             .run(rx, head, publish)
         })
@@ -236,6 +255,158 @@ pub fn start(dir: &Path, publish: Publish, check_events: u64) -> Result<Started,
         state,
         thread,
     })
+}
+
+/// Every record of `requests_recent`, for the writer to hold.
+fn recent_requests(conn: &Connection, move_at: usize) -> Result<Recent, Rejection> {
+    let mut s = conn
+        .prepare(
+            "SELECT seq, caller, method, request_id, fingerprint, resource_id
+             FROM requests_recent",
+        )
+        .map_err(db_err)?;
+    let rows = s
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut held = Recent::new(move_at);
+    for row in rows {
+        let (seq, caller, method, request_id, fingerprint, resource) = row.map_err(db_err)?;
+        held.load(
+            &caller,
+            &method,
+            Id::parse(&request_id).map_err(corrupt)?,
+            recent::Record {
+                fingerprint: fingerprint
+                    .try_into()
+                    .map_err(|_| corrupt("bad fingerprint"))?,
+                resource: Id::parse(&resource).map_err(corrupt)?,
+                row: seq,
+            },
+        );
+    }
+    Ok(held)
+}
+
+/// What a commit did towards moving the recent idempotency records.
+enum MoveStep {
+    /// No move is under way.
+    Nothing,
+    /// Inserted the move's next chunk into `requests`.
+    Chunk,
+    /// Removed this many moved records from `requests_recent`.
+    Removed(usize),
+}
+
+/// One step of moving the recent idempotency records into `requests` (see
+/// [`recent`]), inside the batch's transaction, so that it costs no commit
+/// of its own: the next [`recent::MOVE_CHUNK`] records in key order, or,
+/// once all are there, the removal of as many from `requests_recent`. A
+/// record already in `requests` (a move interrupted by a crash, done
+/// again) is left as it is: it is the same record.
+fn move_step(tx: &Connection, held: &mut Recent) -> Result<MoveStep, Rejection> {
+    if !held.moving() {
+        return Ok(MoveStep::Nothing);
+    }
+    let chunk = held.chunk();
+    if chunk.is_empty() {
+        let last = held.last_moved_row().unwrap_or(0);
+        let n = tx
+            .prepare_cached(
+                "DELETE FROM requests_recent WHERE seq IN
+                 (SELECT seq FROM requests_recent WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![last, recent::MOVE_CHUNK as i64]))
+            .map_err(db_err)?;
+        return Ok(MoveStep::Removed(n));
+    }
+    let mut s = tx
+        .prepare_cached(
+            "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        )
+        .map_err(db_err)?;
+    for e in &chunk {
+        s.execute(params![
+            e.caller,
+            e.method,
+            e.request_id.to_string(),
+            &e.record.fingerprint[..],
+            e.record.resource.to_string()
+        ])
+        .map_err(db_err)?;
+    }
+    drop(s);
+    held.chunk_written();
+    Ok(MoveStep::Chunk)
+}
+
+/// Builds the filter of `requests`' keys (see [`recent`]) on a connection
+/// of its own, a page of keys per read, so that no snapshot is held for
+/// long (the writer's checkpoints wait for none). Keys the writer moves
+/// meanwhile may be missed here: the writer adds those itself.
+fn build_filter(path: &Path) -> Result<(fastbloom::BloomFilter, usize, usize), Rejection> {
+    const PAGE: i64 = 10_000;
+    let started = std::time::Instant::now();
+    let conn = open(path)?;
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let (mut filter, capacity) = recent::new_filter(usize::try_from(count).unwrap_or(0));
+    let mut keys = 0usize;
+    let mut after: Option<(String, String, String)> = None;
+    let mut first = conn
+        .prepare(
+            "SELECT caller, method, request_id FROM requests
+             ORDER BY caller, method, request_id LIMIT ?1",
+        )
+        .map_err(db_err)?;
+    let mut next = conn
+        .prepare(
+            "SELECT caller, method, request_id FROM requests
+             WHERE (caller, method, request_id) > (?1, ?2, ?3)
+             ORDER BY caller, method, request_id LIMIT ?4",
+        )
+        .map_err(db_err)?;
+    loop {
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        };
+        let page: Vec<(String, String, String)> = match &after {
+            None => first.query_map([PAGE], row),
+            Some((c, m, id)) => next.query_map(params![c, m, id, PAGE], row),
+        }
+        .and_then(|rows| rows.collect())
+        .map_err(db_err)?;
+        for (caller, method, id) in &page {
+            let id = Id::parse(id).map_err(corrupt)?;
+            filter.insert(&recent::filter_item(caller, method, &id));
+        }
+        keys += page.len();
+        match page.into_iter().last() {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    tracing::info!(
+        keys,
+        capacity,
+        ms = started.elapsed().as_millis() as u64,
+        "filter of idempotency records built"
+    );
+    Ok((filter, capacity, keys))
 }
 
 /// One small committed write outside the record, to learn whether the
@@ -467,12 +638,17 @@ const MESSAGE_CACHE: usize = 4_096;
 struct Cache {
     channels: HashMap<Id, Channel>,
     messages: HashMap<Id, Message>,
+    /// The idempotency records of `requests_recent`: all of them, not a
+    /// cache (see [`recent`]).
+    requests: Recent,
 }
 
 impl Cache {
+    /// The batch did not commit: forgets what it read or wrote.
     fn clear(&mut self) {
         self.channels.clear();
         self.messages.clear();
+        self.requests.rolled_back();
     }
 
     /// Keeps the cache bounded (crudely: a full cache starts over).
@@ -497,7 +673,12 @@ struct Writer {
     /// reader on an old snapshot (a long listing, a backup), and trying
     /// after every commit would stall the writer for nothing.
     next_checkpoint: std::time::Instant,
+    /// The filter of `requests`' keys being built, if it is.
+    filter_build: Option<FilterBuild>,
 }
+
+/// The thread building the filter of `requests`' keys hands it over here.
+type FilterBuild = std::sync::mpsc::Receiver<Option<(fastbloom::BloomFilter, usize, usize)>>;
 
 impl Writer {
     /// Takes the first queued job, then whatever else has queued (up to
@@ -506,6 +687,7 @@ impl Writer {
     /// wrote to, publishes the events, then answers. Keeps the WAL under
     /// its bound, and empties it when the queue closes.
     fn run(mut self, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
+        self.build_filter();
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
             let start_head = head;
@@ -521,8 +703,24 @@ impl Writer {
             metrics::histogram!(crate::observe::WRITER_COMMIT)
                 .record(started.elapsed().as_secs_f64());
             match committed {
-                Ok(()) => {
+                Ok(step) => {
                     self.state.committed();
+                    self.cache.requests.committed();
+                    match step {
+                        MoveStep::Nothing => {}
+                        MoveStep::Chunk => self.cache.requests.chunk_moved(),
+                        MoveStep::Removed(n) if n < recent::MOVE_CHUNK => {
+                            if let Some((moved, took)) = self.cache.requests.move_finished() {
+                                tracing::info!(
+                                    moved,
+                                    ms = took.as_millis() as u64,
+                                    held = self.cache.requests.len(),
+                                    "recent idempotency records moved into their index"
+                                );
+                            }
+                        }
+                        MoveStep::Removed(_) => {}
+                    }
                     publish(events);
                     for (job, r) in jobs.drain(..).zip(results) {
                         let _ = job.reply.send(r);
@@ -541,6 +739,7 @@ impl Writer {
             if self.state.closing() {
                 break;
             }
+            self.poll_filter();
         }
         // Whatever is still queued is refused (SHUTTING_DOWN) as `rx` drops.
         drop(rx);
@@ -556,7 +755,7 @@ impl Writer {
         now: Time,
         results: &mut Vec<Result<Outcome, Rejection>>,
         events: &mut Vec<super::Committed>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<MoveStep, Rejection> {
         self.dir.check()?;
         self.dir.writable()?;
         let tx = self
@@ -568,10 +767,12 @@ impl Writer {
             cache: Some(&mut self.cache),
         };
         run_batch(&mut wt, jobs, head, now, results, events)?;
+        let step = move_step(&tx, &mut self.cache.requests)?;
         tx.commit().map_err(db_err)?;
         // Committed into files that are no longer the data directory's
         // (removed or replaced meanwhile): not acknowledged.
-        self.dir.check()
+        self.dir.check()?;
+        Ok(step)
     }
 
     /// Checkpoints and restarts the WAL once it reaches
@@ -618,6 +819,53 @@ impl Writer {
             }
         }
         metrics::histogram!(crate::observe::WAL_CHECKPOINT).record(started.elapsed().as_secs_f64());
+    }
+
+    /// Has a thread of its own build the filter of `requests`' keys.
+    fn build_filter(&mut self) {
+        let path = self.dir.path().join(DB_FILE);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("backchannel-filter".into())
+            .spawn(move || {
+                let built = build_filter(&path)
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot build the filter of idempotency records; every lookup reads their index"
+                        );
+                    })
+                    .ok();
+                let _ = tx.send(built);
+            });
+        match spawned {
+            Ok(_) => self.filter_build = Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the thread that builds the filter of idempotency records");
+                self.cache.requests.filter_built(None);
+            }
+        }
+    }
+
+    /// Installs the filter once it is built, and has it built again once
+    /// it holds more keys than it was sized for.
+    fn poll_filter(&mut self) {
+        if let Some(rx) = &self.filter_build {
+            match rx.try_recv() {
+                Ok(built) => {
+                    self.cache.requests.filter_built(built);
+                    self.filter_build = None;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.cache.requests.filter_built(None);
+                    self.filter_build = None;
+                }
+            }
+        }
+        if self.filter_build.is_none() && self.cache.requests.filter_wanted() {
+            self.build_filter();
+        }
     }
 
     /// Empties the WAL into the database file on a clean stop.
@@ -857,6 +1105,20 @@ impl WriteTx for Tx<'_> {
         method: &str,
         request_id: Id,
     ) -> Result<Option<([u8; 32], Id)>, Rejection> {
+        if let Some(r) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.requests.get(caller, method, request_id))
+        {
+            return Ok(Some((r.fingerprint, r.resource)));
+        }
+        if self
+            .cache
+            .as_ref()
+            .is_some_and(|c| !c.requests.may_be_indexed(caller, method, request_id))
+        {
+            return Ok(None);
+        }
         let row: Option<(Vec<u8>, String)> = self
             .conn
             .prepare_cached(
@@ -879,6 +1141,7 @@ impl WriteTx for Tx<'_> {
         }
     }
 
+    /// Appends the record to `requests_recent` (see [`recent`]).
     fn insert_request(
         &mut self,
         caller: &str,
@@ -889,7 +1152,7 @@ impl WriteTx for Tx<'_> {
     ) -> Result<(), Rejection> {
         self.conn
             .prepare_cached(
-                "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
+                "INSERT INTO requests_recent (caller, method, request_id, fingerprint, resource_id)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut s| {
@@ -902,6 +1165,19 @@ impl WriteTx for Tx<'_> {
                 ])
             })
             .map_err(db_err)?;
+        let row = self.conn.last_insert_rowid();
+        if let Some(c) = self.cache.as_mut() {
+            c.requests.insert(
+                caller,
+                method,
+                request_id,
+                recent::Record {
+                    fingerprint: *fingerprint,
+                    resource,
+                    row,
+                },
+            );
+        }
         Ok(())
     }
 

@@ -1,0 +1,528 @@
+//! The embedded store's newest idempotency records, held in memory.
+//!
+//! A `request_id` is the client's UUID, random: inserting it into a B-tree
+//! keyed by it dirties a random leaf page per request, and that page is
+//! written twice (into the WAL at commit, into the database at the
+//! checkpoint). Measured on a store of 400,000 messages, that cost sends
+//! with a `request_id` a third of their throughput (docs/PERFORMANCE.md).
+//!
+//! So a new record is appended to `requests_recent` (in arrival order, a
+//! page filled after another) and kept here, where lookups find it; once
+//! enough have gathered, the writer moves them into `requests` (the B-tree
+//! keyed by caller, method and id) in key order, a chunk in each batch's
+//! commit, so that neighbouring records share the leaf pages they dirty
+//! and the move costs no commit of its own. Only then are they removed
+//! from `requests_recent` and from memory. A crash
+//! at any point loses nothing: the records are durable in one table or the
+//! other, and a move that is done again inserts nothing twice.
+//!
+//! A fresh id is, by far, the common case, and looking it up in `requests`
+//! costs a descent through a B-tree that outgrows the writer's cache. So a
+//! Bloom filter of every key in `requests` answers "certainly not there"
+//! for nearly all of them (1 % false positives at its capacity). It is
+//! built by a thread of its own from `requests` while the writer starts
+//! serving (until it is ready, every lookup reads `requests`); the writer
+//! adds what it moves meanwhile, and has it built again, larger, once it
+//! holds more keys than it was sized for.
+
+use std::collections::HashMap;
+
+use fastbloom::BloomFilter;
+
+use crate::domain::Id;
+
+/// Records gathered before the writer moves them into `requests`, unless
+/// configured otherwise: at most about 18 MiB of memory (a record's key,
+/// fingerprint and resource, and the map's own overhead, ~140 bytes).
+pub const DEFAULT_MOVE_AT: usize = 131_072;
+
+/// Records moved into `requests` per commit (the writer adds one chunk to
+/// each batch's transaction): a chunk dirties at most this many pages,
+/// 4 MiB of WAL, which a batch's 32 MiB at most and the 16 MiB at which the
+/// writer checkpoints leave room for under the WAL's 64 MiB bound.
+pub const MOVE_CHUNK: usize = 1_024;
+
+/// An idempotency record's key: the caller and the method by their
+/// number in [`Recent`]'s table of names (a handful of each), and the
+/// client's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    caller: u32,
+    method: u32,
+    request_id: Id,
+}
+
+/// What a record remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// The request's fingerprint.
+    pub fingerprint: [u8; 32],
+    /// The resource it created or touched.
+    pub resource: Id,
+    /// Its row in `requests_recent`.
+    pub row: i64,
+}
+
+/// A record as `requests` stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Who made the request.
+    pub caller: &'a str,
+    /// The method.
+    pub method: &'a str,
+    /// The client's id for it.
+    pub request_id: Id,
+    /// What it remembers.
+    pub record: &'a Record,
+}
+
+/// The false-positive rate of the filter of `requests`' keys, at capacity.
+const FILTER_FALSE_POSITIVES: f64 = 0.01;
+
+/// The smallest capacity the filter is built for (1.2 MiB).
+pub const FILTER_MIN_CAPACITY: usize = 1 << 20;
+
+/// What the filter hashes for a key: the same for the writer and for the
+/// thread that builds it.
+pub fn filter_item<'a>(
+    caller: &'a str,
+    method: &'a str,
+    request_id: &'a Id,
+) -> impl std::hash::Hash + 'a {
+    (caller, method, request_id.0.as_bytes())
+}
+
+/// A filter of `requests`' keys, sized for `keys` of them (and room to
+/// grow).
+pub fn new_filter(keys: usize) -> (BloomFilter, usize) {
+    let capacity = keys.saturating_mul(2).max(FILTER_MIN_CAPACITY);
+    (
+        BloomFilter::with_false_pos(FILTER_FALSE_POSITIVES).expected_items(capacity),
+        capacity,
+    )
+}
+
+/// Which keys `requests` may hold.
+#[derive(Debug)]
+enum Filter {
+    /// Not there yet, being built; what the writer moved into `requests`
+    /// meanwhile, to add once it is.
+    Building(Vec<Key>),
+    /// Every key of `requests` is in it.
+    Ready {
+        filter: BloomFilter,
+        capacity: usize,
+        keys: usize,
+    },
+    /// It could not be built: every lookup reads `requests`.
+    Off,
+}
+
+/// A move of records into `requests` under way.
+#[derive(Debug)]
+struct Move {
+    /// The records being moved, in the order of `requests`' key.
+    keys: Vec<Key>,
+    /// How many of them are in `requests` already.
+    done: usize,
+    /// The newest row of `requests_recent` they cover.
+    last_row: i64,
+    /// When it started.
+    started: std::time::Instant,
+}
+
+/// The records of `requests_recent`, and the batch's own additions until
+/// it commits.
+#[derive(Debug)]
+pub struct Recent {
+    /// How many gather before a move starts.
+    move_at: usize,
+    /// Callers' and methods' names, by number.
+    names: Vec<Box<str>>,
+    numbers: HashMap<Box<str>, u32>,
+    records: HashMap<Key, Record>,
+    /// Added by the batch not yet committed.
+    pending: Vec<Key>,
+    moving: Option<Move>,
+    filter: Filter,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent::new(DEFAULT_MOVE_AT)
+    }
+}
+
+impl Recent {
+    /// None held yet; a move starts once `move_at` have gathered.
+    pub fn new(move_at: usize) -> Recent {
+        let move_at = move_at.max(1);
+        Recent {
+            move_at,
+            names: Vec::new(),
+            numbers: HashMap::new(),
+            // Room for a whole move and what arrives during it, so that
+            // the map never rehashes on the writer's path.
+            records: HashMap::with_capacity(move_at.saturating_add(move_at / 4).min(1 << 24)),
+            pending: Vec::new(),
+            moving: None,
+            filter: Filter::Building(Vec::new()),
+        }
+    }
+
+    /// Whether `requests` may hold this key: `false` only when the filter
+    /// is ready and certain it does not.
+    pub fn may_be_indexed(&self, caller: &str, method: &str, request_id: Id) -> bool {
+        match &self.filter {
+            Filter::Ready { filter, .. } => {
+                filter.contains(&filter_item(caller, method, &request_id))
+            }
+            Filter::Building(_) | Filter::Off => true,
+        }
+    }
+
+    /// Whether the filter must be built (again): the writer then has a
+    /// thread build it from `requests` and hands it to
+    /// [`Recent::filter_built`]. From now on the writer keeps what it
+    /// moves, to add to it.
+    pub fn filter_wanted(&mut self) -> bool {
+        match &self.filter {
+            Filter::Ready { capacity, keys, .. } if keys > capacity => {
+                self.filter = Filter::Building(Vec::new());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The filter, built from `requests` with `keys` keys (and whatever was
+    /// moved meanwhile, added now); `None` if it could not be built.
+    pub fn filter_built(&mut self, built: Option<(BloomFilter, usize, usize)>) {
+        let moved = match std::mem::replace(&mut self.filter, Filter::Off) {
+            Filter::Building(moved) => moved,
+            other => {
+                self.filter = other;
+                return;
+            }
+        };
+        let Some((mut filter, capacity, keys)) = built else {
+            return;
+        };
+        for k in &moved {
+            filter.insert(&filter_item(
+                &self.names[k.caller as usize],
+                &self.names[k.method as usize],
+                &k.request_id,
+            ));
+        }
+        self.filter = Filter::Ready {
+            filter,
+            capacity,
+            keys: keys + moved.len(),
+        };
+    }
+
+    /// Whether the filter is ready.
+    pub fn filter_ready(&self) -> bool {
+        matches!(self.filter, Filter::Ready { .. })
+    }
+
+    /// The chunk [`Recent::chunk`] gave is written into `requests` (not yet
+    /// committed): the filter takes its keys now (a key of a batch that
+    /// then fails is a false positive, never a miss).
+    pub fn chunk_written(&mut self) {
+        let Some(m) = &self.moving else { return };
+        let chunk = &m.keys[m.done..(m.done + MOVE_CHUNK).min(m.keys.len())];
+        match &mut self.filter {
+            Filter::Building(moved) => moved.extend_from_slice(chunk),
+            Filter::Ready { filter, keys, .. } => {
+                for k in chunk {
+                    filter.insert(&filter_item(
+                        &self.names[k.caller as usize],
+                        &self.names[k.method as usize],
+                        &k.request_id,
+                    ));
+                }
+                *keys += chunk.len();
+            }
+            Filter::Off => {}
+        }
+    }
+
+    /// How many records are held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn number(&mut self, name: &str) -> u32 {
+        if let Some(n) = self.numbers.get(name) {
+            return *n;
+        }
+        let n = self.names.len() as u32;
+        self.names.push(name.into());
+        self.numbers.insert(name.into(), n);
+        n
+    }
+
+    fn key(&self, caller: &str, method: &str, request_id: Id) -> Option<Key> {
+        Some(Key {
+            caller: *self.numbers.get(caller)?,
+            method: *self.numbers.get(method)?,
+            request_id,
+        })
+    }
+
+    /// The record of a request, if it is one of the recent ones.
+    pub fn get(&self, caller: &str, method: &str, request_id: Id) -> Option<&Record> {
+        self.records.get(&self.key(caller, method, request_id)?)
+    }
+
+    /// A record held as `requests_recent` stores it (at start).
+    pub fn load(&mut self, caller: &str, method: &str, request_id: Id, record: Record) {
+        let key = Key {
+            caller: self.number(caller),
+            method: self.number(method),
+            request_id,
+        };
+        self.records.insert(key, record);
+    }
+
+    /// A record the current batch has written into `requests_recent`.
+    pub fn insert(&mut self, caller: &str, method: &str, request_id: Id, record: Record) {
+        let key = Key {
+            caller: self.number(caller),
+            method: self.number(method),
+            request_id,
+        };
+        self.pending.push(key);
+        self.records.insert(key, record);
+    }
+
+    /// The batch committed: its records stay.
+    pub fn committed(&mut self) {
+        self.pending.clear();
+    }
+
+    /// The batch did not commit: its records were never stored.
+    pub fn rolled_back(&mut self) {
+        for k in self.pending.drain(..) {
+            self.records.remove(&k);
+        }
+    }
+
+    /// Whether a move into `requests` is under way, starting one once
+    /// enough records have gathered.
+    pub fn moving(&mut self) -> bool {
+        if self.moving.is_none() && self.records.len() >= self.move_at {
+            let mut keys: Vec<Key> = self.records.keys().copied().collect();
+            // `requests`' order: text compared bytewise, and a UUID's
+            // lowercase hyphenated text sorts as its bytes do.
+            let names = &self.names;
+            keys.sort_unstable_by(|a, b| {
+                (
+                    &names[a.caller as usize],
+                    &names[a.method as usize],
+                    a.request_id,
+                )
+                    .cmp(&(
+                        &names[b.caller as usize],
+                        &names[b.method as usize],
+                        b.request_id,
+                    ))
+            });
+            let last_row = self.records.values().map(|r| r.row).max().unwrap_or(0);
+            self.moving = Some(Move {
+                keys,
+                done: 0,
+                last_row,
+                started: std::time::Instant::now(),
+            });
+        }
+        self.moving.is_some()
+    }
+
+    /// The next chunk of the move to insert into `requests`, in key order;
+    /// empty when all of it is there and only their removal from
+    /// `requests_recent` is left (up to [`Recent::last_moved_row`]).
+    pub fn chunk(&self) -> Vec<Entry<'_>> {
+        let Some(m) = &self.moving else {
+            return Vec::new();
+        };
+        m.keys[m.done..(m.done + MOVE_CHUNK).min(m.keys.len())]
+            .iter()
+            .filter_map(|k| {
+                Some(Entry {
+                    caller: &self.names[k.caller as usize],
+                    method: &self.names[k.method as usize],
+                    request_id: k.request_id,
+                    record: self.records.get(k)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest row of `requests_recent` the move under way covers.
+    pub fn last_moved_row(&self) -> Option<i64> {
+        self.moving.as_ref().map(|m| m.last_row)
+    }
+
+    /// The chunk [`Recent::chunk`] gave is committed into `requests`.
+    pub fn chunk_moved(&mut self) {
+        if let Some(m) = self.moving.as_mut() {
+            m.done = (m.done + MOVE_CHUNK).min(m.keys.len());
+        }
+    }
+
+    /// The moved records are gone from `requests_recent`: forgets them.
+    /// Returns how many were moved, and how long the move took.
+    pub fn move_finished(&mut self) -> Option<(usize, std::time::Duration)> {
+        let m = self.moving.take()?;
+        let moved = m.keys.len();
+        for k in m.keys {
+            if self.records.get(&k).is_some_and(|r| r.row <= m.last_row) {
+                self.records.remove(&k);
+            }
+        }
+        Some((moved, m.started.elapsed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> Id {
+        Id(uuid::Uuid::from_u128(n))
+    }
+
+    fn record(row: i64) -> Record {
+        Record {
+            fingerprint: [0; 32],
+            resource: id(row as u128),
+            row,
+        }
+    }
+
+    const SEND: &str = "SendMessage";
+
+    #[test]
+    fn a_batch_that_does_not_commit_leaves_no_record() {
+        let mut r = Recent::new(10);
+        r.load("iran", SEND, id(1), record(1));
+        r.insert("iran", SEND, id(2), record(2));
+        assert!(
+            r.get("iran", SEND, id(2)).is_some(),
+            "a batch sees its own records"
+        );
+        assert!(
+            r.get("france", SEND, id(2)).is_none(),
+            "scoped to the caller"
+        );
+        assert!(
+            r.get("iran", "AcceptMessage", id(2)).is_none(),
+            "and the method"
+        );
+        r.rolled_back();
+        assert!(r.get("iran", SEND, id(2)).is_none());
+        assert!(r.get("iran", SEND, id(1)).is_some());
+        r.insert("iran", SEND, id(3), record(2));
+        r.committed();
+        r.rolled_back();
+        assert!(r.get("iran", SEND, id(3)).is_some());
+    }
+
+    #[test]
+    fn a_move_goes_in_key_order_and_keeps_what_came_during_it() {
+        const AT: usize = 10_000;
+        let mut r = Recent::new(AT);
+        assert!(!r.moving());
+        // Inserted in a scrambled order, by two callers.
+        for i in 0..AT as u128 {
+            let n = (i * 7_919) % AT as u128;
+            let caller = if n.is_multiple_of(3) {
+                "united-states"
+            } else {
+                "iran"
+            };
+            r.insert(caller, SEND, id(n), record(i as i64 + 1));
+        }
+        r.committed();
+        let mut moved = Vec::new();
+        loop {
+            assert!(r.moving());
+            let chunk: Vec<(String, Id)> = r
+                .chunk()
+                .iter()
+                .map(|e| (e.caller.to_string(), e.request_id))
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= MOVE_CHUNK);
+            moved.extend(chunk);
+            r.chunk_moved();
+            // A record that arrives meanwhile is not part of this move.
+            r.insert(
+                "iran",
+                SEND,
+                id(u128::MAX - moved.len() as u128),
+                record(1_000_000),
+            );
+            r.committed();
+        }
+        assert_eq!(moved.len(), AT);
+        assert!(moved.windows(2).all(|w| w[0] < w[1]), "in key order");
+        assert_eq!(moved[0].0, "iran");
+        assert_eq!(r.last_moved_row(), Some(AT as i64));
+        r.move_finished();
+        assert_eq!(r.len(), AT.div_ceil(MOVE_CHUNK));
+        assert!(!r.moving());
+    }
+
+    #[test]
+    fn the_filter_never_misses_a_key_moved_while_it_was_built() {
+        let mut r = Recent::new(8);
+        assert!(
+            r.may_be_indexed("iran", SEND, id(1)),
+            "not built yet: ask the index"
+        );
+        for n in 0..8 {
+            r.insert("iran", SEND, id(n), record(n as i64 + 1));
+        }
+        r.committed();
+        // Moved while the filter is being built.
+        assert!(r.moving());
+        r.chunk_written();
+        r.chunk_moved();
+        // Built from an index that holds id(100) only.
+        let (f, cap) = new_filter(1);
+        let mut f = f;
+        f.insert(&filter_item("iran", SEND, &id(100)));
+        r.filter_built(Some((f, cap, 1)));
+        assert!(r.filter_ready());
+        for n in (0..8).chain([100]) {
+            assert!(r.may_be_indexed("iran", SEND, id(n)), "key {n} missed");
+        }
+        let fresh = (1_000..11_000)
+            .filter(|n| r.may_be_indexed("iran", SEND, id(*n)))
+            .count();
+        assert!(fresh < 300, "{fresh} of 10,000 fresh ids not filtered out");
+        assert!(!r.filter_wanted());
+    }
+
+    #[test]
+    fn key_order_is_the_order_of_the_stored_text() {
+        let mut ids: Vec<Id> = (0..1000).map(|_| Id::new()).collect();
+        ids.push(id(u128::MAX));
+        ids.push(id(0));
+        let mut by_text = ids.clone();
+        by_text.sort_by_key(|i| i.to_string());
+        ids.sort();
+        assert_eq!(ids, by_text);
+    }
+}
