@@ -326,9 +326,11 @@ impl tonic::service::Interceptor for RequireToken {
             .authenticate(req.metadata())
             .map_err(|r| crate::error::status(&r))?;
         tracing::Span::current().record("caller", who.caller.actor());
-        self.1
-            .admit(&who.caller)
-            .map_err(|r| crate::error::status(&r))?;
+        self.1.admit(&who.caller).map_err(|r| {
+            let mut status = crate::error::status(&r);
+            crate::quota::mark_for_tarpit(&mut status);
+            status
+        })?;
         // The handler reads the caller from here instead of checking again.
         req.extensions_mut().insert(who);
         Ok(req)

@@ -85,6 +85,7 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
 /// `REQUEST_TOO_LARGE`; an empty, truncated or undecompressable body
 /// (`INTERNAL`) becomes `INVALID_ARGUMENT` / `INVALID_REQUEST`. Our own
 /// statuses always carry details, so only detail-less ones are tonic's.
+/// A `RATE_LIMITED` refusal is held for [`crate::quota::TARPIT`] first.
 #[derive(Debug, Clone)]
 pub struct RequestFaults<S>(pub S);
 
@@ -179,6 +180,13 @@ where
         let fut = self.0.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
+            if res
+                .headers_mut()
+                .remove(crate::quota::TARPIT_HEADER)
+                .is_some()
+            {
+                tokio::time::sleep(crate::quota::TARPIT).await;
+            }
             if let Some(r) = request_fault(res.headers()) {
                 let h = res.headers_mut();
                 h.remove("grpc-message");

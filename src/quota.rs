@@ -21,6 +21,27 @@ pub const DEFAULT_SUBSCRIPTIONS_PER_PARTY: usize = 1_000;
 /// Concurrent health `Watch` streams by default.
 pub const DEFAULT_HEALTH_WATCHES: usize = 1_000;
 
+/// How long a call refused `RATE_LIMITED` waits before its refusal is
+/// sent. A client that floods (many calls in flight, each sent again the
+/// moment it is refused) otherwise gets refusals as fast as the server can
+/// make them, and takes the CPU that refusing was meant to save; held, each
+/// of its streams makes at most 20 calls a second. A client that honours
+/// `RetryInfo` waits longer than this anyway.
+pub const TARPIT: Duration = Duration::from_millis(50);
+
+/// The response header that marks a refusal to hold for [`TARPIT`]; set
+/// by the authentication interceptor, removed before the response leaves
+/// (`codec::RequestFaults`).
+pub const TARPIT_HEADER: &str = "x-backchannel-tarpit";
+
+/// Marks a refusal to be held for [`TARPIT`] before it is sent.
+pub fn mark_for_tarpit(status: &mut tonic::Status) {
+    status.metadata_mut().insert(
+        TARPIT_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+}
+
 /// The per-party limits of one server.
 pub struct Quotas {
     rate: Option<(DefaultKeyedRateLimiter<String>, u32)>,

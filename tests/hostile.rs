@@ -228,6 +228,32 @@ async fn one_party_over_its_rate_is_refused_with_retry_info_and_the_others_are_n
         .and_then(|r| r.retry_delay)
         .expect("a RetryInfo with a delay");
     assert!(retry <= std::time::Duration::from_secs(1), "{retry:?}");
+    assert!(
+        s.metadata().get("x-backchannel-tarpit").is_none(),
+        "the server's own mark does not leave it"
+    );
+    // A refusal is held before it is sent, so that a client that floods
+    // (sending again the moment it is refused) gets at most 20 refusals a
+    // second per call in flight: each refusal takes at least 50 ms.
+    let started = std::time::Instant::now();
+    let mut refusals = 0;
+    for _ in 0..40 {
+        if w.iran
+            .parties
+            .clone()
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .is_err()
+        {
+            refusals += 1;
+        }
+    }
+    assert!(refusals > 0, "a flood past the rate is refused");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(50) * refusals,
+        "{refusals} refusals in {:?}: not held",
+        started.elapsed()
+    );
     // Another party, and the admin, have buckets of their own.
     w.us.parties
         .clone()
