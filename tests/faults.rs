@@ -701,7 +701,7 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
     let before = all_events(&mut w.admin, pb::ListEventsRequest::default()).await;
     assert_eq!(server.stop().await, Some(0));
     // Back to schema version 1: no leaf_hash column (nor the token columns
-    // of version 3).
+    // of version 3, nor the recent idempotency records of version 4).
     {
         let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
         db.execute_batch(
@@ -709,6 +709,7 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
              ALTER TABLE tokens DROP COLUMN read_only;
              ALTER TABLE tokens DROP COLUMN expire_time;
              ALTER TABLE tokens DROP COLUMN last_use_time;
+             DROP TABLE requests_recent;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");
