@@ -118,17 +118,43 @@ enum Filter {
     Off,
 }
 
-/// A move of records into `requests` under way.
+/// A move of records into `requests` under way: committed records only,
+/// each with the row of `requests_recent` it was read from.
 #[derive(Debug)]
 struct Move {
     /// The records being moved, in the order of `requests`' key.
     keys: Vec<Key>,
-    /// How many of them are in `requests` already.
-    done: usize,
-    /// The newest row of `requests_recent` they cover.
-    last_row: i64,
+    /// Their rows in `requests_recent`, ascending.
+    rows: Vec<i64>,
+    /// How many of `keys` are in `requests` already.
+    inserted: usize,
+    /// How many of `rows` are removed already.
+    removed: usize,
     /// When it started.
     started: std::time::Instant,
+}
+
+/// The next step of a move, done inside a batch's transaction.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// No move is under way.
+    Idle,
+    /// Insert these records into `requests`.
+    Insert(Vec<Entry<'a>>),
+    /// Remove these rows from `requests_recent`: every record of the move
+    /// is in `requests`.
+    Remove(&'a [i64]),
+}
+
+/// Which kind of step a committed transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDone {
+    /// Nothing.
+    Idle,
+    /// Inserted a chunk.
+    Inserted,
+    /// Removed a chunk of rows.
+    Removed,
 }
 
 /// The records of `requests_recent`, and the batch's own additions until
@@ -232,7 +258,10 @@ impl Recent {
     /// then fails is a false positive, never a miss).
     pub fn chunk_written(&mut self) {
         let Some(m) = &self.moving else { return };
-        let chunk = &m.keys[m.done..(m.done + MOVE_CHUNK).min(m.keys.len())];
+        if m.inserted >= m.keys.len() {
+            return;
+        }
+        let chunk = &m.keys[m.inserted..(m.inserted + MOVE_CHUNK).min(m.keys.len())];
         match &mut self.filter {
             Filter::Building(moved) => moved.extend_from_slice(chunk),
             Filter::Ready { filter, keys, .. } => {
@@ -315,78 +344,90 @@ impl Recent {
         }
     }
 
-    /// Whether a move into `requests` is under way, starting one once
-    /// enough records have gathered.
-    pub fn moving(&mut self) -> bool {
-        if self.moving.is_none() && self.records.len() >= self.move_at {
-            let mut keys: Vec<Key> = self.records.keys().copied().collect();
-            // `requests`' order: text compared bytewise, and a UUID's
-            // lowercase hyphenated text sorts as its bytes do.
-            let names = &self.names;
-            keys.sort_unstable_by(|a, b| {
-                (
-                    &names[a.caller as usize],
-                    &names[a.method as usize],
-                    a.request_id,
-                )
-                    .cmp(&(
-                        &names[b.caller as usize],
-                        &names[b.method as usize],
-                        b.request_id,
-                    ))
-            });
-            let last_row = self.records.values().map(|r| r.row).max().unwrap_or(0);
-            self.moving = Some(Move {
-                keys,
-                done: 0,
-                last_row,
-                started: std::time::Instant::now(),
-            });
+    /// Starts a move into `requests` once enough records have gathered.
+    /// Called after a commit, so that it takes committed records only.
+    pub fn start_move(&mut self) {
+        if self.moving.is_some() || self.records.len() < self.move_at || !self.pending.is_empty() {
+            return;
         }
+        let mut keys: Vec<Key> = self.records.keys().copied().collect();
+        // `requests`' order: text compared bytewise, and a UUID's
+        // lowercase hyphenated text sorts as its bytes do.
+        let names = &self.names;
+        keys.sort_unstable_by(|a, b| {
+            (
+                &names[a.caller as usize],
+                &names[a.method as usize],
+                a.request_id,
+            )
+                .cmp(&(
+                    &names[b.caller as usize],
+                    &names[b.method as usize],
+                    b.request_id,
+                ))
+        });
+        let mut rows: Vec<i64> = self.records.values().map(|r| r.row).collect();
+        rows.sort_unstable();
+        self.moving = Some(Move {
+            keys,
+            rows,
+            inserted: 0,
+            removed: 0,
+            started: std::time::Instant::now(),
+        });
+    }
+
+    /// Whether a move is under way.
+    pub fn moving(&self) -> bool {
         self.moving.is_some()
     }
 
-    /// The next chunk of the move to insert into `requests`, in key order;
-    /// empty when all of it is there and only their removal from
-    /// `requests_recent` is left (up to [`Recent::last_moved_row`]).
-    pub fn chunk(&self) -> Vec<Entry<'_>> {
+    /// The move's next step: the next chunk of its records to insert into
+    /// `requests`, in key order, or, once all are there, the next chunk of
+    /// its rows to remove from `requests_recent`.
+    pub fn step(&self) -> Step<'_> {
         let Some(m) = &self.moving else {
-            return Vec::new();
+            return Step::Idle;
         };
-        m.keys[m.done..(m.done + MOVE_CHUNK).min(m.keys.len())]
-            .iter()
-            .filter_map(|k| {
-                Some(Entry {
-                    caller: &self.names[k.caller as usize],
-                    method: &self.names[k.method as usize],
-                    request_id: k.request_id,
-                    record: self.records.get(k)?,
-                })
-            })
-            .collect()
-    }
-
-    /// The newest row of `requests_recent` the move under way covers.
-    pub fn last_moved_row(&self) -> Option<i64> {
-        self.moving.as_ref().map(|m| m.last_row)
-    }
-
-    /// The chunk [`Recent::chunk`] gave is committed into `requests`.
-    pub fn chunk_moved(&mut self) {
-        if let Some(m) = self.moving.as_mut() {
-            m.done = (m.done + MOVE_CHUNK).min(m.keys.len());
+        if m.inserted < m.keys.len() {
+            let chunk = &m.keys[m.inserted..(m.inserted + MOVE_CHUNK).min(m.keys.len())];
+            // A record of a move is forgotten only when the move ends.
+            return Step::Insert(
+                chunk
+                    .iter()
+                    .filter_map(|k| {
+                        Some(Entry {
+                            caller: &self.names[k.caller as usize],
+                            method: &self.names[k.method as usize],
+                            request_id: k.request_id,
+                            record: self.records.get(k)?,
+                        })
+                    })
+                    .collect(),
+            );
         }
+        Step::Remove(&m.rows[m.removed..(m.removed + MOVE_CHUNK).min(m.rows.len())])
     }
 
-    /// The moved records are gone from `requests_recent`: forgets them.
-    /// Returns how many were moved, and how long the move took.
-    pub fn move_finished(&mut self) -> Option<(usize, std::time::Duration)> {
+    /// The step committed. Once the last of the move's rows is removed,
+    /// forgets its records and returns how many were moved and how long it
+    /// took.
+    pub fn step_committed(&mut self, done: StepDone) -> Option<(usize, std::time::Duration)> {
+        let m = self.moving.as_mut()?;
+        match done {
+            StepDone::Idle => return None,
+            StepDone::Inserted => m.inserted = (m.inserted + MOVE_CHUNK).min(m.keys.len()),
+            StepDone::Removed => m.removed = (m.removed + MOVE_CHUNK).min(m.rows.len()),
+        }
+        if m.inserted < m.keys.len() || m.removed < m.rows.len() {
+            return None;
+        }
         let m = self.moving.take()?;
         let moved = m.keys.len();
         for k in m.keys {
-            if self.records.get(&k).is_some_and(|r| r.row <= m.last_row) {
-                self.records.remove(&k);
-            }
+            // Its row is gone; a record under the same key cannot have
+            // been added since (a lookup found this one first).
+            self.records.remove(&k);
         }
         Some((moved, m.started.elapsed()))
     }
@@ -436,10 +477,41 @@ mod tests {
         assert!(r.get("iran", SEND, id(3)).is_some());
     }
 
+    /// Runs the move under way to its end, as the writer would, one step
+    /// per commit, with `during` called after each; returns the keys
+    /// inserted and the rows removed, in order.
+    fn run_move(
+        r: &mut Recent,
+        mut during: impl FnMut(&mut Recent, usize),
+    ) -> (Vec<(String, Id)>, Vec<i64>) {
+        let (mut inserted, mut removed) = (Vec::new(), Vec::new());
+        let mut step = 0;
+        while r.moving() {
+            let done = match r.step() {
+                Step::Idle => StepDone::Idle,
+                Step::Insert(chunk) => {
+                    assert!(chunk.len() <= MOVE_CHUNK);
+                    inserted.extend(chunk.iter().map(|e| (e.caller.to_string(), e.request_id)));
+                    StepDone::Inserted
+                }
+                Step::Remove(rows) => {
+                    assert!(rows.len() <= MOVE_CHUNK);
+                    removed.extend_from_slice(rows);
+                    StepDone::Removed
+                }
+            };
+            r.step_committed(done);
+            during(r, step);
+            step += 1;
+        }
+        (inserted, removed)
+    }
+
     #[test]
     fn a_move_goes_in_key_order_and_keeps_what_came_during_it() {
         const AT: usize = 10_000;
         let mut r = Recent::new(AT);
+        r.start_move();
         assert!(!r.moving());
         // Inserted in a scrambled order, by two callers.
         for i in 0..AT as u128 {
@@ -452,36 +524,57 @@ mod tests {
             r.insert(caller, SEND, id(n), record(i as i64 + 1));
         }
         r.committed();
-        let mut moved = Vec::new();
-        loop {
-            assert!(r.moving());
-            let chunk: Vec<(String, Id)> = r
-                .chunk()
-                .iter()
-                .map(|e| (e.caller.to_string(), e.request_id))
-                .collect();
-            if chunk.is_empty() {
-                break;
-            }
-            assert!(chunk.len() <= MOVE_CHUNK);
-            moved.extend(chunk);
-            r.chunk_moved();
-            // A record that arrives meanwhile is not part of this move.
+        r.start_move();
+        assert!(r.moving());
+        // A record that arrives meanwhile is not part of this move.
+        let (moved, rows) = run_move(&mut r, |r, step| {
             r.insert(
                 "iran",
                 SEND,
-                id(u128::MAX - moved.len() as u128),
-                record(1_000_000),
+                id(u128::MAX - step as u128),
+                record(1_000_000 + step as i64),
             );
             r.committed();
-        }
+        });
         assert_eq!(moved.len(), AT);
         assert!(moved.windows(2).all(|w| w[0] < w[1]), "in key order");
         assert_eq!(moved[0].0, "iran");
-        assert_eq!(r.last_moved_row(), Some(AT as i64));
-        r.move_finished();
-        assert_eq!(r.len(), AT.div_ceil(MOVE_CHUNK));
+        assert_eq!(
+            rows,
+            (1..=AT as i64).collect::<Vec<_>>(),
+            "exactly its own rows"
+        );
+        let steps = 2 * AT.div_ceil(MOVE_CHUNK);
+        assert_eq!(r.len(), steps);
+        assert!(r.get("iran", SEND, id(u128::MAX)).is_some());
+        assert!(
+            r.get("iran", SEND, id(1)).is_none(),
+            "moved records are forgotten"
+        );
+    }
+
+    #[test]
+    fn a_move_never_takes_the_records_of_a_batch_that_has_not_committed() {
+        let mut r = Recent::new(4);
+        for n in 0..3 {
+            r.insert("iran", SEND, id(n), record(n as i64 + 1));
+        }
+        r.committed();
+        // The fourth arrives in a batch that then fails: no move starts
+        // from it, and its row (4) may be handed out again.
+        r.insert("iran", SEND, id(3), record(4));
+        r.start_move();
         assert!(!r.moving());
+        r.rolled_back();
+        r.start_move();
+        assert!(!r.moving());
+        r.insert("iran", SEND, id(9), record(4));
+        r.committed();
+        r.start_move();
+        let (moved, rows) = run_move(&mut r, |_, _| {});
+        assert_eq!(rows, vec![1, 2, 3, 4]);
+        assert!(moved.contains(&("iran".to_string(), id(9))));
+        assert!(!moved.contains(&("iran".to_string(), id(3))));
     }
 
     #[test]
@@ -496,9 +589,10 @@ mod tests {
         }
         r.committed();
         // Moved while the filter is being built.
-        assert!(r.moving());
+        r.start_move();
+        assert!(matches!(r.step(), Step::Insert(_)));
         r.chunk_written();
-        r.chunk_moved();
+        r.step_committed(StepDone::Inserted);
         // Built from an index that holds id(100) only.
         let (f, cap) = new_filter(1);
         let mut f = f;

@@ -296,57 +296,46 @@ fn recent_requests(conn: &Connection, move_at: usize) -> Result<Recent, Rejectio
     Ok(held)
 }
 
-/// What a commit did towards moving the recent idempotency records.
-enum MoveStep {
-    /// No move is under way.
-    Nothing,
-    /// Inserted the move's next chunk into `requests`.
-    Chunk,
-    /// Removed this many moved records from `requests_recent`.
-    Removed(usize),
-}
-
 /// One step of moving the recent idempotency records into `requests` (see
 /// [`recent`]), inside the batch's transaction, so that it costs no commit
 /// of its own: the next [`recent::MOVE_CHUNK`] records in key order, or,
-/// once all are there, the removal of as many from `requests_recent`. A
-/// record already in `requests` (a move interrupted by a crash, done
-/// again) is left as it is: it is the same record.
-fn move_step(tx: &Connection, held: &mut Recent) -> Result<MoveStep, Rejection> {
-    if !held.moving() {
-        return Ok(MoveStep::Nothing);
+/// once all are there, the removal of as many of the move's own rows from
+/// `requests_recent`. A record already in `requests` (a move interrupted
+/// by a crash, done again) is left as it is: it is the same record.
+fn move_step(tx: &Connection, held: &mut Recent) -> Result<recent::StepDone, Rejection> {
+    match held.step() {
+        recent::Step::Idle => Ok(recent::StepDone::Idle),
+        recent::Step::Remove(rows) => {
+            let mut s = tx
+                .prepare_cached("DELETE FROM requests_recent WHERE seq = ?1")
+                .map_err(db_err)?;
+            for row in rows {
+                s.execute([row]).map_err(db_err)?;
+            }
+            Ok(recent::StepDone::Removed)
+        }
+        recent::Step::Insert(chunk) => {
+            let mut s = tx
+                .prepare_cached(
+                    "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                )
+                .map_err(db_err)?;
+            for e in &chunk {
+                s.execute(params![
+                    e.caller,
+                    e.method,
+                    e.request_id.to_string(),
+                    &e.record.fingerprint[..],
+                    e.record.resource.to_string()
+                ])
+                .map_err(db_err)?;
+            }
+            drop(s);
+            held.chunk_written();
+            Ok(recent::StepDone::Inserted)
+        }
     }
-    let chunk = held.chunk();
-    if chunk.is_empty() {
-        let last = held.last_moved_row().unwrap_or(0);
-        let n = tx
-            .prepare_cached(
-                "DELETE FROM requests_recent WHERE seq IN
-                 (SELECT seq FROM requests_recent WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
-            )
-            .and_then(|mut s| s.execute(params![last, recent::MOVE_CHUNK as i64]))
-            .map_err(db_err)?;
-        return Ok(MoveStep::Removed(n));
-    }
-    let mut s = tx
-        .prepare_cached(
-            "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-        )
-        .map_err(db_err)?;
-    for e in &chunk {
-        s.execute(params![
-            e.caller,
-            e.method,
-            e.request_id.to_string(),
-            &e.record.fingerprint[..],
-            e.record.resource.to_string()
-        ])
-        .map_err(db_err)?;
-    }
-    drop(s);
-    held.chunk_written();
-    Ok(MoveStep::Chunk)
 }
 
 /// Builds the filter of `requests`' keys (see [`recent`]) on a connection
@@ -706,21 +695,15 @@ impl Writer {
                 Ok(step) => {
                     self.state.committed();
                     self.cache.requests.committed();
-                    match step {
-                        MoveStep::Nothing => {}
-                        MoveStep::Chunk => self.cache.requests.chunk_moved(),
-                        MoveStep::Removed(n) if n < recent::MOVE_CHUNK => {
-                            if let Some((moved, took)) = self.cache.requests.move_finished() {
-                                tracing::info!(
-                                    moved,
-                                    ms = took.as_millis() as u64,
-                                    held = self.cache.requests.len(),
-                                    "recent idempotency records moved into their index"
-                                );
-                            }
-                        }
-                        MoveStep::Removed(_) => {}
+                    if let Some((moved, took)) = self.cache.requests.step_committed(step) {
+                        tracing::info!(
+                            moved,
+                            ms = took.as_millis() as u64,
+                            held = self.cache.requests.len(),
+                            "recent idempotency records moved into their index"
+                        );
                     }
+                    self.cache.requests.start_move();
                     publish(events);
                     for (job, r) in jobs.drain(..).zip(results) {
                         let _ = job.reply.send(r);
@@ -755,7 +738,7 @@ impl Writer {
         now: Time,
         results: &mut Vec<Result<Outcome, Rejection>>,
         events: &mut Vec<super::Committed>,
-    ) -> Result<MoveStep, Rejection> {
+    ) -> Result<recent::StepDone, Rejection> {
         self.dir.check()?;
         self.dir.writable()?;
         let tx = self
