@@ -219,6 +219,11 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
     conn.pragma_update(None, "cache_size", -16384)
         .map_err(db_err)?;
     let requests = recent_requests(&conn, options.requests_move_at)?;
+    let page_size: u64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+        .map_err(db_err)?
+        .try_into()
+        .map_err(corrupt)?;
     let state = WriterState::default();
     // A write probe at start: a full or read-only disk is reported now, and
     // the server still starts, serving reads.
@@ -240,6 +245,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
                 },
                 next_checkpoint: std::time::Instant::now(),
                 filter_build: None,
+                page_size,
             }
             .run(rx, head, publish)
         })
@@ -664,6 +670,23 @@ struct Writer {
     next_checkpoint: std::time::Instant,
     /// The filter of `requests`' keys being built, if it is.
     filter_build: Option<FilterBuild>,
+    /// The database's page size: a WAL frame holds one page.
+    page_size: u64,
+}
+
+/// The bytes of a WAL frame's header, before its page.
+const WAL_FRAME_HEADER: u64 = 24;
+
+thread_local! {
+    /// The frames in the writer's WAL after its last commit (SQLite's WAL
+    /// hook tells; the writer thread is the one that commits).
+    static WAL_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// SQLite's WAL hook: called on the committing thread after each commit.
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(u64::try_from(frames).unwrap_or(0)));
+    Ok(())
 }
 
 /// The thread building the filter of `requests`' keys hands it over here.
@@ -676,6 +699,8 @@ impl Writer {
     /// wrote to, publishes the events, then answers. Keeps the WAL under
     /// its bound, and empties it when the queue closes.
     fn run(mut self, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
+        // On this thread: the hook keeps its count in a thread-local.
+        self.conn.wal_hook(Some(note_wal_frames));
         self.build_filter();
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
@@ -774,15 +799,24 @@ impl Writer {
         let wal = self.dir.path().join(format!("{DB_FILE}-wal"));
         let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         metrics::gauge!(crate::observe::WAL_BYTES).set(size as f64);
+        // What the WAL holds since it was last restarted, not the file's
+        // size: a restarted WAL keeps its size, and judged by it every
+        // commit after the first checkpoint checkpointed again (two more
+        // fsyncs per commit).
+        let held = WAL_FRAMES.with(std::cell::Cell::get) * (self.page_size + WAL_FRAME_HEADER);
         let started = std::time::Instant::now();
-        if size < WAL_CHECKPOINT_AT || started < self.next_checkpoint {
+        if held < WAL_CHECKPOINT_AT || started < self.next_checkpoint {
             return;
         }
         let done = match self
             .conn
             .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
         {
-            Ok(0) => true,
+            Ok(0) => {
+                // The next commit writes from the WAL's start again.
+                WAL_FRAMES.with(|f| f.set(0));
+                true
+            }
             Ok(_) => {
                 tracing::debug!(bytes = size, "WAL checkpoint blocked by a reader");
                 false
