@@ -592,7 +592,7 @@ async fn sigkill_during_acknowledged_writes_loses_duplicates_and_gaps_nothing() 
     // index every 64 here (131,072 by default), so kills land in the
     // middle of moves too.
     let mut server = Server::start_with(Options {
-        env: vec![("BACKCHANNEL_REQUESTS_MOVE_AT".into(), "64".into())],
+        env: vec![("BACKCHANNEL_REQUESTS_MOVE_AT".into(), "16".into())],
         ..Default::default()
     })
     .await;

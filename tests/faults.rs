@@ -701,7 +701,8 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
     let before = all_events(&mut w.admin, pb::ListEventsRequest::default()).await;
     assert_eq!(server.stop().await, Some(0));
     // Back to schema version 1: no leaf_hash column (nor the token columns
-    // of version 3, nor the recent idempotency records of version 4).
+    // of version 3, nor the recent idempotency records of version 4, nor
+    // the runs of version 5, where version 1 had one `requests` index).
     {
         let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
         db.execute_batch(
@@ -710,6 +711,16 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
              ALTER TABLE tokens DROP COLUMN expire_time;
              ALTER TABLE tokens DROP COLUMN last_use_time;
              DROP TABLE requests_recent;
+             DROP TABLE request_runs;
+             DROP TABLE request_run_list;
+             CREATE TABLE requests (
+                 caller      TEXT NOT NULL,
+                 method      TEXT NOT NULL,
+                 request_id  TEXT NOT NULL,
+                 fingerprint BLOB NOT NULL,
+                 resource_id TEXT NOT NULL,
+                 PRIMARY KEY (caller, method, request_id)
+             ) WITHOUT ROWID;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");

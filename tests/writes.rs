@@ -497,15 +497,16 @@ async fn expected_version_guards_channel_changes() {
 /// (here: every 16). Retries find each record before, during and after a
 /// move, and after a restart; nothing is created twice.
 #[tokio::test]
-async fn request_ids_are_kept_across_moves_into_their_index_and_restarts() {
+async fn request_ids_are_kept_across_moves_merges_and_restarts() {
     let server = Server::start_with(Options {
         env: vec![("BACKCHANNEL_REQUESTS_MOVE_AT".into(), "16".into())],
         ..Default::default()
     })
     .await;
     let w = world(&server).await;
-    // 200 sends, 20 at a time, so that batches and moves interleave.
-    let reqs: Vec<pb::SendMessageRequest> = (0..200)
+    // 400 sends, 5 at a time, so that batches and moves interleave and
+    // each move makes a run of about 16.
+    let reqs: Vec<pb::SendMessageRequest> = (0..400)
         .map(|i| {
             let mut r = send_req(&w.channel.id, &format!("message {i}"));
             r.request_id = rid();
@@ -518,7 +519,7 @@ async fn request_ids_are_kept_across_moves_into_their_index_and_restarts() {
         reqs: &[pb::SendMessageRequest],
     ) -> Vec<String> {
         let mut ids = Vec::new();
-        for chunk in reqs.chunks(20) {
+        for chunk in reqs.chunks(5) {
             let calls = chunk.iter().map(|r| {
                 let r = r.clone();
                 async move {
@@ -538,11 +539,26 @@ async fn request_ids_are_kept_across_moves_into_their_index_and_restarts() {
     let n = event_count(&mut admin).await;
     assert_eq!(
         first.iter().collect::<std::collections::HashSet<_>>().len(),
-        200
+        400
     );
 
     let again = send_all(&server, &token, &reqs).await;
     assert_eq!(again, first, "every retry returns the message it created");
+    if !backend_is_postgres() {
+        // Some twenty runs of sixteen: eight of them are merged into one
+        // while the retries run (a step in each batch's commit), so the
+        // later retries, and those after the restart, read a merged run.
+        eventually("runs of idempotency records merged", || async {
+            server
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("runs of idempotency records merged"))
+                .then_some(())
+        })
+        .await;
+    }
     assert_eq!(
         event_count(&mut admin).await,
         n,
@@ -564,6 +580,93 @@ async fn request_ids_are_kept_across_moves_into_their_index_and_restarts() {
     let mut admin = server.admin().await;
     assert_eq!(event_count(&mut admin).await, n);
     let mut iran = server.clients(&token).await;
+    assert_err(
+        iran.messages.send_message(other).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+}
+
+/// A store from before idempotency records were kept in runs (schema
+/// version 4: one `requests` index) keeps them through the migration.
+#[tokio::test]
+async fn request_ids_of_a_store_from_before_runs_are_kept_by_the_migration() {
+    if backend_is_postgres() {
+        eprintln!("runs migration: skipped on the PostgreSQL backend (embedded store only)");
+        return;
+    }
+    let mut server = Server::start().await;
+    let w = world(&server).await;
+    let token = w.tokens["iran"].clone();
+    let reqs: Vec<pb::SendMessageRequest> = (0..5)
+        .map(|i| {
+            let mut r = send_req(&w.channel.id, &format!("message {i}"));
+            r.request_id = rid();
+            r
+        })
+        .collect();
+    let mut iran = server.clients(&token).await;
+    let mut first = Vec::new();
+    for r in &reqs {
+        first.push(
+            iran.messages
+                .send_message(r.clone())
+                .await
+                .expect("send")
+                .into_inner()
+                .id,
+        );
+    }
+    let mut admin = server.admin().await;
+    let n = event_count(&mut admin).await;
+    assert_eq!(server.stop().await, Some(0));
+    {
+        let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
+        db.execute_batch(
+            "CREATE TABLE requests (
+                 caller      TEXT NOT NULL,
+                 method      TEXT NOT NULL,
+                 request_id  TEXT NOT NULL,
+                 fingerprint BLOB NOT NULL,
+                 resource_id TEXT NOT NULL,
+                 PRIMARY KEY (caller, method, request_id)
+             ) WITHOUT ROWID;
+             INSERT INTO requests
+                 SELECT caller, method, request_id, fingerprint, resource_id FROM requests_recent;
+             DELETE FROM requests_recent;
+             DROP TABLE request_runs;
+             DROP TABLE request_run_list;
+             PRAGMA user_version = 4;",
+        )
+        .expect("back to version 4");
+        let held: i64 = db
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(held, 5);
+    }
+    let server = server.restart().await;
+    let mut iran = server.clients(&token).await;
+    for (r, id) in reqs.iter().zip(&first) {
+        let again = iran
+            .messages
+            .send_message(r.clone())
+            .await
+            .expect("retry")
+            .into_inner()
+            .id;
+        assert_eq!(
+            &again, id,
+            "a retry after the migration returns the message it created"
+        );
+    }
+    let mut admin = server.admin().await;
+    assert_eq!(
+        event_count(&mut admin).await,
+        n,
+        "no retry created an event"
+    );
+    let mut other = reqs[2].clone();
+    other.subject = "something else".into();
     assert_err(
         iran.messages.send_message(other).await,
         Code::InvalidArgument,

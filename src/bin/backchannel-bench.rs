@@ -126,7 +126,8 @@ struct Args {
     warmup_secs: Option<f64>,
     /// Messages the store must hold when `sustained` starts sending: those
     /// earlier scenarios of this run stored count, the rest are written
-    /// first, as fast as the server takes them (default 1,000,000; 2,000
+    /// first, as fast as the server takes them, each with a `request_id`
+    /// unless --sustained-without-request-id (default 1,000,000; 2,000
     /// with --quick).
     #[arg(long, value_name = "N")]
     sustained_preload: Option<u64>,
@@ -1900,6 +1901,7 @@ async fn bulk_write(
     label: &str,
     cap: Option<Duration>,
     progress_every: Duration,
+    request_id: bool,
     report: &mut Report,
 ) -> Result<Bulk> {
     let next = Arc::new(AtomicU64::new(0));
@@ -1941,7 +1943,11 @@ async fn bulk_write(
                 if i >= n {
                     break;
                 }
-                match m.send_message(send_req(&channel, i)).await {
+                let mut req = send_req(&channel, i);
+                if request_id {
+                    req.request_id = uuid::Uuid::new_v4().to_string();
+                }
+                match m.send_message(req).await {
                     Ok(r) => {
                         done.fetch_add(1, Ordering::Relaxed);
                         stored.fetch_add(1, Ordering::Relaxed);
@@ -2340,6 +2346,10 @@ async fn run_sustained(
             "sustained preload",
             None,
             PRELOAD_PROGRESS,
+            // As the measured sends: a store written by careful clients
+            // holds their idempotency records, and its index is no
+            // longer empty when the first slice is measured.
+            sp.request_id,
             report,
         )
         .await?;
@@ -2547,9 +2557,14 @@ impl<'a> Sustained<'a> {
         let (sp, timing) = (&self.plan.sustained, &self.plan.timing);
         let mut note = match &self.preload.bulk {
             Some(b) => format!(
-                "preload: {} messages written first ({BULK_CONCURRENCY} in flight, no request_id) in {:.1} s ({}/s), \
+                "preload: {} messages written first ({BULK_CONCURRENCY} in flight, {}) in {:.1} s ({}/s), \
                  beside the {} earlier scenarios stored",
                 fmt_count(b.written),
+                if sp.request_id {
+                    "each with a request_id, as the measured sends"
+                } else {
+                    "no request_id"
+                },
                 b.secs,
                 fmt_rate(b.written as f64 / b.secs),
                 fmt_count(self.preload.stored_before)
@@ -2881,6 +2896,7 @@ async fn run(args: Args) -> Result<bool> {
                 "scale (small)",
                 None,
                 BULK_PROGRESS,
+                false,
                 &mut report,
             )
             .await?;
@@ -2944,6 +2960,7 @@ async fn run(args: Args) -> Result<bool> {
                 "catchup",
                 plan.catchup_cap,
                 BULK_PROGRESS,
+                false,
                 &mut report,
             )
             .await?;

@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod query;
 pub mod recent;
 pub mod record;
+pub mod runs;
 pub mod sqlite;
 
 use std::path::Path;

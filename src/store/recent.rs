@@ -8,20 +8,19 @@
 //!
 //! So a new record is appended to `requests_recent` (in arrival order, a
 //! page filled after another) and kept here, where lookups find it; once
-//! enough have gathered, the writer moves them into `requests` (the B-tree
-//! keyed by caller, method and id) in key order, a chunk in each batch's
-//! commit, so that neighbouring records share the leaf pages they dirty
-//! and the move costs no commit of its own. Only then are they removed
-//! from `requests_recent` and from memory. A crash
-//! at any point loses nothing: the records are durable in one table or the
-//! other, and a move that is done again inserts nothing twice.
+//! enough have gathered, the writer moves them, in key order, into a run of
+//! their own in `request_runs` (see [`super::runs`]), a chunk in each
+//! batch's commit, so that the move only appends and costs no commit of its
+//! own. Only then are they removed from `requests_recent` and from memory.
+//! A crash at any point loses nothing: the records are durable in one table
+//! or the other, and a run is read only once it is complete.
 //!
-//! A fresh id is, by far, the common case, and looking it up in `requests`
-//! costs a descent through a B-tree that outgrows the writer's cache. So a
-//! Bloom filter of every key in `requests` answers "certainly not there"
+//! A fresh id is, by far, the common case, and looking it up costs a
+//! descent through each live run. So a
+//! Bloom filter of every key in `request_runs` answers "certainly not there"
 //! for nearly all of them (1 % false positives at its capacity). It is
-//! built by a thread of its own from `requests` while the writer starts
-//! serving (until it is ready, every lookup reads `requests`); the writer
+//! built by a thread of its own from `request_runs` while the writer starts
+//! serving (until it is ready, every lookup reads `request_runs`); the writer
 //! adds what it moves meanwhile, and has it built again, larger, once it
 //! holds more keys than it was sized for.
 
@@ -31,16 +30,39 @@ use fastbloom::BloomFilter;
 
 use crate::domain::Id;
 
-/// Records gathered before the writer moves them into `requests`, unless
-/// configured otherwise: at most about 18 MiB of memory (a record's key,
+/// Records gathered before the writer moves them into `request_runs`, unless
+/// configured otherwise. With those that arrive during a move, at most
+/// twice this many are held: about 36 MiB of memory (a record's key,
 /// fingerprint and resource, and the map's own overhead, ~140 bytes).
 pub const DEFAULT_MOVE_AT: usize = 131_072;
 
-/// Records moved into `requests` per commit (the writer adds one chunk to
-/// each batch's transaction): a chunk dirties at most this many pages,
-/// 4 MiB of WAL, which a batch's 32 MiB at most and the 16 MiB at which the
-/// writer checkpoints leave room for under the WAL's 64 MiB bound.
+/// Records moved into `request_runs` per commit at most (the writer adds one
+/// chunk to each batch's transaction): a chunk dirties at most this many
+/// pages, 4 MiB of WAL, which a batch's 32 MiB at most and the 16 MiB at
+/// which the writer checkpoints leave room for under the WAL's 64 MiB
+/// bound. Rows are removed from `requests_recent` this many at a time
+/// (neighbours there: a handful of pages).
 pub const MOVE_CHUNK: usize = 1_024;
+
+/// Records moved per request of the batch that carries them, and at least
+/// [`MOVE_MIN`]: the move is paid for as the records arrive, a few in each
+/// commit, instead of in a burst of full chunks that held the writer at
+/// half speed for a second out of every eight (docs/PERFORMANCE.md). A move
+/// of `M` records is done by the time about `M` more have arrived (sooner
+/// where batches are small), so at most about `2 M` are held; spread so,
+/// its cost is nearly the same in every second of sustained writes.
+pub const MOVE_PACE: usize = 1;
+
+/// The fewest records a step of a move inserts, however small its batch.
+pub const MOVE_MIN: usize = 16;
+
+/// Records the next step of a move inserts, in a batch of `requests`
+/// requests.
+pub fn move_budget(requests: usize) -> usize {
+    requests
+        .saturating_mul(MOVE_PACE)
+        .clamp(MOVE_MIN, MOVE_CHUNK)
+}
 
 /// An idempotency record's key: the caller and the method by their
 /// number in [`Recent`]'s table of names (a handful of each), and the
@@ -63,7 +85,7 @@ pub struct Record {
     pub row: i64,
 }
 
-/// A record as `requests` stores it.
+/// A record as `request_runs` stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry<'a> {
     /// Who made the request.
@@ -76,10 +98,12 @@ pub struct Entry<'a> {
     pub record: &'a Record,
 }
 
-/// The false-positive rate of the filter of `requests`' keys, at capacity.
-const FILTER_FALSE_POSITIVES: f64 = 0.01;
+/// The false-positive rate of the filter's first segment at capacity;
+/// each next one has half its predecessor's, so that all of them together
+/// stay under twice this (1 %).
+const FILTER_FALSE_POSITIVES: f64 = 0.005;
 
-/// The smallest capacity the filter is built for (1.2 MiB).
+/// The smallest capacity the filter is built for (about 1.4 MiB).
 pub const FILTER_MIN_CAPACITY: usize = 1 << 20;
 
 /// What the filter hashes for a key: the same for the writer and for the
@@ -92,46 +116,124 @@ pub fn filter_item<'a>(
     (caller, method, request_id.0.as_bytes())
 }
 
-/// A filter of `requests`' keys, sized for `keys` of them (and room to
-/// grow).
-pub fn new_filter(keys: usize) -> (BloomFilter, usize) {
-    let capacity = keys.saturating_mul(2).max(FILTER_MIN_CAPACITY);
-    (
-        BloomFilter::with_false_pos(FILTER_FALSE_POSITIVES).expected_items(capacity),
-        capacity,
-    )
+/// A filter of the keys in `request_runs` that grows as they do, never
+/// built again: a full segment is followed by one of twice its capacity
+/// and half its false-positive rate (a scalable Bloom filter). Building it
+/// again once full, from every key, took a second of a core every time
+/// the keys doubled, and the writer's checkpoints waited on that reader.
+#[derive(Debug)]
+pub struct Keys {
+    segments: Vec<Segment>,
 }
 
-/// Which keys `requests` may hold.
+#[derive(Debug)]
+struct Segment {
+    filter: BloomFilter,
+    capacity: usize,
+    keys: usize,
+    false_positives: f64,
+}
+
+impl Segment {
+    fn new(capacity: usize, false_positives: f64) -> Segment {
+        Segment {
+            filter: BloomFilter::with_false_pos(false_positives).expected_items(capacity),
+            capacity,
+            keys: 0,
+            false_positives,
+        }
+    }
+}
+
+impl Keys {
+    /// Empty, with room for twice `keys` (at least
+    /// [`FILTER_MIN_CAPACITY`]) before it grows.
+    pub fn new(keys: usize) -> Keys {
+        Keys::with_capacity(keys.saturating_mul(2).max(FILTER_MIN_CAPACITY))
+    }
+
+    fn with_capacity(capacity: usize) -> Keys {
+        Keys {
+            segments: vec![Segment::new(capacity.max(1), FILTER_FALSE_POSITIVES)],
+        }
+    }
+
+    /// Adds a key (see [`filter_item`]).
+    pub fn insert(&mut self, item: &impl std::hash::Hash) {
+        let next = match self.segments.last() {
+            Some(last) if last.keys < last.capacity => None,
+            Some(last) => Some(Segment::new(
+                last.capacity.saturating_mul(2),
+                last.false_positives / 2.0,
+            )),
+            None => Some(Segment::new(FILTER_MIN_CAPACITY, FILTER_FALSE_POSITIVES)),
+        };
+        if let Some(segment) = next {
+            self.segments.push(segment);
+        }
+        if let Some(last) = self.segments.last_mut() {
+            last.filter.insert(item);
+            last.keys += 1;
+        }
+    }
+
+    /// Whether the key may have been added: `false` means certainly not.
+    pub fn contains(&self, item: &impl std::hash::Hash) -> bool {
+        self.segments.iter().any(|s| s.filter.contains(item))
+    }
+
+    /// Keys added.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(|s| s.keys).sum()
+    }
+
+    /// Whether none was added.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What it was sized for so far.
+    pub fn capacity(&self) -> usize {
+        self.segments.iter().map(|s| s.capacity).sum()
+    }
+}
+
+/// Which keys `request_runs` may hold.
 #[derive(Debug)]
 enum Filter {
-    /// Not there yet, being built; what the writer moved into `requests`
+    /// Being built, at start; what the writer moved into `request_runs`
     /// meanwhile, to add once it is.
     Building(Vec<Key>),
-    /// Every key of `requests` is in it.
-    Ready {
-        filter: BloomFilter,
-        capacity: usize,
-        keys: usize,
-    },
-    /// It could not be built: every lookup reads `requests`.
+    /// Every key of `request_runs` is in it.
+    Ready(Keys),
+    /// It could not be built: every lookup reads the runs.
     Off,
 }
 
-/// A move of records into `requests` under way: committed records only,
+/// A move of records into `request_runs` under way: committed records only,
 /// each with the row of `requests_recent` it was read from.
 #[derive(Debug)]
 struct Move {
-    /// The records being moved, in the order of `requests`' key.
+    /// The records being moved, in the order of `request_runs`' key.
     keys: Vec<Key>,
     /// Their rows in `requests_recent`, ascending.
     rows: Vec<i64>,
-    /// How many of `keys` are in `requests` already.
+    /// How many of `keys` are in `request_runs` already.
     inserted: usize,
     /// How many of `rows` are removed already.
     removed: usize,
     /// When it started.
     started: std::time::Instant,
+    /// The run it writes (see [`super::runs`]).
+    run: i64,
+}
+
+impl Move {
+    /// The next keys to insert, at most `budget` and at least one.
+    fn next_keys(&self, budget: usize) -> &[Key] {
+        let end = (self.inserted + budget.clamp(1, MOVE_CHUNK)).min(self.keys.len());
+        &self.keys[self.inserted..end]
+    }
 }
 
 /// The next step of a move, done inside a batch's transaction.
@@ -139,10 +241,21 @@ struct Move {
 pub enum Step<'a> {
     /// No move is under way.
     Idle,
-    /// Insert these records into `requests`.
-    Insert(Vec<Entry<'a>>),
+    /// Insert these records into the move's run.
+    Insert {
+        /// The run.
+        run: i64,
+        /// The records, in key order.
+        entries: Vec<Entry<'a>>,
+        /// The move's first chunk.
+        first: bool,
+        /// Its last chunk: once it commits, the run is complete, with
+        /// `records` records.
+        last: bool,
+        records: usize,
+    },
     /// Remove these rows from `requests_recent`: every record of the move
-    /// is in `requests`.
+    /// is in `request_runs`.
     Remove(&'a [i64]),
 }
 
@@ -151,8 +264,12 @@ pub enum Step<'a> {
 pub enum StepDone {
     /// Nothing.
     Idle,
-    /// Inserted a chunk.
-    Inserted,
+    /// Inserted this many of the move's keys; `completed`: the last of
+    /// them, and its run (number, records) is now complete.
+    Inserted {
+        keys: usize,
+        completed: Option<(i64, i64)>,
+    },
     /// Removed a chunk of rows.
     Removed,
 }
@@ -189,41 +306,25 @@ impl Recent {
             numbers: HashMap::new(),
             // Room for a whole move and what arrives during it, so that
             // the map never rehashes on the writer's path.
-            records: HashMap::with_capacity(move_at.saturating_add(move_at / 4).min(1 << 24)),
+            records: HashMap::with_capacity(move_at.saturating_mul(2).min(1 << 24)),
             pending: Vec::new(),
             moving: None,
             filter: Filter::Building(Vec::new()),
         }
     }
 
-    /// Whether `requests` may hold this key: `false` only when the filter
+    /// Whether `request_runs` may hold this key: `false` only when the filter
     /// is ready and certain it does not.
     pub fn may_be_indexed(&self, caller: &str, method: &str, request_id: Id) -> bool {
         match &self.filter {
-            Filter::Ready { filter, .. } => {
-                filter.contains(&filter_item(caller, method, &request_id))
-            }
+            Filter::Ready(keys) => keys.contains(&filter_item(caller, method, &request_id)),
             Filter::Building(_) | Filter::Off => true,
         }
     }
 
-    /// Whether the filter must be built (again): the writer then has a
-    /// thread build it from `requests` and hands it to
-    /// [`Recent::filter_built`]. From now on the writer keeps what it
-    /// moves, to add to it.
-    pub fn filter_wanted(&mut self) -> bool {
-        match &self.filter {
-            Filter::Ready { capacity, keys, .. } if keys > capacity => {
-                self.filter = Filter::Building(Vec::new());
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The filter, built from `requests` with `keys` keys (and whatever was
+    /// The filter, built at start from `request_runs` (and whatever was
     /// moved meanwhile, added now); `None` if it could not be built.
-    pub fn filter_built(&mut self, built: Option<(BloomFilter, usize, usize)>) {
+    pub fn filter_built(&mut self, built: Option<Keys>) {
         let moved = match std::mem::replace(&mut self.filter, Filter::Off) {
             Filter::Building(moved) => moved,
             other => {
@@ -231,51 +332,48 @@ impl Recent {
                 return;
             }
         };
-        let Some((mut filter, capacity, keys)) = built else {
+        let Some(mut keys) = built else {
             return;
         };
         for k in &moved {
-            filter.insert(&filter_item(
+            keys.insert(&filter_item(
                 &self.names[k.caller as usize],
                 &self.names[k.method as usize],
                 &k.request_id,
             ));
         }
-        self.filter = Filter::Ready {
-            filter,
-            capacity,
-            keys: keys + moved.len(),
-        };
+        self.filter = Filter::Ready(keys);
     }
 
     /// Whether the filter is ready.
     pub fn filter_ready(&self) -> bool {
-        matches!(self.filter, Filter::Ready { .. })
+        matches!(self.filter, Filter::Ready(_))
     }
 
-    /// The chunk [`Recent::chunk`] gave is written into `requests` (not yet
-    /// committed): the filter takes its keys now (a key of a batch that
-    /// then fails is a false positive, never a miss).
-    pub fn chunk_written(&mut self) {
-        let Some(m) = &self.moving else { return };
+    /// The chunk [`Recent::step`] gave with this `budget` is written into
+    /// `request_runs` (not yet committed): the filter takes its keys now (a key
+    /// of a batch that then fails is a false positive, never a miss).
+    /// Returns how many keys the chunk had.
+    pub fn chunk_written(&mut self, budget: usize) -> usize {
+        let Some(m) = &self.moving else { return 0 };
         if m.inserted >= m.keys.len() {
-            return;
+            return 0;
         }
-        let chunk = &m.keys[m.inserted..(m.inserted + MOVE_CHUNK).min(m.keys.len())];
+        let chunk = m.next_keys(budget);
         match &mut self.filter {
             Filter::Building(moved) => moved.extend_from_slice(chunk),
-            Filter::Ready { filter, keys, .. } => {
+            Filter::Ready(keys) => {
                 for k in chunk {
-                    filter.insert(&filter_item(
+                    keys.insert(&filter_item(
                         &self.names[k.caller as usize],
                         &self.names[k.method as usize],
                         &k.request_id,
                     ));
                 }
-                *keys += chunk.len();
             }
             Filter::Off => {}
         }
+        chunk.len()
     }
 
     /// How many records are held.
@@ -344,14 +442,15 @@ impl Recent {
         }
     }
 
-    /// Starts a move into `requests` once enough records have gathered.
-    /// Called after a commit, so that it takes committed records only.
-    pub fn start_move(&mut self) {
+    /// Starts a move into a run of its own (numbered by `run`) once enough
+    /// records have gathered. Called after a commit, so that it takes
+    /// committed records only.
+    pub fn start_move(&mut self, run: impl FnOnce() -> i64) {
         if self.moving.is_some() || self.records.len() < self.move_at || !self.pending.is_empty() {
             return;
         }
         let mut keys: Vec<Key> = self.records.keys().copied().collect();
-        // `requests`' order: text compared bytewise, and a UUID's
+        // `request_runs`' order: text compared bytewise, and a UUID's
         // lowercase hyphenated text sorts as its bytes do.
         let names = &self.names;
         keys.sort_unstable_by(|a, b| {
@@ -374,6 +473,7 @@ impl Recent {
             inserted: 0,
             removed: 0,
             started: std::time::Instant::now(),
+            run: run(),
         });
     }
 
@@ -383,17 +483,19 @@ impl Recent {
     }
 
     /// The move's next step: the next chunk of its records to insert into
-    /// `requests`, in key order, or, once all are there, the next chunk of
-    /// its rows to remove from `requests_recent`.
-    pub fn step(&self) -> Step<'_> {
+    /// `request_runs`, in key order, or, once all are there, the next chunk of
+    /// its rows to remove from `requests_recent`. A chunk to insert holds
+    /// at most `budget` records (see [`move_budget`]), and at least one.
+    pub fn step(&self, budget: usize) -> Step<'_> {
         let Some(m) = &self.moving else {
             return Step::Idle;
         };
         if m.inserted < m.keys.len() {
-            let chunk = &m.keys[m.inserted..(m.inserted + MOVE_CHUNK).min(m.keys.len())];
+            let chunk = m.next_keys(budget);
             // A record of a move is forgotten only when the move ends.
-            return Step::Insert(
-                chunk
+            return Step::Insert {
+                run: m.run,
+                entries: chunk
                     .iter()
                     .filter_map(|k| {
                         Some(Entry {
@@ -404,7 +506,10 @@ impl Recent {
                         })
                     })
                     .collect(),
-            );
+                first: m.inserted == 0,
+                last: m.inserted + chunk.len() == m.keys.len(),
+                records: m.keys.len(),
+            };
         }
         Step::Remove(&m.rows[m.removed..(m.removed + MOVE_CHUNK).min(m.rows.len())])
     }
@@ -416,7 +521,7 @@ impl Recent {
         let m = self.moving.as_mut()?;
         match done {
             StepDone::Idle => return None,
-            StepDone::Inserted => m.inserted = (m.inserted + MOVE_CHUNK).min(m.keys.len()),
+            StepDone::Inserted { keys, .. } => m.inserted = (m.inserted + keys).min(m.keys.len()),
             StepDone::Removed => m.removed = (m.removed + MOVE_CHUNK).min(m.rows.len()),
         }
         if m.inserted < m.keys.len() || m.removed < m.rows.len() {
@@ -477,6 +582,12 @@ mod tests {
         assert!(r.get("iran", SEND, id(3)).is_some());
     }
 
+    /// The budget of a move's step number `step`: varied, as batches vary,
+    /// from none to more than a chunk.
+    fn budget(step: usize) -> usize {
+        (step * 389) % (MOVE_CHUNK + 200)
+    }
+
     /// Runs the move under way to its end, as the writer would, one step
     /// per commit, with `during` called after each; returns the keys
     /// inserted and the rows removed, in order.
@@ -487,12 +598,18 @@ mod tests {
         let (mut inserted, mut removed) = (Vec::new(), Vec::new());
         let mut step = 0;
         while r.moving() {
-            let done = match r.step() {
+            let b = budget(step);
+            let done = match r.step(b) {
                 Step::Idle => StepDone::Idle,
-                Step::Insert(chunk) => {
-                    assert!(chunk.len() <= MOVE_CHUNK);
+                Step::Insert { entries: chunk, .. } => {
+                    assert!(!chunk.is_empty() && chunk.len() <= b.clamp(1, MOVE_CHUNK));
+                    let n = chunk.len();
                     inserted.extend(chunk.iter().map(|e| (e.caller.to_string(), e.request_id)));
-                    StepDone::Inserted
+                    assert_eq!(r.chunk_written(b), n);
+                    StepDone::Inserted {
+                        keys: n,
+                        completed: None,
+                    }
                 }
                 Step::Remove(rows) => {
                     assert!(rows.len() <= MOVE_CHUNK);
@@ -511,7 +628,7 @@ mod tests {
     fn a_move_goes_in_key_order_and_keeps_what_came_during_it() {
         const AT: usize = 10_000;
         let mut r = Recent::new(AT);
-        r.start_move();
+        r.start_move(|| 1);
         assert!(!r.moving());
         // Inserted in a scrambled order, by two callers.
         for i in 0..AT as u128 {
@@ -524,7 +641,7 @@ mod tests {
             r.insert(caller, SEND, id(n), record(i as i64 + 1));
         }
         r.committed();
-        r.start_move();
+        r.start_move(|| 1);
         assert!(r.moving());
         // A record that arrives meanwhile is not part of this move.
         let (moved, rows) = run_move(&mut r, |r, step| {
@@ -544,8 +661,12 @@ mod tests {
             (1..=AT as i64).collect::<Vec<_>>(),
             "exactly its own rows"
         );
-        let steps = 2 * AT.div_ceil(MOVE_CHUNK);
-        assert_eq!(r.len(), steps);
+        let inserting = (0..)
+            .scan(0, |done, step| {
+                (*done < AT).then(|| *done += budget(step).clamp(1, MOVE_CHUNK))
+            })
+            .count();
+        assert_eq!(r.len(), inserting + AT.div_ceil(MOVE_CHUNK));
         assert!(r.get("iran", SEND, id(u128::MAX)).is_some());
         assert!(
             r.get("iran", SEND, id(1)).is_none(),
@@ -563,14 +684,14 @@ mod tests {
         // The fourth arrives in a batch that then fails: no move starts
         // from it, and its row (4) may be handed out again.
         r.insert("iran", SEND, id(3), record(4));
-        r.start_move();
+        r.start_move(|| 1);
         assert!(!r.moving());
         r.rolled_back();
-        r.start_move();
+        r.start_move(|| 1);
         assert!(!r.moving());
         r.insert("iran", SEND, id(9), record(4));
         r.committed();
-        r.start_move();
+        r.start_move(|| 1);
         let (moved, rows) = run_move(&mut r, |_, _| {});
         assert_eq!(rows, vec![1, 2, 3, 4]);
         assert!(moved.contains(&("iran".to_string(), id(9))));
@@ -589,15 +710,18 @@ mod tests {
         }
         r.committed();
         // Moved while the filter is being built.
-        r.start_move();
-        assert!(matches!(r.step(), Step::Insert(_)));
-        r.chunk_written();
-        r.step_committed(StepDone::Inserted);
-        // Built from an index that holds id(100) only.
-        let (f, cap) = new_filter(1);
-        let mut f = f;
-        f.insert(&filter_item("iran", SEND, &id(100)));
-        r.filter_built(Some((f, cap, 1)));
+        r.start_move(|| 1);
+        assert!(matches!(r.step(MOVE_CHUNK), Step::Insert { .. }));
+        let n = r.chunk_written(MOVE_CHUNK);
+        assert_eq!(n, 8);
+        r.step_committed(StepDone::Inserted {
+            keys: n,
+            completed: None,
+        });
+        // Built from runs that hold id(100) only.
+        let mut keys = Keys::new(1);
+        keys.insert(&filter_item("iran", SEND, &id(100)));
+        r.filter_built(Some(keys));
         assert!(r.filter_ready());
         for n in (0..8).chain([100]) {
             assert!(r.may_be_indexed("iran", SEND, id(n)), "key {n} missed");
@@ -606,7 +730,36 @@ mod tests {
             .filter(|n| r.may_be_indexed("iran", SEND, id(*n)))
             .count();
         assert!(fresh < 300, "{fresh} of 10,000 fresh ids not filtered out");
-        assert!(!r.filter_wanted());
+    }
+
+    #[test]
+    fn a_full_filter_grows_and_keeps_its_false_positives_low() {
+        let mut keys = Keys::with_capacity(100);
+        for n in 0..10_000u128 {
+            keys.insert(&filter_item("iran", SEND, &id(n)));
+        }
+        assert_eq!(keys.len(), 10_000);
+        assert!(keys.capacity() >= 10_000, "it grew");
+        for n in 0..10_000u128 {
+            assert!(
+                keys.contains(&filter_item("iran", SEND, &id(n))),
+                "key {n} missed"
+            );
+        }
+        let fresh = (1_000_000..1_100_000u128)
+            .filter(|n| keys.contains(&filter_item("iran", SEND, &id(*n))))
+            .count();
+        assert!(
+            fresh < 2_000,
+            "{fresh} of 100,000 fresh ids not filtered out (2 % at most)"
+        );
+    }
+
+    #[test]
+    fn a_move_is_paced_by_its_batches() {
+        assert_eq!(move_budget(1), MOVE_MIN);
+        assert_eq!(move_budget(64), 64 * MOVE_PACE);
+        assert_eq!(move_budget(100_000), MOVE_CHUNK);
     }
 
     #[test]

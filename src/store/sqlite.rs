@@ -18,6 +18,7 @@ use super::recent::{self, Recent};
 use super::record::{
     corrupt, decode_channel, decode_event, decode_message, decode_party, leaf_hash,
 };
+use super::runs::{self, Runs};
 use super::{
     ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
 };
@@ -42,6 +43,9 @@ const MIGRATIONS: &[Migration] = &[
     )),
     Migration::Sql(include_str!(
         "../../migrations/sqlite/0004_recent_requests.sql"
+    )),
+    Migration::Sql(include_str!(
+        "../../migrations/sqlite/0005_request_runs.sql"
     )),
 ];
 
@@ -198,7 +202,7 @@ pub struct Options {
     /// The newest events whose leaf hashes the start-up check verifies.
     pub check_events: u64,
     /// Recent idempotency records held before they are moved into
-    /// `requests` (see [`recent`]).
+    /// their runs (see [`recent`]).
     pub requests_move_at: usize,
 }
 
@@ -219,6 +223,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
     conn.pragma_update(None, "cache_size", -16384)
         .map_err(db_err)?;
     let requests = recent_requests(&conn, options.requests_move_at)?;
+    let runs = Runs::load(&conn, options.requests_move_at).map_err(db_err)?;
     let page_size: u64 = conn
         .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
         .map_err(db_err)?
@@ -241,6 +246,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
                 state: writer_state,
                 cache: Cache {
                     requests,
+                    runs,
                     ..Cache::default()
                 },
                 next_checkpoint: std::time::Instant::now(),
@@ -302,14 +308,18 @@ fn recent_requests(conn: &Connection, move_at: usize) -> Result<Recent, Rejectio
     Ok(held)
 }
 
-/// One step of moving the recent idempotency records into `requests` (see
-/// [`recent`]), inside the batch's transaction, so that it costs no commit
-/// of its own: the next [`recent::MOVE_CHUNK`] records in key order, or,
-/// once all are there, the removal of as many of the move's own rows from
-/// `requests_recent`. A record already in `requests` (a move interrupted
-/// by a crash, done again) is left as it is: it is the same record.
-fn move_step(tx: &Connection, held: &mut Recent) -> Result<recent::StepDone, Rejection> {
-    match held.step() {
+/// One step of moving the recent idempotency records into a run of their
+/// own (see [`recent`] and [`runs`]), inside the batch's transaction, so
+/// that it costs no commit of its own: the next `budget` records in key
+/// order (see [`recent::move_budget`]), or, once all are there, the removal
+/// of the next [`recent::MOVE_CHUNK`] of the move's own rows from
+/// `requests_recent`.
+fn move_step(
+    tx: &Connection,
+    held: &mut Recent,
+    budget: usize,
+) -> Result<recent::StepDone, Rejection> {
+    match held.step(budget) {
         recent::Step::Idle => Ok(recent::StepDone::Idle),
         recent::Step::Remove(rows) => {
             let mut s = tx
@@ -320,15 +330,25 @@ fn move_step(tx: &Connection, held: &mut Recent) -> Result<recent::StepDone, Rej
             }
             Ok(recent::StepDone::Removed)
         }
-        recent::Step::Insert(chunk) => {
+        recent::Step::Insert {
+            run,
+            entries,
+            first,
+            last,
+            records,
+        } => {
+            if first {
+                runs::move_started(tx, run).map_err(db_err)?;
+            }
             let mut s = tx
                 .prepare_cached(
-                    "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                    "INSERT INTO request_runs (run, caller, method, request_id, fingerprint, resource_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
                 )
                 .map_err(db_err)?;
-            for e in &chunk {
+            for e in &entries {
                 s.execute(params![
+                    run,
                     e.caller,
                     e.method,
                     e.request_id.to_string(),
@@ -338,70 +358,70 @@ fn move_step(tx: &Connection, held: &mut Recent) -> Result<recent::StepDone, Rej
                 .map_err(db_err)?;
             }
             drop(s);
-            held.chunk_written();
-            Ok(recent::StepDone::Inserted)
+            let records = i64::try_from(records).map_err(corrupt)?;
+            if last {
+                runs::move_ended(tx, run, records).map_err(db_err)?;
+            }
+            Ok(recent::StepDone::Inserted {
+                keys: held.chunk_written(budget),
+                completed: last.then_some((run, records)),
+            })
         }
     }
 }
 
-/// Builds the filter of `requests`' keys (see [`recent`]) on a connection
-/// of its own, a page of keys per read, so that no snapshot is held for
-/// long (the writer's checkpoints wait for none). Keys the writer moves
-/// meanwhile may be missed here: the writer adds those itself.
-fn build_filter(path: &Path) -> Result<(fastbloom::BloomFilter, usize, usize), Rejection> {
+/// Builds the filter of the keys in `request_runs` (see [`recent`]) on a
+/// connection of its own, a page of keys per read, so that no snapshot is
+/// held for long (the writer's checkpoints wait for none). Keys the writer
+/// moves meanwhile may be missed here: the writer adds those itself. (A
+/// key in two runs, or in a dead one, only costs the filter room.)
+fn build_filter(path: &Path) -> Result<recent::Keys, Rejection> {
     const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let conn = open(path)?;
     let count: i64 = conn
-        .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM request_runs", [], |r| r.get(0))
         .map_err(db_err)?;
-    let (mut filter, capacity) = recent::new_filter(usize::try_from(count).unwrap_or(0));
-    let mut keys = 0usize;
-    let mut after: Option<(String, String, String)> = None;
+    let mut filter = recent::Keys::new(usize::try_from(count).unwrap_or(0));
+    type RunKey = (i64, String, String, String);
+    let mut after: Option<RunKey> = None;
     let mut first = conn
         .prepare(
-            "SELECT caller, method, request_id FROM requests
-             ORDER BY caller, method, request_id LIMIT ?1",
+            "SELECT run, caller, method, request_id FROM request_runs
+             ORDER BY run, caller, method, request_id LIMIT ?1",
         )
         .map_err(db_err)?;
     let mut next = conn
         .prepare(
-            "SELECT caller, method, request_id FROM requests
-             WHERE (caller, method, request_id) > (?1, ?2, ?3)
-             ORDER BY caller, method, request_id LIMIT ?4",
+            "SELECT run, caller, method, request_id FROM request_runs
+             WHERE (run, caller, method, request_id) > (?1, ?2, ?3, ?4)
+             ORDER BY run, caller, method, request_id LIMIT ?5",
         )
         .map_err(db_err)?;
     loop {
-        let row = |r: &rusqlite::Row<'_>| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        };
-        let page: Vec<(String, String, String)> = match &after {
+        let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+        let page: Vec<RunKey> = match &after {
             None => first.query_map([PAGE], row),
-            Some((c, m, id)) => next.query_map(params![c, m, id, PAGE], row),
+            Some((run, c, m, id)) => next.query_map(params![run, c, m, id, PAGE], row),
         }
         .and_then(|rows| rows.collect())
         .map_err(db_err)?;
-        for (caller, method, id) in &page {
+        for (_, caller, method, id) in &page {
             let id = Id::parse(id).map_err(corrupt)?;
             filter.insert(&recent::filter_item(caller, method, &id));
         }
-        keys += page.len();
         match page.into_iter().last() {
             Some(last) => after = Some(last),
             None => break,
         }
     }
     tracing::info!(
-        keys,
-        capacity,
+        keys = filter.len(),
+        capacity = filter.capacity(),
         ms = started.elapsed().as_millis() as u64,
         "filter of idempotency records built"
     );
-    Ok((filter, capacity, keys))
+    Ok(filter)
 }
 
 /// One small committed write outside the record, to learn whether the
@@ -636,6 +656,8 @@ struct Cache {
     /// The idempotency records of `requests_recent`: all of them, not a
     /// cache (see [`recent`]).
     requests: Recent,
+    /// The runs of `request_runs` (see [`runs`]).
+    runs: Runs,
 }
 
 impl Cache {
@@ -644,6 +666,7 @@ impl Cache {
         self.channels.clear();
         self.messages.clear();
         self.requests.rolled_back();
+        self.runs.rolled_back();
     }
 
     /// Keeps the cache bounded (crudely: a full cache starts over).
@@ -668,7 +691,7 @@ struct Writer {
     /// reader on an old snapshot (a long listing, a backup), and trying
     /// after every commit would stall the writer for nothing.
     next_checkpoint: std::time::Instant,
-    /// The filter of `requests`' keys being built, if it is.
+    /// The filter of the idempotency records' keys being built, if it is.
     filter_build: Option<FilterBuild>,
     /// The database's page size: a WAL frame holds one page.
     page_size: u64,
@@ -689,8 +712,8 @@ fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlit
     Ok(())
 }
 
-/// The thread building the filter of `requests`' keys hands it over here.
-type FilterBuild = std::sync::mpsc::Receiver<Option<(fastbloom::BloomFilter, usize, usize)>>;
+/// The thread building the filter of the idempotency records' keys hands it over here.
+type FilterBuild = std::sync::mpsc::Receiver<Option<recent::Keys>>;
 
 impl Writer {
     /// Takes the first queued job, then whatever else has queued (up to
@@ -717,9 +740,25 @@ impl Writer {
             metrics::histogram!(crate::observe::WRITER_COMMIT)
                 .record(started.elapsed().as_secs_f64());
             match committed {
-                Ok(step) => {
+                Ok((step, runs_done)) => {
                     self.state.committed();
                     self.cache.requests.committed();
+                    if let recent::StepDone::Inserted {
+                        completed: Some((run, records)),
+                        ..
+                    } = step
+                    {
+                        self.cache.runs.added(run, records);
+                    }
+                    if let Some((merged, records, took)) = self.cache.runs.committed(runs_done) {
+                        tracing::info!(
+                            merged,
+                            records,
+                            ms = took.as_millis() as u64,
+                            live = self.cache.runs.live_count(),
+                            "runs of idempotency records merged"
+                        );
+                    }
                     if let Some((moved, took)) = self.cache.requests.step_committed(step) {
                         tracing::info!(
                             moved,
@@ -728,7 +767,8 @@ impl Writer {
                             "recent idempotency records moved into their index"
                         );
                     }
-                    self.cache.requests.start_move();
+                    let runs = &mut self.cache.runs;
+                    self.cache.requests.start_move(|| runs.allocate());
                     publish(events);
                     for (job, r) in jobs.drain(..).zip(results) {
                         let _ = job.reply.send(r);
@@ -763,7 +803,7 @@ impl Writer {
         now: Time,
         results: &mut Vec<Result<Outcome, Rejection>>,
         events: &mut Vec<super::Committed>,
-    ) -> Result<recent::StepDone, Rejection> {
+    ) -> Result<(recent::StepDone, runs::Done), Rejection> {
         self.dir.check()?;
         self.dir.writable()?;
         let tx = self
@@ -775,12 +815,21 @@ impl Writer {
             cache: Some(&mut self.cache),
         };
         run_batch(&mut wt, jobs, head, now, results, events)?;
-        let step = move_step(&tx, &mut self.cache.requests)?;
+        let budget = recent::move_budget(jobs.len());
+        let step = move_step(&tx, &mut self.cache.requests, budget)?;
+        let runs_done = self
+            .cache
+            .runs
+            .step(
+                &tx,
+                runs::merge_budget(jobs.len(), self.cache.runs.live_count()),
+            )
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         // Committed into files that are no longer the data directory's
         // (removed or replaced meanwhile): not acknowledged.
         self.dir.check()?;
-        Ok(step)
+        Ok((step, runs_done))
     }
 
     /// Checkpoints and restarts the WAL once it reaches
@@ -838,7 +887,7 @@ impl Writer {
         metrics::histogram!(crate::observe::WAL_CHECKPOINT).record(started.elapsed().as_secs_f64());
     }
 
-    /// Has a thread of its own build the filter of `requests`' keys.
+    /// Has a thread of its own build the filter of the idempotency records' keys.
     fn build_filter(&mut self) {
         let path = self.dir.path().join(DB_FILE);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -864,8 +913,7 @@ impl Writer {
         }
     }
 
-    /// Installs the filter once it is built, and has it built again once
-    /// it holds more keys than it was sized for.
+    /// Installs the filter once it is built.
     fn poll_filter(&mut self) {
         if let Some(rx) = &self.filter_build {
             match rx.try_recv() {
@@ -879,9 +927,6 @@ impl Writer {
                     self.filter_build = None;
                 }
             }
-        }
-        if self.filter_build.is_none() && self.cache.requests.filter_wanted() {
-            self.build_filter();
         }
     }
 
@@ -1136,19 +1181,13 @@ impl WriteTx for Tx<'_> {
         {
             return Ok(None);
         }
-        let row: Option<(Vec<u8>, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT fingerprint, resource_id FROM requests
-                 WHERE caller = ?1 AND method = ?2 AND request_id = ?3",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![caller, method, request_id.to_string()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-            })
-            .map_err(db_err)?;
+        let id = request_id.to_string();
+        let row = match self.cache.as_ref() {
+            Some(c) => runs::find(self.conn, c.runs.live(), caller, method, &id),
+            None => runs::listed(self.conn)
+                .and_then(|live| runs::find(self.conn, live.into_iter(), caller, method, &id)),
+        }
+        .map_err(db_err)?;
         match row {
             None => Ok(None),
             Some((fp, id)) => Ok(Some((
