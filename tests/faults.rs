@@ -302,17 +302,7 @@ async fn a_full_disk_refuses_writes_with_store_full_keeps_reads_and_recovers() {
                 .id,
         );
     }
-    // Fill the file system to the last byte.
-    let ballast = fs.path.join("ballast");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&ballast).expect("ballast");
-        let chunk = vec![0xAAu8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let small = [0u8; 512];
-        while f.write_all(&small).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let ballast = fill(&fs.path);
     let refusal = send_until_refused(&mut w.iran, &w.channel.id, &mut acked).await;
     assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
     assert_eq!(reason(&refusal), "STORE_FULL", "{refusal:?}");
@@ -376,6 +366,72 @@ async fn a_full_disk_refuses_writes_with_store_full_keeps_reads_and_recovers() {
     let events = all_events(&mut server.admin().await, pb::ListEventsRequest::default()).await;
     let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+}
+
+/// Fills the file system at `dir` to the last byte with a file of its own,
+/// whose path it returns.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let ballast = dir.join("ballast");
+    let mut f = std::fs::File::create(&ballast).expect("ballast");
+    let chunk = vec![0xAAu8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    ballast
+}
+
+/// A run of idempotency records left half written (a move or a merge cut
+/// short) is found at start; on a full disk the server must still start
+/// and serve reads, writing nothing for it.
+#[tokio::test]
+async fn a_restart_on_a_full_disk_with_a_run_half_written_serves_reads() {
+    if !embedded("full disk, half-written run") {
+        return;
+    }
+    let Some(fs) = Mount::tmpfs("24m") else {
+        return;
+    };
+    let data_dir = fs.path.join("data");
+    let mut server = Server::start_in(data_dir.clone(), Options::default()).await;
+    let mut w = world(&server).await;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(
+            send(&mut w.iran, &w.channel.id, &format!("before {i}"))
+                .await
+                .expect("send")
+                .id,
+        );
+    }
+    assert_eq!(server.stop().await, Some(0));
+    // Held open until the server is up again, so that the WAL and its
+    // index stay as a crash leaves them (the last connection to close
+    // would remove them, and the server would have to create them).
+    let db = rusqlite::Connection::open(data_dir.join("backchannel.db")).expect("open");
+    db.execute_batch(
+        "INSERT INTO request_run_list (run, state, records) VALUES (7, 0, 0);
+         INSERT INTO request_runs VALUES
+             (7, 'iran', 'SendMessage', '00000000-0000-4000-8000-000000000007', x'00', 'r');",
+    )
+    .expect("a run half written");
+    let ballast = fill(&fs.path);
+    let server = server.restart().await;
+    all_present(&server, &acked).await;
+    wait_health(&server, ServingStatus::NotServing).await;
+    drop(db);
+    // Space freed: the run is removed, and writes go on.
+    std::fs::remove_file(&ballast).expect("free space");
+    wait_health(&server, ServingStatus::Serving).await;
+    let mut w2 = server.clients(&w.tokens["iran"]).await;
+    acked.push(
+        send(&mut w2, &w.channel.id, "after space freed")
+            .await
+            .expect("send")
+            .id,
+    );
+    all_present(&server, &acked).await;
 }
 
 #[tokio::test]

@@ -154,12 +154,9 @@ fn tier(records: i64, base: usize) -> u32 {
 
 impl Runs {
     /// The runs `request_run_list` lists; a run found half written (a move
-    /// or a merge a crash interrupted) is marked dead, to be removed.
+    /// or a merge a crash interrupted) is taken as dead, to be removed. It
+    /// writes nothing: a server on a full disk must still start.
     pub fn load(conn: &Connection, base: usize) -> rusqlite::Result<Runs> {
-        conn.execute(
-            "UPDATE request_run_list SET state = ?1 WHERE state = ?2",
-            [DEAD, BUILDING],
-        )?;
         let mut runs = Runs {
             base: base.max(1),
             ..Runs::default()
