@@ -79,18 +79,8 @@ const SHED: &str = "connection limit reached: connections shed (the oldest still
 
 /// A metric's value from the server's Prometheus endpoint.
 async fn metric(server: &Server, name: &str) -> f64 {
-    let addr = server
-        .log_value("serving metrics", "addr")
-        .expect("metrics address");
-    let mut tcp = TcpStream::connect(addr.as_str()).await.expect("metrics");
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .expect("ask metrics");
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await.expect("read metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    let text = scrape(&server.metrics_addr()).await;
+    metric_sample(&text, &format!("{name} ")).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[tokio::test]

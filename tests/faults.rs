@@ -863,14 +863,8 @@ async fn after_a_checkpoint_commits_do_not_each_checkpoint_again() {
     if !embedded("checkpoint cadence") {
         return;
     }
-    let server = Server::start_with(Options {
-        args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
-        ..Default::default()
-    })
-    .await;
-    let metrics = server
-        .log_value("serving metrics", "addr")
-        .expect("metrics address in the log");
+    let server = Server::start_with(Options::default().with_metrics()).await;
+    let metrics = server.metrics_addr();
     let checkpoints =
         |text: &str| metric_sample(text, "backchannel_wal_checkpoint_seconds_count").unwrap_or(0.0);
     let mut w = world(&server).await;

@@ -19,14 +19,8 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_count_calls_subscriptions_deliveries_replays_and_the_writer() {
-    let server = Server::start_with(Options {
-        args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
-        ..Options::default()
-    })
-    .await;
-    let addr = server
-        .log_value("serving metrics", "addr")
-        .expect("metrics address in the log");
+    let server = Server::start_with(Options::default().with_metrics()).await;
+    let addr = server.metrics_addr();
     let mut w = world(&server).await;
     let mut s = subscribe(&mut w.admin.clone(), from(Some(0))).await;
     for i in 0..5 {

@@ -43,14 +43,8 @@ async fn peak_rss_kib(server: &Server) -> u64 {
 
 #[tokio::test]
 async fn a_hundred_stalled_replays_of_large_events_cost_little_memory() {
-    let server = Server::start_with(Options {
-        args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
-        ..Default::default()
-    })
-    .await;
-    let metrics = server
-        .log_value("serving metrics", "addr")
-        .expect("metrics address in the log");
+    let server = Server::start_with(Options::default().with_metrics()).await;
+    let metrics = server.metrics_addr();
     let w = world(&server).await;
     // 400 events of about 60 KiB: a replay page of 256 events would be
     // 15 MB, and 100 stalled streams 1.5 GB.
@@ -117,19 +111,15 @@ async fn a_hundred_stalled_replays_of_large_events_cost_little_memory() {
 /// are sent, with or without a live subscriber that reads nothing, and what
 /// its window held at the end.
 async fn growth_while_sending(stall: bool, budget_mib: u64) -> (u64, f64) {
-    let server = Server::start_with(Options {
-        args: vec![
-            "--window-bytes".into(),
-            (budget_mib << 20).to_string(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-        ..Default::default()
-    })
+    let server = Server::start_with(
+        Options {
+            args: vec!["--window-bytes".into(), (budget_mib << 20).to_string()],
+            ..Default::default()
+        }
+        .with_metrics(),
+    )
     .await;
-    let metrics = server
-        .log_value("serving metrics", "addr")
-        .expect("metrics address in the log");
+    let metrics = server.metrics_addr();
     let w = world(&server).await;
     // Warm the store's caches, so that what grows later is the window.
     fill(&w, 200, 60 * 1024).await;

@@ -3347,13 +3347,13 @@ mod abuse {
         Ok(response.await?.into_body())
     }
 
-    /// What an attack holds while it runs; dropping it ends the attack.
-    struct Running {
+    /// What an attack holds while it runs, on its runtime.
+    struct Held {
         tasks: Vec<tokio::task::JoinHandle<()>>,
         _held: Vec<Box<dyn std::any::Any + Send>>,
     }
 
-    impl Drop for Running {
+    impl Drop for Held {
         fn drop(&mut self) {
             for t in &self.tasks {
                 t.abort();
@@ -3361,12 +3361,101 @@ mod abuse {
         }
     }
 
+    /// An attack running on a runtime and connections of its own (as
+    /// another client's would be, on another machine): on the measured
+    /// client's runtime, its tasks queued ahead of that client's, and the
+    /// measured latency counted the bench's own queue. Dropping it ends
+    /// the attack.
+    struct Running {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            drop(self.stop.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// The tokens an attack uses, and where.
+    struct Target {
+        addr: String,
+        admin: String,
+        iran: String,
+        france: String,
+        us: String,
+        connections: usize,
+    }
+
     async fn start(attack: Attack, w: &World, channel: &str) -> Result<Running> {
-        let mut run = Running {
+        let target = Target {
+            addr: w.addr.clone(),
+            admin: w.admin.token.clone(),
+            iran: w.iran.token.clone(),
+            france: w.france.token.clone(),
+            us: w.us.token.clone(),
+            connections: w.iran.per_conn.len().max(1),
+        };
+        let channel = channel.to_owned();
+        let (ready_tx, ready_rx) =
+            tokio::sync::oneshot::channel::<std::result::Result<(), String>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-attack".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("attack runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match held(attack, &target, &channel).await {
+                        Ok(held) => {
+                            let _ = ready_tx.send(Ok(()));
+                            let _ = stop_rx.await;
+                            drop(held);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+                rt.shutdown_background();
+            })?;
+        let running = Running {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(running),
+            Ok(Err(e)) => Err(format!("attack {}: {e}", attack.name()).into()),
+            Err(_) => Err(format!("attack {} did not start", attack.name()).into()),
+        }
+    }
+
+    /// Starts the attack, on the current runtime, with connections of its
+    /// own.
+    async fn held(attack: Attack, t: &Target, channel: &str) -> Result<Held> {
+        let mut run = Held {
             tasks: Vec::new(),
             _held: Vec::new(),
         };
-        let addr = w.addr.clone();
+        let addr = t.addr.clone();
+        let mut conns = Vec::new();
+        if matches!(attack, Attack::StalledLive | Attack::RateLimitedParty) {
+            for _ in 0..t.connections {
+                conns.push(connect(&addr).await?);
+            }
+        }
         match attack {
             Attack::None => {}
             Attack::StalledReplays => {
@@ -3375,7 +3464,7 @@ mod abuse {
                     for _ in 0..25 {
                         let s = stalled_subscribe(
                             &send,
-                            &w.admin.token,
+                            &t.admin,
                             &pb::SubscribeRequest {
                                 start_after: Some(0),
                                 ..Default::default()
@@ -3389,11 +3478,10 @@ mod abuse {
             }
             Attack::StalledLive => {
                 let send = stalled_h2(&addr).await?;
-                let s =
-                    stalled_subscribe(&send, &w.us.token, &pb::SubscribeRequest::default()).await?;
+                let s = stalled_subscribe(&send, &t.us, &pb::SubscribeRequest::default()).await?;
                 run._held.push(Box::new(s));
                 run._held.push(Box::new(send));
-                let iran = w.iran.clone();
+                let iran = Identity::new(&conns, &t.iran)?;
                 let channel = channel.to_owned();
                 run.tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -3440,8 +3528,9 @@ mod abuse {
                 }
             }
             Attack::RateLimitedParty => {
+                let france = Identity::new(&conns, &t.france)?;
                 for task in 0..64 {
-                    let mut c = w.france.on(task).parties;
+                    let mut c = france.on(task).parties;
                     run.tasks.push(tokio::spawn(async move {
                         loop {
                             let _ = c.who_am_i(pb::WhoAmIRequest {}).await;

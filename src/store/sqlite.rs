@@ -764,7 +764,8 @@ impl Writer {
                             moved,
                             ms = took.as_millis() as u64,
                             held = self.cache.requests.len(),
-                            "recent idempotency records moved into their index"
+                            live = self.cache.runs.live_count(),
+                            "recent idempotency records moved into a run"
                         );
                     }
                     let runs = &mut self.cache.runs;

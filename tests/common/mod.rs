@@ -59,6 +59,16 @@ pub struct Options {
     pub fd_limit: Option<u64>,
 }
 
+impl Options {
+    /// These options, and a Prometheus endpoint on a free port (see
+    /// [`Server::metrics_addr`]).
+    pub fn with_metrics(mut self) -> Options {
+        self.args
+            .extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+        self
+    }
+}
+
 impl Server {
     /// Starts a server with a fresh temporary data directory.
     pub async fn start() -> Server {
@@ -190,6 +200,13 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Where the server serves its metrics (started with
+    /// [`Options::with_metrics`]).
+    pub fn metrics_addr(&self) -> String {
+        self.log_value("serving metrics", "addr")
+            .expect("metrics address in the log")
+    }
+
     pub async fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         if let Some(pid) = child.id() {
