@@ -201,8 +201,10 @@ pub struct Config {
     pub startup_check_events: u64,
 
     /// Recent idempotency records the embedded store holds in memory (and
-    /// appends to a table of their own) before it moves them into their
-    /// index in key order; about 140 bytes of memory each.
+    /// appends to a table of their own) before it moves them, in key order,
+    /// into a run of their own; also the size of the smallest runs it
+    /// merges. At most about twice this many are held, some 160 bytes of
+    /// memory each.
     #[arg(long, env = "BACKCHANNEL_REQUESTS_MOVE_AT", default_value_t = crate::store::recent::DEFAULT_MOVE_AT, hide = true)]
     pub requests_move_at: usize,
 

@@ -5,7 +5,7 @@
 //! with its request id, the log has no gap and no duplicate, and the
 //! subscriber, resuming from the last sequence it saw, receives every event
 //! exactly once, in order. On the embedded store the kills also land while
-//! the idempotency records move into their index.
+//! the idempotency records move into runs and the runs are merged.
 //!
 //! The kill moments and the writers' choices come from a seeded generator;
 //! the seed is printed, and `CRASH_SEED=<seed>` repeats those choices (the

@@ -761,22 +761,13 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
     // the runs of version 5, where version 1 had one `requests` index).
     {
         let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
+        db.execute_batch(REQUESTS_BEFORE_RUNS).expect("runs undone");
         db.execute_batch(
             "ALTER TABLE events DROP COLUMN leaf_hash;
              ALTER TABLE tokens DROP COLUMN read_only;
              ALTER TABLE tokens DROP COLUMN expire_time;
              ALTER TABLE tokens DROP COLUMN last_use_time;
              DROP TABLE requests_recent;
-             DROP TABLE request_runs;
-             DROP TABLE request_run_list;
-             CREATE TABLE requests (
-                 caller      TEXT NOT NULL,
-                 method      TEXT NOT NULL,
-                 request_id  TEXT NOT NULL,
-                 fingerprint BLOB NOT NULL,
-                 resource_id TEXT NOT NULL,
-                 PRIMARY KEY (caller, method, request_id)
-             ) WITHOUT ROWID;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");

@@ -493,8 +493,8 @@ async fn expected_version_guards_channel_changes() {
 }
 
 /// The embedded store keeps its newest idempotency records in memory and
-/// moves them into their index in key order once enough have gathered
-/// (here: every 16). Retries find each record before, during and after a
+/// moves them, in key order, into a run of their own once enough have
+/// gathered (here: every 16), and merges eight runs into one. Retries find each record before, during and after a
 /// move, and after a restart; nothing is created twice.
 #[tokio::test]
 async fn request_ids_are_kept_across_moves_merges_and_restarts() {
@@ -622,20 +622,11 @@ async fn request_ids_of_a_store_from_before_runs_are_kept_by_the_migration() {
     assert_eq!(server.stop().await, Some(0));
     {
         let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
+        db.execute_batch(REQUESTS_BEFORE_RUNS).expect("runs undone");
         db.execute_batch(
-            "CREATE TABLE requests (
-                 caller      TEXT NOT NULL,
-                 method      TEXT NOT NULL,
-                 request_id  TEXT NOT NULL,
-                 fingerprint BLOB NOT NULL,
-                 resource_id TEXT NOT NULL,
-                 PRIMARY KEY (caller, method, request_id)
-             ) WITHOUT ROWID;
-             INSERT INTO requests
+            "INSERT INTO requests
                  SELECT caller, method, request_id, fingerprint, resource_id FROM requests_recent;
              DELETE FROM requests_recent;
-             DROP TABLE request_runs;
-             DROP TABLE request_run_list;
              PRAGMA user_version = 4;",
         )
         .expect("back to version 4");

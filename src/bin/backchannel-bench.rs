@@ -3369,13 +3369,18 @@ mod abuse {
     struct Running {
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         thread: Option<std::thread::JoinHandle<()>>,
+        /// The attacker's calls: admitted, refused `RESOURCE_EXHAUSTED`,
+        /// failed otherwise.
+        calls: Arc<[AtomicU64; 3]>,
     }
 
     impl Drop for Running {
         fn drop(&mut self) {
             drop(self.stop.take());
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
+            if let Some(t) = self.thread.take()
+                && t.join().is_err()
+            {
+                progress("abuse: the attack's thread panicked");
             }
         }
     }
@@ -3400,9 +3405,11 @@ mod abuse {
             connections: w.iran.per_conn.len().max(1),
         };
         let channel = channel.to_owned();
+        let calls: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let counted = calls.clone();
         let (ready_tx, ready_rx) =
             tokio::sync::oneshot::channel::<std::result::Result<(), String>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("bench-attack".into())
             .spawn(move || {
@@ -3418,7 +3425,13 @@ mod abuse {
                     }
                 };
                 rt.block_on(async move {
-                    match held(attack, &target, &channel).await {
+                    // Stopped while it starts too (a bench cancelled then
+                    // must not wait on a server that does not answer).
+                    let started = tokio::select! {
+                        r = held(attack, &target, &channel, counted) => r,
+                        _ = &mut stop_rx => return,
+                    };
+                    match started {
                         Ok(held) => {
                             let _ = ready_tx.send(Ok(()));
                             let _ = stop_rx.await;
@@ -3434,6 +3447,7 @@ mod abuse {
         let running = Running {
             stop: Some(stop_tx),
             thread: Some(thread),
+            calls,
         };
         match ready_rx.await {
             Ok(Ok(())) => Ok(running),
@@ -3444,7 +3458,12 @@ mod abuse {
 
     /// Starts the attack, on the current runtime, with connections of its
     /// own.
-    async fn held(attack: Attack, t: &Target, channel: &str) -> Result<Held> {
+    async fn held(
+        attack: Attack,
+        t: &Target,
+        channel: &str,
+        calls: Arc<[AtomicU64; 3]>,
+    ) -> Result<Held> {
         let mut run = Held {
             tasks: Vec::new(),
             _held: Vec::new(),
@@ -3531,9 +3550,15 @@ mod abuse {
                 let france = Identity::new(&conns, &t.france)?;
                 for task in 0..64 {
                     let mut c = france.on(task).parties;
+                    let calls = calls.clone();
                     run.tasks.push(tokio::spawn(async move {
                         loop {
-                            let _ = c.who_am_i(pb::WhoAmIRequest {}).await;
+                            let k = match c.who_am_i(pb::WhoAmIRequest {}).await {
+                                Ok(_) => 0,
+                                Err(s) if s.code() == tonic::Code::ResourceExhausted => 1,
+                                Err(_) => 2,
+                            };
+                            calls[k].fetch_add(1, Ordering::Relaxed);
                         }
                     }));
                 }
@@ -3581,6 +3606,7 @@ mod abuse {
         let mut rows = Vec::new();
         let mut points = Vec::new();
         let mut calm_p99 = None;
+        let mut attacker_line = String::new();
         let rss0 = rss_kib(Some(server.pid));
         for attack in [
             Attack::None,
@@ -3602,7 +3628,15 @@ mod abuse {
                     }
                 }
             });
+            let counted_from: [u64; 3] =
+                std::array::from_fn(|k| running.calls[k].load(Ordering::Relaxed));
             let l = closed_loop(16, plan.timing, Some(pid), op.clone()).await;
+            let attacker: [f64; 3] = std::array::from_fn(|k| {
+                running.calls[k]
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(counted_from[k]) as f64
+                    / (plan.timing.warmup + plan.timing.measure).as_secs_f64()
+            });
             let peak = rss_kib(Some(pid)).unwrap_or(0);
             sampler.abort();
             let peak = peak.max(sampler.await.unwrap_or(0));
@@ -3624,6 +3658,22 @@ mod abuse {
                 ratio.map_or("-".into(), |r| format!("{r:.2}")),
                 peak / 1024
             ));
+            if matches!(attack, Attack::RateLimitedParty) {
+                let [admitted, refused, failed] = attacker;
+                attacker_line = format!(
+                    "the party at its rate limit: {} calls/s admitted, {} refused RESOURCE_EXHAUSTED, {} failed otherwise",
+                    fmt_rate(admitted),
+                    fmt_rate(refused),
+                    fmt_rate(failed)
+                );
+                progress(format!("abuse: {attacker_line}"));
+                if failed > 0.0 || refused == 0.0 {
+                    report.errors += 1;
+                    report.failures.push(format!(
+                        "abuse: the attack did not run as meant: {attacker_line}"
+                    ));
+                }
+            }
             rows.push(vec![
                 attack.name().to_string(),
                 fmt_rate(l.rate()),
@@ -3640,6 +3690,11 @@ mod abuse {
                 "p99_vs_none": ratio.map(|r| (r * 100.0).round() / 100.0),
                 "rss_peak_kib": peak,
                 "errors": l.errors,
+                "attacker_calls_per_s": matches!(attack, Attack::RateLimitedParty).then(|| json!({
+                    "admitted": round1(attacker[0]),
+                    "refused": round1(attacker[1]),
+                    "failed": round1(attacker[2]),
+                })),
             }));
         }
         text.push_str(&table(
@@ -3651,6 +3706,9 @@ mod abuse {
             &["attack", "calls/s", "p50 ms", "p99 ms", "p99 x none", "RSS peak MiB", "errors"],
             &rows,
         ));
+        if !attacker_line.is_empty() {
+            text.push_str(&format!("{attacker_line}\n"));
+        }
         report
             .json
             .insert("abuse".into(), json!({ "points": points }));

@@ -20,9 +20,9 @@
 //! Bloom filter of every key in `request_runs` answers "certainly not there"
 //! for nearly all of them (1 % false positives at its capacity). It is
 //! built by a thread of its own from `request_runs` while the writer starts
-//! serving (until it is ready, every lookup reads `request_runs`); the writer
-//! adds what it moves meanwhile, and has it built again, larger, once it
-//! holds more keys than it was sized for.
+//! serving (until it is ready, every lookup reads the runs); the writer
+//! adds what it moves meanwhile, and the filter grows by a segment when it
+//! is full (see [`Keys`]).
 
 use std::collections::HashMap;
 
@@ -32,8 +32,9 @@ use crate::domain::Id;
 
 /// Records gathered before the writer moves them into `request_runs`, unless
 /// configured otherwise. With those that arrive during a move, at most
-/// twice this many are held: about 36 MiB of memory (a record's key,
-/// fingerprint and resource, and the map's own overhead, ~140 bytes).
+/// about twice this many are held (see [`move_budget`]): at most about
+/// 41 MiB of memory, the map's room for them (80 bytes a record and its
+/// control byte, at most 7/8 full), plus a move's sorted keys and rows.
 pub const DEFAULT_MOVE_AT: usize = 131_072;
 
 /// Records moved into `request_runs` per commit at most (the writer adds one
@@ -44,25 +45,25 @@ pub const DEFAULT_MOVE_AT: usize = 131_072;
 /// (neighbours there: a handful of pages).
 pub const MOVE_CHUNK: usize = 1_024;
 
-/// Records moved per request of the batch that carries them, and at least
-/// [`MOVE_MIN`]: the move is paid for as the records arrive, a few in each
-/// commit, instead of in a burst of full chunks that held the writer at
-/// half speed for a second out of every eight (docs/PERFORMANCE.md). A move
-/// of `M` records is done by the time about `M` more have arrived (sooner
-/// where batches are small), so at most about `2 M` are held; spread so,
-/// its cost is nearly the same in every second of sustained writes.
-pub const MOVE_PACE: usize = 1;
+/// Records moved per request of the batch that carries them: five for
+/// every four, and at least [`MOVE_MIN`]. The move is paid for as the
+/// records arrive, a few in each commit, instead of in a burst of full
+/// chunks that held the writer at half speed for a second out of every
+/// eight (docs/PERFORMANCE.md). At five for four, a move of `M` records
+/// is inserted while at most `0.8 M` more arrive, and its rows are then
+/// removed [`MOVE_CHUNK`] per commit while at most `M / 8` more do (at
+/// most 128 requests a batch): under `M` in all, so the next move is no
+/// larger than the threshold and at most about `2 M` records are ever held.
+/// (At one for one, each move was larger than the one before by what
+/// arrived during its removal, without end.)
+pub fn move_budget(requests: usize) -> usize {
+    requests
+        .saturating_add(requests.div_ceil(4))
+        .clamp(MOVE_MIN, MOVE_CHUNK)
+}
 
 /// The fewest records a step of a move inserts, however small its batch.
 pub const MOVE_MIN: usize = 16;
-
-/// Records the next step of a move inserts, in a batch of `requests`
-/// requests.
-pub fn move_budget(requests: usize) -> usize {
-    requests
-        .saturating_mul(MOVE_PACE)
-        .clamp(MOVE_MIN, MOVE_CHUNK)
-}
 
 /// An idempotency record's key: the caller and the method by their
 /// number in [`Recent`]'s table of names (a handful of each), and the
@@ -755,10 +756,44 @@ mod tests {
         );
     }
 
+    /// Batches of `j` new records each, as the writer runs them, for
+    /// twenty moves: the records held never pass twice the threshold.
+    #[test]
+    fn under_sustained_writes_the_records_held_stay_bounded() {
+        const AT: usize = 4_096;
+        for j in [1usize, 25, 64, 128] {
+            let mut r = Recent::new(AT);
+            let (mut next, mut moves, mut most) = (0u128, 0, 0);
+            while moves < 20 {
+                for _ in 0..j {
+                    r.insert("iran", SEND, id(next), record(next as i64 + 1));
+                    next += 1;
+                }
+                let b = move_budget(j);
+                let done = match r.step(b) {
+                    Step::Idle => StepDone::Idle,
+                    Step::Insert { .. } => StepDone::Inserted {
+                        keys: r.chunk_written(b),
+                        completed: None,
+                    },
+                    Step::Remove(_) => StepDone::Removed,
+                };
+                r.committed();
+                moves += usize::from(r.step_committed(done).is_some());
+                r.start_move(|| 1);
+                most = most.max(r.len());
+            }
+            assert!(
+                most <= 2 * AT + 2 * MOVE_MIN.max(j),
+                "batches of {j}: {most} records held at once (threshold {AT})"
+            );
+        }
+    }
+
     #[test]
     fn a_move_is_paced_by_its_batches() {
         assert_eq!(move_budget(1), MOVE_MIN);
-        assert_eq!(move_budget(64), 64 * MOVE_PACE);
+        assert_eq!(move_budget(64), 80);
         assert_eq!(move_budget(100_000), MOVE_CHUNK);
     }
 

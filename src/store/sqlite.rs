@@ -899,7 +899,7 @@ impl Writer {
                     .inspect_err(|e| {
                         tracing::warn!(
                             error = %e,
-                            "cannot build the filter of idempotency records; every lookup reads their index"
+                            "cannot build the filter of idempotency records; every lookup reads the runs"
                         );
                     })
                     .ok();

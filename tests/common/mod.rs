@@ -593,6 +593,21 @@ pub async fn all_events(admin: &mut Clients, req: pb::ListEventsRequest) -> Vec<
     }
 }
 
+/// SQL that takes an embedded store's idempotency records back from runs
+/// (schema version 5) to the one `requests` index of the versions before,
+/// empty: for tests of the migrations, on a stopped server's database.
+pub const REQUESTS_BEFORE_RUNS: &str = "
+    DROP TABLE request_runs;
+    DROP TABLE request_run_list;
+    CREATE TABLE requests (
+        caller      TEXT NOT NULL,
+        method      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        resource_id TEXT NOT NULL,
+        PRIMARY KEY (caller, method, request_id)
+    ) WITHOUT ROWID;";
+
 /// The Prometheus text of the metrics endpoint at `addr`.
 pub async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
