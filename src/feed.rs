@@ -243,8 +243,8 @@ struct OpenSubscription(Arc<AtomicUsize>);
 impl OpenSubscription {
     fn new(open: &Arc<AtomicUsize>, max: usize) -> Result<OpenSubscription, Rejection> {
         let prev = open.fetch_add(1, Ordering::SeqCst);
-        let guard = OpenSubscription(open.clone());
         if prev >= max {
+            open.fetch_sub(1, Ordering::SeqCst);
             metrics::counter!(crate::observe::SUBSCRIPTIONS_REFUSED, "limit" => "total")
                 .increment(1);
             return Err(Rejection::new(
@@ -252,15 +252,18 @@ impl OpenSubscription {
                 format!("the server holds its maximum of {max} subscriptions; retry later"),
             ));
         }
-        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).set((prev + 1) as f64);
-        Ok(guard)
+        // Added to and taken from, never set: set from a count read
+        // before, a late write could leave the gauge at 1 with none open
+        // (subscriptions closing on two threads at once).
+        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).increment(1.0);
+        Ok(OpenSubscription(open.clone()))
     }
 }
 
 impl Drop for OpenSubscription {
     fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).set(now as f64);
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(crate::observe::SUBSCRIPTIONS_OPEN).decrement(1.0);
     }
 }
 

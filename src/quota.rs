@@ -181,8 +181,8 @@ struct WatchSlot(Arc<AtomicUsize>);
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        metrics::gauge!(crate::observe::HEALTH_WATCHES_OPEN).set(now as f64);
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(crate::observe::HEALTH_WATCHES_OPEN).decrement(1.0);
     }
 }
 
@@ -211,9 +211,8 @@ where
             return Box::pin(self.inner.call(req));
         }
         let prev = self.open.fetch_add(1, Ordering::SeqCst);
-        let slot = WatchSlot(self.open.clone());
         if prev >= self.max {
-            drop(slot);
+            self.open.fetch_sub(1, Ordering::SeqCst);
             metrics::counter!(crate::observe::SUBSCRIPTIONS_REFUSED, "limit" => "health")
                 .increment(1);
             let r = Rejection::new(
@@ -227,7 +226,10 @@ where
             let res = crate::error::status(&r).into_http();
             return Box::pin(async move { Ok(res) });
         }
-        metrics::gauge!(crate::observe::HEALTH_WATCHES_OPEN).set((prev + 1) as f64);
+        // Added to and taken from, never set from a count read before (a
+        // late write could leave it off by one for good).
+        metrics::gauge!(crate::observe::HEALTH_WATCHES_OPEN).increment(1.0);
+        let slot = WatchSlot(self.open.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
