@@ -37,12 +37,14 @@ use crate::domain::Id;
 /// control byte, at most 7/8 full), plus a move's sorted keys and rows.
 pub const DEFAULT_MOVE_AT: usize = 131_072;
 
-/// Records moved into `request_runs` per commit at most (the writer adds one
-/// chunk to each batch's transaction): a chunk dirties at most this many
-/// pages, 4 MiB of WAL, which a batch's 32 MiB at most and the 16 MiB at
-/// which the writer checkpoints leave room for under the WAL's 64 MiB
-/// bound. Rows are removed from `requests_recent` this many at a time
-/// (neighbours there: a handful of pages).
+/// Records moved into `request_runs` per commit at most (the writer adds a
+/// step of the move to each batch's transaction, and a step of a merge or
+/// of a merged run's removal, each at most this many records): together
+/// they dirty at most twice this many pages, 8 MiB of WAL, which a batch's
+/// 32 MiB at most and the 16 MiB at which the writer checkpoints leave room
+/// for under the WAL's 64 MiB bound. Rows are removed from
+/// `requests_recent` this many at a time (neighbours there: a handful of
+/// pages).
 pub const MOVE_CHUNK: usize = 1_024;
 
 /// Records moved per request of the batch that carries them: five for
