@@ -61,7 +61,8 @@ enum Scenario {
     /// A well-behaved client's latency and the server's memory while hostile
     /// clients attack (stalled streams, idle sockets, a WINDOW_UPDATE flood,
     /// a party at its rate limit), on a server of its own with the default
-    /// per-party limits.
+    /// per-party limits; each attack runs in a process of its own at the
+    /// lowest CPU priority, as a client on another machine would.
     Abuse,
 }
 
@@ -103,6 +104,9 @@ struct Args {
     /// Only these scenarios (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
+    /// Run as the attacker process of the `abuse` scenario (internal).
+    #[arg(long, hide = true, value_name = "ATTACK")]
+    attacker: Option<String>,
     /// The `backchannel` binary to start (default: next to this executable).
     #[arg(long, value_name = "PATH")]
     server_bin: Option<PathBuf>,
@@ -2792,6 +2796,9 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(attack) = &args.attacker {
+        return abuse::attacker_main(attack);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -3299,7 +3306,29 @@ mod abuse {
         RateLimitedParty,
     }
 
+    /// Every attack, in the order measured.
+    const ATTACKS: [Attack; 6] = [
+        Attack::None,
+        Attack::StalledReplays,
+        Attack::StalledLive,
+        Attack::IdleSockets,
+        Attack::WindowUpdateFlood,
+        Attack::RateLimitedParty,
+    ];
+
     impl Attack {
+        /// How `--attacker` names it.
+        fn key(self) -> &'static str {
+            match self {
+                Attack::None => "none",
+                Attack::StalledReplays => "stalled-replays",
+                Attack::StalledLive => "stalled-live",
+                Attack::IdleSockets => "idle-sockets",
+                Attack::WindowUpdateFlood => "window-update-flood",
+                Attack::RateLimitedParty => "rate-limited-party",
+            }
+        }
+
         fn name(self) -> &'static str {
             match self {
                 Attack::None => "none",
@@ -3361,29 +3390,80 @@ mod abuse {
         }
     }
 
-    /// An attack running on a runtime and connections of its own (as
-    /// another client's would be, on another machine): on the measured
-    /// client's runtime, its tasks queued ahead of that client's, and the
-    /// measured latency counted the bench's own queue. Dropping it ends
-    /// the attack.
+    /// An attack running in a process of its own, as another client's
+    /// would run on another machine, at the lowest CPU priority
+    /// (`SCHED_IDLE`). What the attacker's own client code costs is not the
+    /// server's cost of the attack; yet on the bench's machine the server,
+    /// the measured client and the attacker share two cores. On the
+    /// measured client's runtime, the attack's tasks queued ahead of that
+    /// client's and the bench counted its own queue (third session); on a
+    /// runtime of its own at normal priority, and at nice 19, its threads
+    /// still took the cores from the server and the measured client alike
+    /// (fourth and fifth sessions, docs/PERFORMANCE.md). Now it runs on what
+    /// the others leave, and its own count of admitted calls shows that it
+    /// still spent its burst and its rate. Dropping it kills the process.
     struct Running {
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
-        thread: Option<std::thread::JoinHandle<()>>,
-        /// The attacker's calls: admitted, refused `RESOURCE_EXHAUSTED`,
-        /// failed otherwise.
-        calls: Arc<[AtomicU64; 3]>,
+        child: Child,
+        stdin: Option<std::process::ChildStdin>,
+        /// The attacker's lines, read by a thread of their own.
+        lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    }
+
+    impl Running {
+        /// The attacker's next line.
+        async fn line(&mut self) -> Result<String> {
+            tokio::time::timeout(ATTACKER_ANSWERS, self.lines.recv())
+                .await
+                .map_err(|_| "the attacker did not answer")?
+                .ok_or_else(|| "the attacker ended".into())
+        }
+
+        /// The attacker's calls so far: admitted, refused
+        /// `RESOURCE_EXHAUSTED`, failed otherwise.
+        async fn calls(&mut self) -> Result<[u64; 3]> {
+            use std::io::Write;
+            let stdin = self.stdin.as_mut().ok_or("the attacker is stopped")?;
+            stdin.write_all(b"count\n")?;
+            stdin.flush()?;
+            let line = self.line().await?;
+            let n: Vec<u64> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<std::result::Result<_, _>>()?;
+            match n[..] {
+                [a, r, f] => Ok([a, r, f]),
+                _ => Err(format!("the attacker answered {line:?}").into()),
+            }
+        }
+
+        /// Ends the attack: closes its stdin and waits for its process.
+        async fn stop(mut self) {
+            drop(self.stdin.take());
+            let _ = tokio::time::timeout(ATTACKER_ANSWERS, self.lines.recv()).await;
+        }
     }
 
     impl Drop for Running {
         fn drop(&mut self) {
-            drop(self.stop.take());
-            if let Some(t) = self.thread.take()
-                && t.join().is_err()
-            {
-                progress("abuse: the attack's thread panicked");
-            }
+            drop(self.stdin.take());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
+
+    /// How long the attacker's process may take to start or answer.
+    const ATTACKER_ANSWERS: Duration = Duration::from_secs(30);
+
+    /// What the attacker's process is told, by environment.
+    const ATTACK_ENV: [&str; 7] = [
+        "BENCH_ATTACK_ADDR",
+        "BENCH_ATTACK_ADMIN",
+        "BENCH_ATTACK_IRAN",
+        "BENCH_ATTACK_FRANCE",
+        "BENCH_ATTACK_US",
+        "BENCH_ATTACK_CONNECTIONS",
+        "BENCH_ATTACK_CHANNEL",
+    ];
 
     /// The tokens an attack uses, and where.
     struct Target {
@@ -3395,64 +3475,125 @@ mod abuse {
         connections: usize,
     }
 
+    /// Starts `attack` in a process of its own (this executable, with the
+    /// hidden `--attacker`); it says `ready` once it holds what it attacks
+    /// with.
     async fn start(attack: Attack, w: &World, channel: &str) -> Result<Running> {
-        let target = Target {
-            addr: w.addr.clone(),
-            admin: w.admin.token.clone(),
-            iran: w.iran.token.clone(),
-            france: w.france.token.clone(),
-            us: w.us.token.clone(),
-            connections: w.iran.per_conn.len().max(1),
+        let values = [
+            w.addr.clone(),
+            w.admin.token.clone(),
+            w.iran.token.clone(),
+            w.france.token.clone(),
+            w.us.token.clone(),
+            w.iran.per_conn.len().max(1).to_string(),
+            channel.to_owned(),
+        ];
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--attacker")
+            .arg(attack.key())
+            .envs(ATTACK_ENV.iter().zip(values))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let mut running = Running {
+            child,
+            stdin,
+            lines,
         };
-        let channel = channel.to_owned();
-        let calls: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
-        let counted = calls.clone();
-        let (ready_tx, ready_rx) =
-            tokio::sync::oneshot::channel::<std::result::Result<(), String>>();
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("bench-attack".into())
+        let stdout = stdout.ok_or("the attacker's stdout")?;
+        std::thread::Builder::new()
+            .name("bench-attacker-out".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("attack runtime: {e}")));
-                        return;
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
                     }
-                };
-                rt.block_on(async move {
-                    // Stopped while it starts too (a bench cancelled then
-                    // must not wait on a server that does not answer).
-                    let started = tokio::select! {
-                        r = held(attack, &target, &channel, counted) => r,
-                        _ = &mut stop_rx => return,
-                    };
-                    match started {
-                        Ok(held) => {
-                            let _ = ready_tx.send(Ok(()));
-                            let _ = stop_rx.await;
-                            drop(held);
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                        }
-                    }
-                });
-                rt.shutdown_background();
+                }
             })?;
-        let running = Running {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            calls,
+        let first = running
+            .line()
+            .await
+            .map_err(|e| format!("attack {}: {e}", attack.name()))?;
+        if first == "ready" {
+            Ok(running)
+        } else {
+            Err(format!("attack {}: {first}", attack.name()).into())
+        }
+    }
+
+    /// The attacker's process (`--attacker KEY`): holds the attack at the
+    /// lowest CPU priority, answers `count` on stdin with its calls, and
+    /// ends when stdin closes.
+    pub fn attacker_main(key: &str) -> std::process::ExitCode {
+        let fail = |e: String| {
+            println!("{e}");
+            std::process::ExitCode::FAILURE
         };
-        match ready_rx.await {
-            Ok(Ok(())) => Ok(running),
-            Ok(Err(e)) => Err(format!("attack {}: {e}", attack.name()).into()),
-            Err(_) => Err(format!("attack {} did not start", attack.name()).into()),
+        let Some(attack) = ATTACKS.into_iter().find(|a| a.key() == key) else {
+            return fail(format!("no attack {key:?}"));
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; the runtime's threads, made
+        // after, inherit its policy. `param` outlives the call.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            return fail(format!(
+                "cannot run at SCHED_IDLE: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let env: Vec<String> = ATTACK_ENV
+            .iter()
+            .map(|k| std::env::var(k).unwrap_or_default())
+            .collect();
+        let target = Target {
+            addr: env[0].clone(),
+            admin: env[1].clone(),
+            iran: env[2].clone(),
+            france: env[3].clone(),
+            us: env[4].clone(),
+            connections: env[5].parse().unwrap_or(1),
+        };
+        let channel = env[6].clone();
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return fail(format!("attack runtime: {e}")),
+        };
+        let calls: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let outcome: Result<()> = (|| {
+            // The attack's tasks run on the runtime's threads; this one
+            // answers on stdin.
+            let held = rt.block_on(held(attack, &target, &channel, calls.clone()))?;
+            let _in_runtime = rt.enter();
+            println!("ready");
+            for line in std::io::stdin().lines() {
+                if line? == "count" {
+                    let [a, r, f] = std::array::from_fn(|k| calls[k].load(Ordering::Relaxed));
+                    println!("{a} {r} {f}");
+                }
+            }
+            drop(held);
+            Ok(())
+        })();
+        rt.shutdown_background();
+        match outcome {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => fail(e.to_string()),
         }
     }
 
@@ -3608,15 +3749,8 @@ mod abuse {
         let mut calm_p99 = None;
         let mut attacker_line = String::new();
         let rss0 = rss_kib(Some(server.pid));
-        for attack in [
-            Attack::None,
-            Attack::StalledReplays,
-            Attack::StalledLive,
-            Attack::IdleSockets,
-            Attack::WindowUpdateFlood,
-            Attack::RateLimitedParty,
-        ] {
-            let running = start(attack, &w, &channel).await?;
+        for attack in ATTACKS {
+            let mut running = start(attack, &w, &channel).await?;
             let pid = server.pid;
             let sampler = tokio::spawn(async move {
                 let mut peak = 0;
@@ -3628,19 +3762,17 @@ mod abuse {
                     }
                 }
             });
-            let counted_from: [u64; 3] =
-                std::array::from_fn(|k| running.calls[k].load(Ordering::Relaxed));
+            let counted_from = running.calls().await?;
             let l = closed_loop(16, plan.timing, Some(pid), op.clone()).await;
+            let counted_to = running.calls().await?;
             let attacker: [f64; 3] = std::array::from_fn(|k| {
-                running.calls[k]
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(counted_from[k]) as f64
+                counted_to[k].saturating_sub(counted_from[k]) as f64
                     / (plan.timing.warmup + plan.timing.measure).as_secs_f64()
             });
             let peak = rss_kib(Some(pid)).unwrap_or(0);
             sampler.abort();
             let peak = peak.max(sampler.await.unwrap_or(0));
-            drop(running);
+            running.stop().await;
             report.error(&format!("abuse ({})", attack.name()), &l);
             let p99 = l.steps[0].ms(0.99);
             if matches!(attack, Attack::None) {
@@ -3706,7 +3838,7 @@ mod abuse {
         text.push_str(&table(
             "abuse: a well-behaved client (GetChannel, 16 tasks, each at most one call per 4 ms) while each attack runs",
             &format!(
-                "a server of its own with the default per-party limits; RSS {} MiB before the first point",
+                "a server of its own with the default per-party limits; each attack in a process of its own at SCHED_IDLE (as on another machine); RSS {} MiB before the first point",
                 rss0.map_or("-".into(), |r| (r / 1024).to_string())
             ),
             &["attack", "calls/s", "p50 ms", "p99 ms", "p99 x none", "RSS peak MiB", "errors"],
