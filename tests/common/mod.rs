@@ -268,9 +268,7 @@ impl Server {
 
     /// A gRPC channel to the server.
     pub async fn connect(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("endpoint")
-            .connect()
+        backchannel_testkit::connect(&self.addr.to_string())
             .await
             .expect("connect")
     }
@@ -320,17 +318,7 @@ impl Server {
     }
 }
 
-/// Whether the suite runs against PostgreSQL (`BACKCHANNEL_TEST_BACKEND=postgres`)
-/// rather than the embedded store.
-pub fn backend_is_postgres() -> bool {
-    std::env::var("BACKCHANNEL_TEST_BACKEND").is_ok_and(|b| b == "postgres")
-}
-
-/// The PostgreSQL server the tests use (`DATABASE_URL`, trust auth locally).
-pub fn admin_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+pub use backchannel_testkit::{Bearer, admin_database_url, backend_is_postgres};
 
 /// A fresh database for one test, dropped when the test ends.
 pub struct TestDb {
@@ -338,44 +326,26 @@ pub struct TestDb {
     pub name: String,
     /// Its URL.
     pub url: String,
+    _db: backchannel_testkit::TempDb,
 }
 
 /// Runs blocking PostgreSQL work on a thread outside the async runtime.
 pub fn with_admin_db<T: Send + 'static>(
     f: impl FnOnce(&mut postgres::Client) -> T + Send + 'static,
 ) -> T {
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&admin_database_url(), postgres::NoTls)
-            .expect("connect to PostgreSQL (is it running? see ./scripts/test.sh)");
-        f(&mut c)
-    })
-    .join()
-    .expect("database thread")
+    backchannel_testkit::on_server(&admin_database_url(), move |c| Ok(f(c)))
+        .expect("connect to PostgreSQL (is it running? see ./scripts/test.sh)")
 }
 
 impl TestDb {
     /// Creates a database with a unique name.
     pub fn create() -> TestDb {
-        let name = format!("bc_test_{}", uuid::Uuid::new_v4().simple());
-        let n = name.clone();
-        with_admin_db(move |c| {
-            c.batch_execute(&format!("CREATE DATABASE {n}"))
-                .expect("create test database")
-        });
-        let base = admin_database_url();
-        let (prefix, query) = match base.split_once('?') {
-            Some((p, q)) => (p.to_string(), format!("?{q}")),
-            None => (base.clone(), String::new()),
-        };
-        let root = match prefix.rsplit_once('/') {
-            Some((r, _)) if r.contains("://") && r.len() > r.find("://").unwrap() + 3 => {
-                r.to_string()
-            }
-            _ => prefix.clone(),
-        };
+        let db = backchannel_testkit::TempDb::create(&admin_database_url(), "bc_test")
+            .expect("create test database (is PostgreSQL running? see ./scripts/test.sh)");
         TestDb {
-            url: format!("{root}/{name}{query}"),
-            name,
+            name: db.name.clone(),
+            url: db.url.clone(),
+            _db: db,
         }
     }
 
@@ -391,28 +361,6 @@ impl TestDb {
             .expect("terminate backends")
             .len() as u64
         })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let n = self.name.clone();
-        with_admin_db(move |c| {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"));
-        });
-    }
-}
-
-/// Adds `authorization: Bearer TOKEN` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
     }
 }
 
@@ -432,7 +380,10 @@ pub struct Clients {
 impl Clients {
     /// Clients over `channel` with an optional token.
     pub fn new(channel: Channel, token: Option<&str>) -> Clients {
-        let b = Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")));
+        let b = match token {
+            Some(t) => Bearer::new(t).expect("ascii token"),
+            None => Bearer::none(),
+        };
         Clients {
             parties: PartyServiceClient::with_interceptor(channel.clone(), b.clone()),
             channels: ChannelServiceClient::with_interceptor(channel.clone(), b.clone()),

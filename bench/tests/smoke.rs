@@ -2,10 +2,27 @@
 //! debug `backchannel` binary. It asserts that every scenario ran, that no
 //! call failed and that no event was lost — never a speed.
 
-mod common;
-
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use backchannel_testkit::{admin_database_url, backend_is_postgres};
+
+/// The server binary: `BACKCHANNEL_BIN`, or the `backchannel` the same
+/// build made beside the bench (`cargo test --workspace` builds both).
+fn server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BACKCHANNEL_BIN") {
+        return bin.into();
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_backchannel-bench")).with_file_name("backchannel");
+    assert!(
+        bin.is_file(),
+        "{} is not built: run the suite with `cargo test --workspace`, or `cargo build` first, \
+         or set BACKCHANNEL_BIN to the server binary",
+        bin.display()
+    );
+    bin
+}
 
 /// Longer than a quick run can take on a debug build, even on a busy machine.
 const LIMIT: Duration = Duration::from_secs(240);
@@ -19,7 +36,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel-bench"));
     cmd.arg("--quick")
         .arg("--server-bin")
-        .arg(env!("CARGO_BIN_EXE_backchannel"))
+        .arg(server_bin())
         .arg("--json")
         .arg(&json_path)
         // A debug server writes slowly; this is enough to exercise catchup.
@@ -28,8 +45,8 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-    if common::backend_is_postgres() {
-        cmd.arg("--database-url").arg(common::admin_database_url());
+    if backend_is_postgres() {
+        cmd.arg("--database-url").arg(admin_database_url());
     }
     let mut child = cmd.spawn().expect("start backchannel-bench");
     let started = Instant::now();
@@ -61,7 +78,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
     assert_eq!(doc["errors"], 0, "{output}");
     assert!(doc["cores"].as_u64().unwrap_or(0) >= 1);
     assert!(doc["git_commit"].is_string());
-    let backend = if common::backend_is_postgres() {
+    let backend = if backend_is_postgres() {
         "postgres"
     } else {
         "embedded"
@@ -134,7 +151,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         64 * 1024 * 1024,
         "{sustained:#}"
     );
-    if common::backend_is_postgres() {
+    if backend_is_postgres() {
         assert!(sustained["wal_peak_bytes"].is_null(), "{sustained:#}");
     } else {
         assert!(sustained["wal_peak_bytes"].is_u64(), "{sustained:#}");
