@@ -18,10 +18,13 @@ pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod feed;
+pub mod health;
 pub mod observe;
 pub mod quota;
+pub mod replication;
 pub mod server;
 pub mod store;
+pub mod upkeep;
 pub mod wire;
 
 /// The generated protobuf types, clients and servers of `backchannel.v1`.

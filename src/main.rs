@@ -32,7 +32,7 @@ fn init_tracing(format: LogFormat) {
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     if let Some(Subcommand::Health { addr, service }) = &config.command {
-        return backchannel::server::health_check(addr, service).await;
+        return backchannel::health::health_check(addr, service).await;
     }
     if let Some(request) = backchannel::backup::Request::from_config(&config) {
         return backchannel::backup::command(request).await;

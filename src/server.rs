@@ -1,5 +1,6 @@
 //! Wiring: open the store, build the services (ours, health, reflection),
-//! serve until a shutdown signal, then stop cleanly.
+//! start the background tasks ([`crate::replication`], [`crate::upkeep`],
+//! [`crate::health`]), serve until a shutdown signal, then stop cleanly.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,12 +15,9 @@ use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::Pa
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
 use crate::connections;
-use crate::domain::{Caller, Command};
-use crate::domain::{Reason, Rejection};
 use crate::feed::{Feed, Follow};
 use crate::pb;
-use crate::store::{Change, Committed, Store};
-use prost::Message as _;
+use crate::store::Store;
 
 /// Any startup failure, for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,20 +74,7 @@ pub async fn run(
         crate::observe::serve_metrics(addr).await?;
     }
     let tls = tls_config(&config)?;
-    let max_connections = match connections::raise_fd_limit() {
-        Ok((soft, hard)) => {
-            let max = connections::connection_limit(config.max_connections, soft);
-            tracing::info!(soft, hard, max_connections = max, "file-descriptor limit");
-            max
-        }
-        Err(e) => {
-            let max = config
-                .max_connections
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS_UNKNOWN_FD);
-            tracing::warn!(error = %e, max_connections = max, "cannot read the file-descriptor limit");
-            max
-        }
-    };
+    let max_connections = max_connections(&config);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -100,56 +85,13 @@ pub async fn run(
     let addr = listener.local_addr()?;
 
     let feed = Feed::new(0, config.window_bytes);
-    // The writer publishes what it commits. With PostgreSQL other replicas
-    // write too, and a tailer follows the shared log for their events.
+    // Wakes the tailer of a shared (PostgreSQL) log.
     let wake = Arc::new(Notify::new());
-    let (store, head) = match &config.database_url {
-        None => {
-            let publisher = feed.clone();
-            let store = Store::open_embedded(
-                &config.data_dir,
-                Box::new(move |events| {
-                    publisher.publish(events);
-                }),
-                crate::store::sqlite::Options {
-                    check_events: config.startup_check_events,
-                    requests_move_at: config.requests_move_at,
-                },
-            )?;
-            tracing::info!(data_dir = %config.data_dir.display(), head = store.1, "embedded store open");
-            store
-        }
-        Some(url) => {
-            let waker = wake.clone();
-            let publisher = feed.clone();
-            // This replica's commits go straight to its subscribers when
-            // they continue the window; otherwise (another replica wrote in
-            // between) the tailer reads everything from the log in order.
-            let publish = move |events| {
-                if !publisher.publish(events) {
-                    waker.notify_one();
-                }
-            };
-            let store = Store::open_postgres(url, Box::new(publish)).await?;
-            tracing::info!(head = store.1, "PostgreSQL store open");
-            store
-        }
-    };
+    let (store, head) = open_store(&config, &feed, &wake).await?;
     feed.advance_head(head);
     let shutdown_token = CancellationToken::new();
 
-    let (admin_token, admin_file) =
-        auth::admin_token(config.admin_token.clone(), &config.data_dir)?;
-    match admin_file {
-        Some(path) if config.database_url.is_some() => tracing::warn!(
-            path = %path.display(),
-            "admin token file; replicas sharing a database should share one admin token: \
-             set BACKCHANNEL_ADMIN_TOKEN"
-        ),
-        Some(path) => tracing::info!(path = %path.display(), "admin token file"),
-        None => tracing::info!("admin token from BACKCHANNEL_ADMIN_TOKEN"),
-    }
-    let auth = Arc::new(Authenticator::new(&admin_token, store.tokens().await?));
+    let auth = Arc::new(authenticator(&config, &store).await?);
     let quotas = Arc::new(crate::quota::Quotas::new(
         config.rate_limit,
         config.max_subscriptions_per_party,
@@ -171,7 +113,7 @@ pub async fn run(
     });
 
     let tailer = store.watch().map(|changes| {
-        tokio::spawn(tail(
+        tokio::spawn(crate::replication::tail(
             store.clone(),
             ctx.follow.feed.clone(),
             ctx.auth.clone(),
@@ -179,21 +121,12 @@ pub async fn run(
             changes,
         ))
     });
-    let expiry = tokio::spawn(expire_loop(
+    let expiry = tokio::spawn(crate::upkeep::expire_loop(
         store.clone(),
         Duration::from_millis(config.expiry_interval_ms.max(10)),
     ));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
     // tonic applies its limit to the decompressed size as it inflates, so
     // a gzip bomb stops at the limit; `RequestFaults` answers its refusal
@@ -221,13 +154,13 @@ pub async fn run(
         require_token,
     );
 
-    set_health(&health, true).await;
-    let token_uses = tokio::spawn(store_token_uses(
+    crate::health::set_health(&health, true).await;
+    let token_uses = tokio::spawn(crate::upkeep::store_token_uses(
         store.clone(),
         ctx.auth.clone(),
         shutdown_token.clone(),
     ));
-    let prober = tokio::spawn(probe_store(
+    let prober = tokio::spawn(crate::health::probe_store(
         store.clone(),
         health.clone(),
         shutdown_token.clone(),
@@ -240,7 +173,7 @@ pub async fn run(
         // Load balancers stop routing first; then every open stream ends
         // with UNAVAILABLE so clients reconnect elsewhere.
         stopping.cancel();
-        set_health(&health_on_stop, false).await;
+        crate::health::set_health(&health_on_stop, false).await;
     };
 
     // Routes, then as tonic's `Server` would stack them: observation, the
@@ -307,100 +240,97 @@ pub async fn run(
     Ok(())
 }
 
-/// The services whose health is reported (`""` is the whole server).
-const HEALTH_SERVICES: [&str; 4] = [
-    "",
-    "backchannel.v1.PartyService",
-    "backchannel.v1.ChannelService",
-    "backchannel.v1.MessageService",
-];
-
-/// How often the store is probed (a small write) for the health status:
-/// a fault, or a data directory removed while idle, shows within this.
-pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-
-async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    for name in HEALTH_SERVICES {
-        health.set_service_status(name, status).await;
-    }
-}
-
-/// Reports the whole server (`""`) NOT_SERVING while the store cannot
-/// commit or cannot be read, and SERVING again when it can, until shutdown.
-/// Each tick commits one small probe write through the writer, so health
-/// follows the writer's ability to commit even when no one writes, and a
-/// fault that clears is noticed without a client having to write. The
-/// per-service names stay SERVING meanwhile, so a liveness check on one of
-/// them does not restart a process that only waits for its disk or
-/// database; shutdown flips all.
-async fn probe_store(
-    store: Store,
-    health: tonic_health::server::HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut serving = true;
-    let mut tick = tokio::time::interval(HEALTH_PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+/// Raises the file-descriptor limit, and bounds the connections below it.
+fn max_connections(config: &Config) -> usize {
+    match connections::raise_fd_limit() {
+        Ok((soft, hard)) => {
+            let max = connections::connection_limit(config.max_connections, soft);
+            tracing::info!(soft, hard, max_connections = max, "file-descriptor limit");
+            max
         }
-        let wrote = store.write(Caller::Admin, Command::Probe).await;
-        let ok = wrote.is_ok() && store.write_fault().is_none() && store.head().await.is_ok();
-        if ok != serving && !shutdown.is_cancelled() {
-            serving = ok;
-            let status = if ok {
-                tracing::info!("store commits again: SERVING");
-                tonic_health::ServingStatus::Serving
-            } else {
-                let why = match &wrote {
-                    Err(e) => e.reason.as_str(),
-                    Ok(_) => "STORE_UNAVAILABLE",
-                };
-                tracing::warn!(reason = why, "store cannot commit: NOT_SERVING");
-                tonic_health::ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
+        Err(e) => {
+            let max = config
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_UNKNOWN_FD);
+            tracing::warn!(error = %e, max_connections = max, "cannot read the file-descriptor limit");
+            max
         }
     }
 }
 
-/// How often the server stores when tokens were last used (`ListTokens`
-/// shows the newest use it saw at once; another replica, or this server
-/// after a crash, may see one up to this old).
-const TOKEN_USE_STORE_INTERVAL: Duration = Duration::from_secs(60);
+/// The admin token (from the settings, or its file) and the stored tokens.
+async fn authenticator(config: &Config, store: &Store) -> Result<Authenticator, BoxError> {
+    let (admin_token, admin_file) =
+        auth::admin_token(config.admin_token.clone(), &config.data_dir)?;
+    match admin_file {
+        Some(path) if config.database_url.is_some() => tracing::warn!(
+            path = %path.display(),
+            "admin token file; replicas sharing a database should share one admin token: \
+             set BACKCHANNEL_ADMIN_TOKEN"
+        ),
+        Some(path) => tracing::info!(path = %path.display(), "admin token file"),
+        None => tracing::info!("admin token from BACKCHANNEL_ADMIN_TOKEN"),
+    }
+    Ok(Authenticator::new(&admin_token, store.tokens().await?))
+}
 
-/// Stores token uses every [`TOKEN_USE_STORE_INTERVAL`], and once more at
-/// shutdown.
-async fn store_token_uses(
-    store: Store,
-    auth: std::sync::Arc<crate::auth::Authenticator>,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(TOKEN_USE_STORE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        let last = tokio::select! {
-            () = shutdown.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        let uses = auth.uses_to_store();
-        if !uses.is_empty()
-            && let Err(e) = store.write(Caller::Admin, Command::TouchTokens(uses)).await
-        {
-            tracing::debug!(error = %e, "token uses not stored");
+/// Opens the store the settings name. The embedded store's commits go
+/// straight to the feed; a shared log's, by [`crate::replication`]'s
+/// policy.
+async fn open_store(
+    config: &Config,
+    feed: &Arc<Feed>,
+    wake: &Arc<Notify>,
+) -> Result<(Store, u64), BoxError> {
+    match &config.database_url {
+        None => {
+            let publisher = feed.clone();
+            let store = Store::open_embedded(
+                &config.data_dir,
+                Box::new(move |events| {
+                    publisher.publish(events);
+                }),
+                crate::store::sqlite::Options {
+                    check_events: config.startup_check_events,
+                    requests_move_at: config.requests_move_at,
+                },
+            )?;
+            tracing::info!(data_dir = %config.data_dir.display(), head = store.1, "embedded store open");
+            Ok(store)
         }
-        if last {
-            return;
+        Some(url) => {
+            let publish = crate::replication::publisher(feed.clone(), wake.clone());
+            let store = Store::open_postgres(url, publish).await?;
+            tracing::info!(head = store.1, "PostgreSQL store open");
+            Ok(store)
         }
     }
+}
+
+/// Server reflection, both versions, over our services, health and the
+/// error details.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    BoxError,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
 }
 
 /// Server TLS from the settings: a certificate and key, and optionally a CA
@@ -418,145 +348,4 @@ fn tls_config(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, BoxE
         &read(key)?,
         ca.as_deref(),
     )?))
-}
-
-/// The `health` subcommand: asks a running server over plaintext.
-pub async fn health_check(addr: &str, service: &str) -> std::process::ExitCode {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let asked = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(3))
-            .connect()
-            .await?;
-        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-        let r = client
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await?;
-        Ok::<_, BoxError>(r.into_inner().status)
-    };
-    match asked.await {
-        Ok(s) if s == ServingStatus::Serving as i32 => {
-            println!("SERVING");
-            std::process::ExitCode::SUCCESS
-        }
-        Ok(s) => {
-            println!(
-                "{}",
-                ServingStatus::try_from(s).map_or("UNKNOWN", |s| s.as_str_name())
-            );
-            std::process::ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("health check failed: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// How often the tailer reads the shared log even without a notification.
-pub const TAIL_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the tailer reloads tokens even without a notification.
-pub const TOKEN_RELOAD_TICKS: u32 = 3;
-
-/// Follows a log shared by replicas: whenever this replica commits, another
-/// announces a commit, or a second passes, publishes every event after the
-/// feed's head, in order. Also keeps the token cache current.
-async fn tail(
-    store: Store,
-    feed: Arc<Feed>,
-    auth: Arc<Authenticator>,
-    wake: Arc<Notify>,
-    mut changes: tokio::sync::mpsc::Receiver<Change>,
-) {
-    let mut tick = tokio::time::interval(TAIL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
-    loop {
-        let reload_tokens = tokio::select! {
-            () = wake.notified() => false,
-            c = changes.recv() => matches!(c, Some(Change::Tokens | Change::Reconnected)),
-            _ = tick.tick() => {
-                ticks += 1;
-                ticks.is_multiple_of(TOKEN_RELOAD_TICKS)
-            }
-        };
-        if reload_tokens {
-            let seen = auth.version();
-            match store.tokens().await {
-                Ok(t) => auth.replace_all(t, seen),
-                Err(e) => tracing::warn!(error = %e, "cannot reload tokens"),
-            }
-        }
-        loop {
-            let page = store
-                .frames(crate::store::EventQuery {
-                    viewer: None,
-                    channel: None,
-                    message: None,
-                    after: feed.head(),
-                    limit: crate::feed::REPLAY_PAGE,
-                    max_bytes: usize::MAX,
-                })
-                .await;
-            match page.and_then(committed) {
-                Ok(events) if events.is_empty() => break,
-                Ok(events) => {
-                    let full = events.len() == crate::feed::REPLAY_PAGE;
-                    // Read after the head, so always the continuation.
-                    feed.publish(events);
-                    if !full {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the shared log");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Events read back from the shared log, decoded to learn their audience;
-/// their stored encoding is what subscribers receive.
-fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, Rejection> {
-    frames
-        .into_iter()
-        .map(|f| {
-            let event = pb::Event::decode(&f.data[..])
-                .map_err(|e| e.to_string())
-                .and_then(crate::convert::event_from_pb)
-                .map_err(|e| Rejection::new(Reason::INTERNAL, format!("corrupt event: {e}")))?;
-            Ok(Committed {
-                event,
-                data: f.data,
-            })
-        })
-        .collect()
-}
-
-/// Expires overdue messages: runs `ExpireDue` through the writer every tick.
-async fn expire_loop(store: Store, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match store.write(Caller::Admin, Command::ExpireDue).await {
-            Ok(crate::store::Outcome::Expired(n)) if n > 0 => {
-                tracing::info!(expired = n, "messages expired");
-            }
-            Ok(_) => {}
-            // The writer logs store faults once; this would log them twice a second.
-            Err(e) if e.is_store_fault() => {}
-            Err(e) => tracing::warn!(error = %e, "expiry check failed"),
-        }
-    }
 }
