@@ -664,3 +664,99 @@ async fn request_ids_of_a_store_from_before_runs_are_kept_by_the_migration() {
         "REQUEST_ID_REUSED",
     );
 }
+
+/// Sends by `clients`, one each, all at once.
+async fn busy(clients: &mut [Clients], channel: &str) -> Vec<Result<(), tonic::Status>> {
+    let calls = clients.iter_mut().map(|c| {
+        let r = send_req(channel, "meanwhile");
+        async move { c.messages.send_message(r).await.map(|_| ()) }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+/// Calls that land in one batch see each other's writes: the same send
+/// retried 32 times at once, then the same accept 32 times at once, each
+/// create one record and one event, and every call gets the same answer.
+/// (The PostgreSQL writer holds a batch's rows until its end and answers
+/// its own reads from them. Whether a retry shares a batch with the first
+/// call depends on timing; other sends keep the writer busy so that most
+/// do. With the writer's own reads of the held messages removed, this
+/// failed in one of two runs.)
+#[tokio::test]
+async fn retries_at_once_in_one_batch_create_one_record_each() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let mut send = send_req(&w.channel.id, "all at once");
+    send.request_id = rid();
+    // Connected first, so that the calls go out together.
+    let mut iran = Vec::new();
+    let mut france = Vec::new();
+    for _ in 0..32 {
+        iran.push(server.clients(&w.tokens["iran"]).await);
+        france.push(server.clients(&w.tokens["france"]).await);
+    }
+    // Other sends keep the writer busy meanwhile, so that the calls queue
+    // up and most of them go into one batch with the first.
+    let mut others = Vec::new();
+    for _ in 0..64 {
+        others.push(server.clients(&w.tokens["united-states"]).await);
+    }
+    let calls = iran.iter_mut().map(|c| {
+        let r = send.clone();
+        async move { c.messages.send_message(r).await.map(|m| m.into_inner()) }
+    });
+    let (sent, meanwhile) = tokio::join!(
+        futures_util::future::join_all(calls),
+        busy(&mut others, &w.channel.id)
+    );
+    assert!(meanwhile.iter().all(Result::is_ok), "{meanwhile:?}");
+    let sent: Vec<pb::Message> = sent.into_iter().map(|r| r.expect("send")).collect();
+    assert!(
+        sent.iter().all(|m| *m == sent[0]),
+        "every retry answers the one message: {:?}",
+        sent.iter().map(|m| (&m.id, m.version)).collect::<Vec<_>>()
+    );
+
+    let mut accept = move_req!(AcceptMessageRequest, sent[0].id);
+    accept.request_id = rid();
+    accept.expected_version = 1;
+    let calls = france.iter_mut().map(|c| {
+        let r = accept.clone();
+        async move { c.messages.accept_message(r).await.map(|m| m.into_inner()) }
+    });
+    let (accepted, meanwhile) = tokio::join!(
+        futures_util::future::join_all(calls),
+        busy(&mut others, &w.channel.id)
+    );
+    assert!(meanwhile.iter().all(Result::is_ok), "{meanwhile:?}");
+    let accepted: Vec<pb::Message> = accepted.into_iter().map(|r| r.expect("accept")).collect();
+    assert!(
+        accepted.iter().all(|m| *m == accepted[0]),
+        "every retry answers the message as accepted: versions {:?}",
+        accepted.iter().map(|m| m.version).collect::<Vec<_>>()
+    );
+    assert_eq!(accepted[0].version, 2);
+
+    let events = all_events(
+        &mut w.admin,
+        pb::ListEventsRequest {
+            message_id: sent[0].id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(kinds(&events), [T::MessageSent, T::MessageAccepted]);
+    let stored = w
+        .admin
+        .messages
+        .get_message(pb::GetMessageRequest {
+            message_id: sent[0].id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        stored, accepted[0],
+        "the message as stored is the one answered"
+    );
+}

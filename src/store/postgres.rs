@@ -398,8 +398,10 @@ fn commit_batch(
         tx: &mut tx,
         stmts: &mut *stmts,
         channels: HashMap::new(),
+        deferred: Deferred::default(),
     };
     run_batch(&mut wt, jobs, &mut head, now, results, events)?;
+    wt.flush()?;
     let tokens_changed = results.iter().any(|r| {
         matches!(
             r,
@@ -432,6 +434,39 @@ struct PgTx<'a, 'b> {
     /// log-head lock no other replica can commit, so they stay current for
     /// the batch (and only for it).
     channels: HashMap<Id, Channel>,
+    /// The batch's appends, message saves and idempotency records, written
+    /// at its end in one statement per kind (see [`Deferred`]).
+    deferred: Deferred,
+}
+
+/// The hot writes of a batch, held until its end and then written with one
+/// statement per kind over arrays (`unnest`), instead of one round trip to
+/// the database per row: a send with a `request_id` cost four statements,
+/// three of them writes. What the batch reads back (a message it saved, a
+/// request id it recorded) is answered from here first. Nothing in the
+/// schema refers to these rows, and a failed flush fails the batch as a
+/// failed statement did.
+#[derive(Default)]
+struct Deferred {
+    /// Events, in sequence order.
+    events: Vec<DeferredEvent>,
+    /// Messages inserted by this batch, as they now are, with their
+    /// `MESSAGE_SENT` sequence.
+    inserted: HashMap<Id, (u64, Message)>,
+    /// Messages stored before this batch that it changed, as they now are.
+    updated: HashMap<Id, Message>,
+    /// Idempotency records, by key: (fingerprint, resource).
+    requests: HashMap<(String, String, Id), ([u8; 32], Id)>,
+}
+
+struct DeferredEvent {
+    seq: i64,
+    channel_id: String,
+    message_id: Option<String>,
+    thread_id: Option<String>,
+    kind: i64,
+    data: Vec<u8>,
+    leaf_hash: Vec<u8>,
 }
 
 impl PgTx<'_, '_> {
@@ -462,6 +497,107 @@ impl PgTx<'_, '_> {
         let st = self.st(sql)?;
         self.tx.execute(&st, params).map_err(pg_err)
     }
+}
+
+impl PgTx<'_, '_> {
+    /// Writes what [`Deferred`] holds: one statement per kind.
+    fn flush(&mut self) -> Result<(), Rejection> {
+        let d = std::mem::take(&mut self.deferred);
+        if !d.events.is_empty() {
+            let mut cols = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for e in d.events {
+                cols.0.push(e.seq);
+                cols.1.push(e.channel_id);
+                cols.2.push(e.message_id);
+                cols.3.push(e.thread_id);
+                cols.4.push(e.kind);
+                cols.5.push(e.data);
+                cols.6.push(e.leaf_hash);
+            }
+            self.exec(
+                "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data, leaf_hash)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                      $5::bigint[], $6::bytea[], $7::bytea[])",
+                &[
+                    &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6,
+                ],
+            )?;
+        }
+        if !d.inserted.is_empty() {
+            let mut inserted: Vec<(u64, Message)> = d.inserted.into_values().collect();
+            inserted.sort_by_key(|(seq, _)| *seq);
+            let mut cols = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for (seq, m) in &inserted {
+                cols.0.push(int(*seq)?);
+                cols.1.push(m.id.to_string());
+                cols.2.push(m.channel_id.to_string());
+                cols.3.push(m.thread_id.to_string());
+                cols.4.push(message_state(m));
+                cols.5.push(m.respond_by.map(|t| t.0));
+                cols.6.push(pb::Message::from(m).encode_to_vec());
+            }
+            self.exec(
+                "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                      $5::bigint[], $6::bigint[], $7::bytea[])",
+                &[
+                    &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6,
+                ],
+            )?;
+        }
+        if !d.updated.is_empty() {
+            // One row per message: the map holds each message's last state.
+            let (mut ids, mut states, mut data) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, m) in &d.updated {
+                ids.push(id.to_string());
+                states.push(message_state(m));
+                data.push(pb::Message::from(m).encode_to_vec());
+            }
+            self.exec(
+                "UPDATE messages SET state = u.state, data = u.data
+                 FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u (id, state, data)
+                 WHERE messages.id = u.id",
+                &[&ids, &states, &data],
+            )?;
+        }
+        if !d.requests.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((caller, method, request_id), (fingerprint, resource)) in d.requests {
+                cols.0.push(caller);
+                cols.1.push(method);
+                cols.2.push(request_id.to_string());
+                cols.3.push(fingerprint.to_vec());
+                cols.4.push(resource.to_string());
+            }
+            self.exec(
+                "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])",
+                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A message's state as the `state` column holds it.
+fn message_state(m: &Message) -> i64 {
+    i64::from(convert::message_state_pb(m.state) as i32)
 }
 
 impl WriteTx for PgTx<'_, '_> {
@@ -567,6 +703,12 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
+        if let Some((_, m)) = self.deferred.inserted.get(&id) {
+            return Ok(Some(m.clone()));
+        }
+        if let Some(m) = self.deferred.updated.get(&id) {
+            return Ok(Some(m.clone()));
+        }
         self.opt_bytes(
             "SELECT data FROM messages WHERE id = $1",
             &[&id.to_string()],
@@ -576,27 +718,16 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection> {
-        let data = pb::Message::from(m).encode_to_vec();
-        let state = i64::from(convert::message_state_pb(m.state) as i32);
-        match insert_seq {
-            Some(seq) => self.exec(
-                "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &int(seq)?,
-                    &m.id.to_string(),
-                    &m.channel_id.to_string(),
-                    &m.thread_id.to_string(),
-                    &state,
-                    &m.respond_by.map(|t| t.0),
-                    &data,
-                ],
-            )?,
-            None => self.exec(
-                "UPDATE messages SET state = $2, data = $3 WHERE id = $1",
-                &[&m.id.to_string(), &state, &data],
-            )?,
-        };
+        match (insert_seq, self.deferred.inserted.get_mut(&m.id)) {
+            (Some(seq), _) => {
+                self.deferred.inserted.insert(m.id, (seq, m.clone()));
+            }
+            // Inserted by this batch: it is inserted as it ends up.
+            (None, Some((_, inserted))) => *inserted = m.clone(),
+            (None, None) => {
+                self.deferred.updated.insert(m.id, m.clone());
+            }
+        }
         Ok(())
     }
 
@@ -619,6 +750,13 @@ impl WriteTx for PgTx<'_, '_> {
         method: &str,
         request_id: Id,
     ) -> Result<Option<([u8; 32], Id)>, Rejection> {
+        if let Some(r) =
+            self.deferred
+                .requests
+                .get(&(caller.to_owned(), method.to_owned(), request_id))
+        {
+            return Ok(Some(*r));
+        }
         let st = self.st("SELECT fingerprint, resource_id FROM requests
              WHERE caller = $1 AND method = $2 AND request_id = $3")?;
         let row = self
@@ -644,17 +782,10 @@ impl WriteTx for PgTx<'_, '_> {
         fingerprint: &[u8; 32],
         resource: Id,
     ) -> Result<(), Rejection> {
-        self.exec(
-            "INSERT INTO requests (caller, method, request_id, fingerprint, resource_id)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &caller,
-                &method,
-                &request_id.to_string(),
-                &&fingerprint[..],
-                &resource.to_string(),
-            ],
-        )?;
+        self.deferred.requests.insert(
+            (caller.to_owned(), method.to_owned(), request_id),
+            (*fingerprint, resource),
+        );
         Ok(())
     }
 
@@ -665,19 +796,15 @@ impl WriteTx for PgTx<'_, '_> {
 
     fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection> {
         let m = e.message();
-        self.exec(
-            "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data, leaf_hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &int(e.sequence)?,
-                &e.channel_id.to_string(),
-                &m.map(|m| m.id.to_string()),
-                &m.map(|m| m.thread_id.to_string()),
-                &i64::from(convert::event_type_pb(e.kind) as i32),
-                &data,
-                &&leaf_hash[..],
-            ],
-        )?;
+        self.deferred.events.push(DeferredEvent {
+            seq: int(e.sequence)?,
+            channel_id: e.channel_id.to_string(),
+            message_id: m.map(|m| m.id.to_string()),
+            thread_id: m.map(|m| m.thread_id.to_string()),
+            kind: i64::from(convert::event_type_pb(e.kind) as i32),
+            data: data.to_vec(),
+            leaf_hash: leaf_hash.to_vec(),
+        });
         Ok(())
     }
 }
