@@ -121,7 +121,7 @@ impl MessageAction {
             MessageAction::Acknowledge => "AcknowledgeMessage",
             MessageAction::Reject => "RejectMessage",
             MessageAction::Withdraw => "WithdrawMessage",
-            MessageAction::Answer => "SendMessage",
+            MessageAction::Answer => SEND_MESSAGE,
         }
     }
 }
@@ -182,4 +182,22 @@ pub enum Command {
     /// Commit one small write, to learn whether the store can commit (the
     /// server's health probe). Records no event.
     Probe,
+}
+
+/// The RPC that scopes the `request_id` of [`Command::CreateChannel`].
+pub const CREATE_CHANNEL: &str = "CreateChannel";
+/// The RPC that scopes the `request_id` of [`Command::SendMessage`].
+pub const SEND_MESSAGE: &str = "SendMessage";
+
+impl Command {
+    /// The RPC that scopes this command's `request_id`, and the id, when
+    /// it carries one.
+    pub fn request_key(&self) -> Option<(&'static str, Id)> {
+        match self {
+            Command::CreateChannel(c) => c.request_id.map(|r| (CREATE_CHANNEL, r)),
+            Command::SendMessage(m) => m.request_id.map(|r| (SEND_MESSAGE, r)),
+            Command::MoveMessage(mv) => mv.request_id.map(|r| (mv.action.method(), r)),
+            _ => None,
+        }
+    }
 }

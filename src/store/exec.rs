@@ -274,7 +274,7 @@ impl<T: WriteTx> Executor<'_, T> {
                 "a channel is opened by the admin or by one of its two principals",
             ));
         }
-        const METHOD: &str = "CreateChannel";
+        const METHOD: &str = crate::domain::command::CREATE_CHANNEL;
         if let Some(id) = self.replayed(caller, METHOD, c.request_id, cmd)? {
             return self.existing_channel(id);
         }
@@ -361,7 +361,7 @@ impl<T: WriteTx> Executor<'_, T> {
                 "a reply must travel on a channel joining the same two parties as the original",
             ));
         }
-        const METHOD: &str = "SendMessage";
+        const METHOD: &str = crate::domain::command::SEND_MESSAGE;
         if let Some(id) = self.replayed(caller, METHOD, m.request_id, cmd)? {
             return self.existing_message(id);
         }

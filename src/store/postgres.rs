@@ -399,7 +399,9 @@ fn commit_batch(
         stmts: &mut *stmts,
         channels: HashMap::new(),
         deferred: Deferred::default(),
+        known_requests: HashMap::new(),
     };
+    wt.load_requests(jobs)?;
     run_batch(&mut wt, jobs, &mut head, now, results, events)?;
     wt.flush()?;
     let tokens_changed = results.iter().any(|r| {
@@ -437,6 +439,9 @@ struct PgTx<'a, 'b> {
     /// The batch's appends, message saves and idempotency records, written
     /// at its end in one statement per kind (see [`Deferred`]).
     deferred: Deferred,
+    /// The idempotency records of the batch's request ids as stored before
+    /// it (`None`: none), read in one statement at its start.
+    known_requests: HashMap<RequestKey, Option<([u8; 32], Id)>>,
 }
 
 /// The hot writes of a batch, held until its end and then written with one
@@ -456,8 +461,11 @@ struct Deferred {
     /// Messages stored before this batch that it changed, as they now are.
     updated: HashMap<Id, Message>,
     /// Idempotency records, by key: (fingerprint, resource).
-    requests: HashMap<(String, String, Id), ([u8; 32], Id)>,
+    requests: HashMap<RequestKey, ([u8; 32], Id)>,
 }
+
+/// An idempotency record's key: caller, method, request id.
+type RequestKey = (String, String, Id);
 
 struct DeferredEvent {
     seq: i64,
@@ -500,6 +508,50 @@ impl PgTx<'_, '_> {
 }
 
 impl PgTx<'_, '_> {
+    /// Reads the stored idempotency records of every request id in `jobs`
+    /// in one statement, where each command looked its own up.
+    fn load_requests(&mut self, jobs: &[Job]) -> Result<(), Rejection> {
+        let (mut callers, mut methods, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        for job in jobs {
+            if let Some((method, request_id)) = job.command.request_key() {
+                let caller = job.caller.actor().to_owned();
+                callers.push(caller.clone());
+                methods.push(method.to_owned());
+                ids.push(request_id.to_string());
+                self.known_requests
+                    .insert((caller, method.to_owned(), request_id), None);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let st = self.st(
+            "SELECT r.caller, r.method, r.request_id, r.fingerprint, r.resource_id
+             FROM requests r
+             JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (caller, method, request_id)
+               ON r.caller = k.caller AND r.method = k.method AND r.request_id = k.request_id",
+        )?;
+        let rows = self
+            .tx
+            .query(&st, &[&callers, &methods, &ids])
+            .map_err(pg_err)?;
+        for r in rows {
+            let key = (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                Id::parse(r.get::<_, &str>(2)).map_err(corrupt)?,
+            );
+            let fingerprint: [u8; 32] = r
+                .get::<_, Vec<u8>>(3)
+                .try_into()
+                .map_err(|_| corrupt("bad fingerprint"))?;
+            let resource = Id::parse(r.get::<_, &str>(4)).map_err(corrupt)?;
+            self.known_requests
+                .insert(key, Some((fingerprint, resource)));
+        }
+        Ok(())
+    }
+
     /// Writes what [`Deferred`] holds: one statement per kind.
     fn flush(&mut self) -> Result<(), Rejection> {
         let d = std::mem::take(&mut self.deferred);
@@ -750,12 +802,12 @@ impl WriteTx for PgTx<'_, '_> {
         method: &str,
         request_id: Id,
     ) -> Result<Option<([u8; 32], Id)>, Rejection> {
-        if let Some(r) =
-            self.deferred
-                .requests
-                .get(&(caller.to_owned(), method.to_owned(), request_id))
-        {
+        let key = (caller.to_owned(), method.to_owned(), request_id);
+        if let Some(r) = self.deferred.requests.get(&key) {
             return Ok(Some(*r));
+        }
+        if let Some(r) = self.known_requests.get(&key) {
+            return Ok(*r);
         }
         let st = self.st("SELECT fingerprint, resource_id FROM requests
              WHERE caller = $1 AND method = $2 AND request_id = $3")?;
