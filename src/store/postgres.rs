@@ -412,11 +412,11 @@ fn commit_batch(
     });
     if !events.is_empty() {
         let h = int(head)?;
-        tx.execute("UPDATE log_head SET head = $1", &[&h])
-            .map_err(pg_err)?;
+        // The new head, and the notification of it, in one round trip.
         tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&EVENTS_CHANNEL, &head.to_string()],
+            "WITH moved AS (UPDATE log_head SET head = $1 RETURNING head)
+             SELECT pg_notify($2, moved.head::text) FROM moved",
+            &[&h, &EVENTS_CHANNEL],
         )
         .map_err(pg_err)?;
     }
