@@ -555,7 +555,7 @@ impl PgTx<'_, '_> {
     /// Writes what [`Deferred`] holds: one statement per kind.
     fn flush(&mut self) -> Result<(), Rejection> {
         let d = std::mem::take(&mut self.deferred);
-        if !d.events.is_empty() {
+        for chunk in in_chunks(d.events) {
             let mut cols = (
                 Vec::new(),
                 Vec::new(),
@@ -565,7 +565,7 @@ impl PgTx<'_, '_> {
                 Vec::new(),
                 Vec::new(),
             );
-            for e in d.events {
+            for e in chunk {
                 cols.0.push(e.seq);
                 cols.1.push(e.channel_id);
                 cols.2.push(e.message_id);
@@ -583,9 +583,9 @@ impl PgTx<'_, '_> {
                 ],
             )?;
         }
-        if !d.inserted.is_empty() {
-            let mut inserted: Vec<(u64, Message)> = d.inserted.into_values().collect();
-            inserted.sort_by_key(|(seq, _)| *seq);
+        let mut inserted: Vec<(u64, Message)> = d.inserted.into_values().collect();
+        inserted.sort_by_key(|(seq, _)| *seq);
+        for chunk in in_chunks(inserted) {
             let mut cols = (
                 Vec::new(),
                 Vec::new(),
@@ -595,7 +595,7 @@ impl PgTx<'_, '_> {
                 Vec::new(),
                 Vec::new(),
             );
-            for (seq, m) in &inserted {
+            for (seq, m) in &chunk {
                 cols.0.push(int(*seq)?);
                 cols.1.push(m.id.to_string());
                 cols.2.push(m.channel_id.to_string());
@@ -613,11 +613,11 @@ impl PgTx<'_, '_> {
                 ],
             )?;
         }
-        if !d.updated.is_empty() {
-            // One row per message: the map holds each message's last state.
+        // One row per message: the map holds each message's last state.
+        for chunk in in_chunks(d.updated.into_values().collect()) {
             let (mut ids, mut states, mut data) = (Vec::new(), Vec::new(), Vec::new());
-            for (id, m) in &d.updated {
-                ids.push(id.to_string());
+            for m in &chunk {
+                ids.push(m.id.to_string());
                 states.push(message_state(m));
                 data.push(pb::Message::from(m).encode_to_vec());
             }
@@ -628,9 +628,9 @@ impl PgTx<'_, '_> {
                 &[&ids, &states, &data],
             )?;
         }
-        if !d.requests.is_empty() {
+        for chunk in in_chunks(d.requests.into_iter().collect()) {
             let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((caller, method, request_id), (fingerprint, resource)) in d.requests {
+            for ((caller, method, request_id), (fingerprint, resource)) in chunk {
                 cols.0.push(caller);
                 cols.1.push(method);
                 cols.2.push(request_id.to_string());
@@ -645,6 +645,22 @@ impl PgTx<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Most rows one deferred statement writes: its arrays stay far below
+/// PostgreSQL's 1 GB bound on a value even with 1 MiB bodies (an expiry of
+/// 1,000 such messages is four statements).
+const FLUSH_ROWS: usize = 256;
+
+/// `rows` in pieces of at most [`FLUSH_ROWS`], in order.
+fn in_chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let rest = rows.split_off(rows.len().min(FLUSH_ROWS));
+        Some(std::mem::replace(&mut rows, rest))
+    })
 }
 
 /// A message's state as the `state` column holds it.
@@ -1143,4 +1159,21 @@ async fn listen(cfg: &tokio_postgres::Config, out: &mpsc::Sender<Change>) -> Res
     }
     driver.abort();
     Err(unavailable("notification connection closed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FLUSH_ROWS, in_chunks};
+
+    #[test]
+    fn deferred_rows_are_written_in_order_in_bounded_pieces() {
+        let rows: Vec<usize> = (0..2 * FLUSH_ROWS + 88).collect();
+        let pieces: Vec<Vec<usize>> = in_chunks(rows.clone()).collect();
+        assert_eq!(
+            pieces.iter().map(Vec::len).collect::<Vec<_>>(),
+            [FLUSH_ROWS, FLUSH_ROWS, 88]
+        );
+        assert_eq!(pieces.concat(), rows);
+        assert_eq!(in_chunks(Vec::<usize>::new()).count(), 0);
+    }
 }
