@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::domain::{Rejection, Status as Class};
+use crate::domain::{Class, Rejection};
 
 /// `ErrorInfo.domain` of every Backchannel error.
 pub const ERROR_DOMAIN: &str = "backchannel.v1";
@@ -48,7 +48,7 @@ pub fn status(r: &Rejection) -> Status {
                 .collect::<Vec<_>>(),
         );
     }
-    Status::with_error_details(code(r.status()), r.message.clone(), details)
+    Status::with_error_details(code(r.class()), r.message.clone(), details)
 }
 
 impl From<Rejection> for Status {

@@ -12,4 +12,4 @@ mod rules_tests;
 
 pub use command::*;
 pub use model::*;
-pub use rejection::{FieldViolation, Reason, Rejection, Status, Violations};
+pub use rejection::{Class, FieldViolation, Reason, Rejection, Violations};

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// The broad class of a refusal; `crate::error` maps each to one gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum Class {
     /// No or bad credentials.
     Unauthenticated,
     /// The request alone is malformed.
@@ -45,8 +45,8 @@ macro_rules! reasons {
                 match self { $(Reason::$name => stringify!($name)),* }
             }
             /// The class (and so the gRPC code) of this reason.
-            pub fn status(self) -> Status {
-                match self { $(Reason::$name => Status::$status),* }
+            pub fn class(self) -> Class {
+                match self { $(Reason::$name => Class::$status),* }
             }
         }
     };
@@ -174,8 +174,8 @@ impl Rejection {
     }
 
     /// The class of this refusal.
-    pub fn status(&self) -> Status {
-        self.reason.status()
+    pub fn class(&self) -> Class {
+        self.reason.class()
     }
 }
 

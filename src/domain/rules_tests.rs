@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::rules::{self, Role, Step};
 use super::{
-    Caller, Channel, ChannelAction, ChannelState, EventType, Hop, HopState, Id, Message,
-    MessageAction, MessageState, PartyId, Reason, Rejection, Status, Time,
+    Caller, Channel, ChannelAction, ChannelState, Class, EventType, Hop, HopState, Id, Message,
+    MessageAction, MessageState, PartyId, Reason, Rejection, Time,
 };
 
 use HopState::{
@@ -745,27 +745,27 @@ fn answered_and_the_final_states_admit_no_step_at_all() {
 fn each_refusal_has_the_status_class_design_gives_it() {
     use Reason::*;
     let classes = [
-        (MESSAGE_NOT_FOUND, Status::NotFound),
-        (CHANNEL_NOT_FOUND, Status::NotFound),
-        (ADMIN_NOT_A_PARTY, Status::PermissionDenied),
-        (NOT_A_MEDIATOR, Status::PermissionDenied),
-        (NOT_THE_RECIPIENT, Status::PermissionDenied),
-        (NOT_THE_SENDER, Status::PermissionDenied),
-        (NOT_A_PRINCIPAL, Status::PermissionDenied),
-        (VERSION_MISMATCH, Status::Aborted),
-        (NOT_CURRENT_MEDIATOR, Status::FailedPrecondition),
-        (HOP_ALREADY_ACCEPTED, Status::FailedPrecondition),
-        (MESSAGE_NOT_IN_TRANSIT, Status::FailedPrecondition),
-        (MESSAGE_NOT_DELIVERED, Status::FailedPrecondition),
-        (MESSAGE_EXPIRED, Status::FailedPrecondition),
-        (CHANNEL_SUSPENDED, Status::FailedPrecondition),
-        (CHANNEL_CLOSED, Status::FailedPrecondition),
-        (CHANNEL_NOT_OPEN, Status::FailedPrecondition),
-        (CHANNEL_NOT_SUSPENDED, Status::FailedPrecondition),
-        (CHANNEL_ALREADY_CLOSED, Status::FailedPrecondition),
+        (MESSAGE_NOT_FOUND, Class::NotFound),
+        (CHANNEL_NOT_FOUND, Class::NotFound),
+        (ADMIN_NOT_A_PARTY, Class::PermissionDenied),
+        (NOT_A_MEDIATOR, Class::PermissionDenied),
+        (NOT_THE_RECIPIENT, Class::PermissionDenied),
+        (NOT_THE_SENDER, Class::PermissionDenied),
+        (NOT_A_PRINCIPAL, Class::PermissionDenied),
+        (VERSION_MISMATCH, Class::Aborted),
+        (NOT_CURRENT_MEDIATOR, Class::FailedPrecondition),
+        (HOP_ALREADY_ACCEPTED, Class::FailedPrecondition),
+        (MESSAGE_NOT_IN_TRANSIT, Class::FailedPrecondition),
+        (MESSAGE_NOT_DELIVERED, Class::FailedPrecondition),
+        (MESSAGE_EXPIRED, Class::FailedPrecondition),
+        (CHANNEL_SUSPENDED, Class::FailedPrecondition),
+        (CHANNEL_CLOSED, Class::FailedPrecondition),
+        (CHANNEL_NOT_OPEN, Class::FailedPrecondition),
+        (CHANNEL_NOT_SUSPENDED, Class::FailedPrecondition),
+        (CHANNEL_ALREADY_CLOSED, Class::FailedPrecondition),
     ];
     for (reason, status) in classes {
-        assert_eq!(reason.status(), status, "{}", reason.as_str());
+        assert_eq!(reason.class(), status, "{}", reason.as_str());
     }
 }
 
@@ -1010,7 +1010,7 @@ fn an_expected_version_of_zero_is_never_checked() {
     for (expected, actual) in [(1, 2), (3, 2), (u64::MAX, 1)] {
         let e = rules::check_version(expected, actual).expect_err("a mismatch");
         assert_eq!(e.reason, Reason::VERSION_MISMATCH);
-        assert_eq!(e.status(), Status::Aborted);
+        assert_eq!(e.class(), Class::Aborted);
     }
 }
 
