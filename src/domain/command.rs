@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use sha2::{Digest, Sha256};
+
 use super::{Id, PartyId, PartyKind, Time};
 
 /// Register a party.
@@ -199,5 +201,66 @@ impl Command {
             Command::MoveMessage(mv) => mv.request_id.map(|r| (mv.action.method(), r)),
             _ => None,
         }
+    }
+
+    /// A digest of the request as the client sent it (the caller and method are
+    /// part of the key already), over an explicit, length-prefixed encoding of
+    /// its fields, so it stays the same across versions of this code.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        struct Canon(Sha256);
+        impl Canon {
+            fn put(&mut self, b: &[u8]) {
+                self.0.update((b.len() as u64).to_be_bytes());
+                self.0.update(b);
+            }
+            fn id(&mut self, id: Option<Id>) {
+                self.put(
+                    id.map(|i| i.0.into_bytes())
+                        .as_ref()
+                        .map_or(&[][..], |b| &b[..]),
+                );
+            }
+            fn time(&mut self, t: Option<Time>) {
+                self.put(&t.map_or(Vec::new(), |t| t.0.to_be_bytes().to_vec()));
+            }
+        }
+        let mut d = Canon(Sha256::new());
+        match self {
+            Command::CreateChannel(c) => {
+                d.put(b"CreateChannel");
+                d.put(c.display_name.as_bytes());
+                for p in &c.parties {
+                    d.put(p.as_str().as_bytes());
+                }
+                d.put(&(c.mediators.len() as u64).to_be_bytes());
+                for p in &c.mediators {
+                    d.put(p.as_str().as_bytes());
+                }
+            }
+            Command::SendMessage(m) => {
+                d.put(b"SendMessage");
+                d.id(m.channel_id);
+                d.put(m.subject.as_bytes());
+                d.put(m.body.as_bytes());
+                d.put(&(m.labels.len() as u64).to_be_bytes());
+                for (k, v) in &m.labels {
+                    d.put(k.as_bytes());
+                    d.put(v.as_bytes());
+                }
+                d.time(m.respond_by);
+                d.id(m.in_reply_to);
+                d.time(m.occur_time);
+            }
+            Command::MoveMessage(mv) => {
+                d.put(mv.action.method().as_bytes());
+                d.id(Some(mv.message_id));
+                d.put(mv.note.as_bytes());
+                d.time(mv.occur_time);
+                d.put(&mv.expected_version.to_be_bytes());
+            }
+            // No request_id on the other commands.
+            other => d.put(format!("{other:?}").as_bytes()),
+        }
+        d.0.finalize().into()
     }
 }

@@ -2,6 +2,7 @@
 //! may do what. Plain Rust with no I/O; the gRPC layer and the stores call it.
 
 pub mod command;
+pub mod decide;
 pub mod model;
 pub mod rejection;
 pub mod rules;
@@ -11,5 +12,6 @@ pub mod validate;
 mod rules_tests;
 
 pub use command::*;
+pub use decide::{Decision, Outcome};
 pub use model::*;
 pub use rejection::{Class, FieldViolation, Reason, Rejection, Violations};

@@ -279,13 +279,37 @@ impl MessageState {
 
     /// States in which a passing `respond_by` expires the message.
     pub fn can_expire(self) -> bool {
-        matches!(
-            self,
-            MessageState::Submitted
-                | MessageState::InTransit
-                | MessageState::Delivered
-                | MessageState::Acknowledged
-        )
+        self.can_move_to(MessageState::Expired)
+    }
+
+    /// Every move of a message's state (DESIGN §2, "Allowed moves, and
+    /// nothing else"); a step that would make another is refused.
+    pub const MOVES: [(MessageState, MessageState); 17] = {
+        use MessageState::*;
+        [
+            (Submitted, InTransit),
+            (Submitted, Delivered),
+            (Submitted, Declined),
+            (Submitted, Withdrawn),
+            (Submitted, Expired),
+            (InTransit, InTransit),
+            (InTransit, Delivered),
+            (InTransit, Declined),
+            (InTransit, Withdrawn),
+            (InTransit, Expired),
+            (Delivered, Acknowledged),
+            (Delivered, Answered),
+            (Delivered, Rejected),
+            (Delivered, Expired),
+            (Acknowledged, Answered),
+            (Acknowledged, Rejected),
+            (Acknowledged, Expired),
+        ]
+    };
+
+    /// Whether a message may move from this state to `to`.
+    pub fn can_move_to(self, to: MessageState) -> bool {
+        MessageState::MOVES.contains(&(self, to))
     }
 }
 
@@ -418,6 +442,14 @@ pub enum EventType {
     ChannelClosed,
 }
 
+impl EventType {
+    /// Whether the event creates its subject (a new channel or message)
+    /// rather than changing it.
+    pub fn creates(self) -> bool {
+        matches!(self, EventType::ChannelOpened | EventType::MessageSent)
+    }
+}
+
 /// The state of an event's subject after the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
@@ -472,5 +504,33 @@ impl Event {
             Subject::Message(m) => m.visible_to(caller),
             Subject::Channel(c) => c.visible_to(caller),
         }
+    }
+}
+
+/// A token as stored: its secret only as a SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Its id.
+    pub token_id: Id,
+    /// The party it names.
+    pub party_id: PartyId,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+    /// Whether it may only read.
+    pub read_only: bool,
+    /// When it was issued.
+    pub create_time: Time,
+    /// When it stops working, if it does.
+    pub expire_time: Option<Time>,
+    /// When it was revoked, if it was.
+    pub revoke_time: Option<Time>,
+    /// When it last authenticated a call, as last stored.
+    pub last_use_time: Option<Time>,
+}
+
+impl TokenRecord {
+    /// Whether it authenticates calls at `now`.
+    pub fn valid_at(&self, now: Time) -> bool {
+        self.revoke_time.is_none() && self.expire_time.is_none_or(|t| now < t)
     }
 }

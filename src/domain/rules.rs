@@ -205,6 +205,16 @@ pub fn apply(
             (EventType::MessageWithdrawn, None)
         }
     };
+    if !msg.state.can_move_to(m.state) {
+        return Err(Rejection::new(
+            Reason::INTERNAL,
+            format!(
+                "{} → {} is not a move a message makes",
+                msg.state.name(),
+                m.state.name()
+            ),
+        ));
+    }
     Ok(Step {
         message: m,
         kind,
@@ -216,7 +226,7 @@ pub fn apply(
 /// The event's `occur_time` is the deadline itself.
 pub fn expire(msg: &Message, now: Time) -> Option<(Step, Time)> {
     let deadline = msg.respond_by?;
-    if !msg.is_overdue(now) {
+    if !msg.is_overdue(now) || !msg.state.can_move_to(MessageState::Expired) {
         return None;
     }
     let mut m = msg.clone();

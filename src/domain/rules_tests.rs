@@ -11,10 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::decide::{self, Context, Loaded, Write};
 use super::rules::{self, Role, Step};
 use super::{
-    Caller, Channel, ChannelAction, ChannelState, Class, EventType, Hop, HopState, Id, Message,
-    MessageAction, MessageState, PartyId, Reason, Rejection, Time,
+    Caller, Channel, ChannelAction, ChannelState, Class, Command, EventType, Hop, HopState, Id,
+    Message, MessageAction, MessageMove, MessageState, NewMessage, PartyId, Reason, Rejection,
+    Subject, Time,
 };
 
 use HopState::{
@@ -422,7 +424,8 @@ fn expected(
     if let Some(reason) = permission(actor, action) {
         return Expect::Refused(reason);
     }
-    if !version_matches {
+    // An answer is a `SendMessage`, which carries no expected_version.
+    if !version_matches && action != MessageAction::Answer {
         return Expect::Refused(Reason::VERSION_MISMATCH);
     }
     if overdue && EXPIRABLE.contains(&f.state) {
@@ -465,16 +468,82 @@ fn after(before: &Message, action: MessageAction, mv: &Move) -> Message {
 // ---------------------------------------------------------------------------
 
 /// One step through the rules in the store's order (`store::exec`).
+/// The step `who` asks for, decided by the real write path's decision
+/// ([`decide::decide`]) over the message as loaded: a move is a
+/// `MoveMessage`, an answer a `SendMessage` replying to it on the channel
+/// back from its recipient to its sender.
 fn attempt(
     msg: &Message,
     action: MessageAction,
     who: &Caller,
     expected_version: u64,
 ) -> Result<Step, Rejection> {
-    let role = rules::role(msg, who);
-    rules::authorize(action, role)?;
-    rules::check_version(expected_version, msg.version)?;
-    rules::apply(msg, action, role, NOTE, occur(), now())
+    let (cmd, channel) = match action {
+        MessageAction::Answer => (
+            Command::SendMessage(NewMessage {
+                channel_id: None,
+                subject: "Re: a proposal to talk".to_owned(),
+                body: "We will listen.".to_owned(),
+                labels: BTreeMap::new(),
+                respond_by: None,
+                in_reply_to: Some(msg.id),
+                occur_time: Some(occur()),
+                request_id: None,
+            }),
+            Some(reply_channel(msg)),
+        ),
+        _ => (
+            Command::MoveMessage(MessageMove {
+                message_id: msg.id,
+                action,
+                note: NOTE.to_owned(),
+                occur_time: Some(occur()),
+                expected_version,
+                request_id: None,
+            }),
+            None,
+        ),
+    };
+    let loaded = Loaded {
+        message: Some(msg.clone()),
+        channel,
+        ..Loaded::default()
+    };
+    let cx = Context {
+        caller: who,
+        now: now(),
+        fresh: Id::new(),
+    };
+    let d = decide::decide(cx, &cmd, &loaded)?;
+    let mut steps = d.writes.into_iter().filter_map(|w| match w {
+        Write::Event(e) => match e.subject {
+            Subject::Message(m) if m.id == msg.id => Some(Step {
+                message: *m,
+                kind: e.kind,
+                hop_index: e.hop_index,
+            }),
+            _ => None,
+        },
+        _ => None,
+    });
+    let step = steps.next().expect("a step of the message");
+    assert!(steps.next().is_none(), "one step of the message");
+    Ok(step)
+}
+
+/// The open channel from `msg`'s recipient back to its sender, on the same
+/// route reversed.
+fn reply_channel(msg: &Message) -> Channel {
+    Channel {
+        id: Id::new(),
+        display_name: "the way back".to_owned(),
+        parties: [msg.recipient.clone(), msg.sender.clone()],
+        mediators: msg.hops.iter().rev().map(|h| h.mediator.clone()).collect(),
+        state: ChannelState::Open,
+        version: 1,
+        create_time: at(0),
+        update_time: at(0),
+    }
 }
 
 fn describe(got: &Result<Step, Rejection>) -> String {
@@ -718,6 +787,15 @@ fn every_move_the_rules_make_is_an_allowed_move_and_every_allowed_move_can_be_ma
         .map(|(a, b)| (format!("{a:?}"), format!("{b:?}")))
         .collect();
     assert_eq!(made, allowed);
+    // The domain's own table is DESIGN's, no more and no less.
+    let domain: BTreeSet<_> = MessageState::MOVES
+        .iter()
+        .map(|(a, b)| (format!("{a:?}"), format!("{b:?}")))
+        .collect();
+    assert_eq!(
+        domain, allowed,
+        "MessageState::MOVES differs from DESIGN §2"
+    );
 }
 
 #[test]

@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use exec::Outcome;
+pub use crate::domain::{Outcome, TokenRecord};
 pub use postgres::Change;
 
 use crate::domain::{
     Caller, Channel, ChannelState, Command, Event, EventType, Id, Message, MessageState, Party,
-    PartyId, Reason, Rejection, Time,
+    PartyId, Reason, Rejection,
 };
 
 /// An event as committed: the value, and its encoding as stored in the log
@@ -184,34 +184,6 @@ pub fn next_batch(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max: usize)
         }
     }
     true
-}
-
-/// A token as stored: its secret only as a SHA-256 hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// Its id.
-    pub token_id: Id,
-    /// The party it names.
-    pub party_id: PartyId,
-    /// SHA-256 of the secret.
-    pub secret_hash: [u8; 32],
-    /// Whether it may only read.
-    pub read_only: bool,
-    /// When it was issued.
-    pub create_time: Time,
-    /// When it stops working, if it does.
-    pub expire_time: Option<Time>,
-    /// When it was revoked, if it was.
-    pub revoke_time: Option<Time>,
-    /// When it last authenticated a call, as last stored.
-    pub last_use_time: Option<Time>,
-}
-
-impl TokenRecord {
-    /// Whether it authenticates calls at `now`.
-    pub fn valid_at(&self, now: Time) -> bool {
-        self.revoke_time.is_none() && self.expire_time.is_none_or(|t| now < t)
-    }
 }
 
 /// Filters of a channel listing. `viewer` `None` is the admin.

@@ -24,13 +24,14 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::exec::{Outcome, WriteTx, run_batch};
+use super::exec::{WriteTx, run_batch};
 use super::query::{self, Arg, Style, int};
 use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
 use super::{
     ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
 };
 use crate::convert;
+use crate::domain::Outcome;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
 
@@ -686,13 +687,13 @@ impl WriteTx for PgTx<'_, '_> {
             .transpose()
     }
 
-    fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection> {
+    fn insert_party(&mut self, p: &Party) -> Result<(), Rejection> {
         let data = pb::Party::from(p).encode_to_vec();
-        let n = self.exec(
-            "INSERT INTO parties (id, data) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        self.exec(
+            "INSERT INTO parties (id, data) VALUES ($1, $2)",
             &[&p.id.as_str(), &data],
         )?;
-        Ok(n == 1)
+        Ok(())
     }
 
     fn insert_token(&mut self, t: &TokenRecord) -> Result<(), Rejection> {
@@ -719,20 +720,18 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection> {
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, Rejection> {
         let st = self.st("SELECT revoke_time FROM tokens WHERE id = $1")?;
         let row = self.tx.query_opt(&st, &[&id.to_string()]).map_err(pg_err)?;
-        match row.map(|r| r.get::<_, Option<i64>>(0)) {
-            None => Ok(None),
-            Some(Some(_)) => Ok(Some(false)),
-            Some(None) => {
-                self.exec(
-                    "UPDATE tokens SET revoke_time = $2 WHERE id = $1",
-                    &[&id.to_string(), &now.0],
-                )?;
-                Ok(Some(true))
-            }
-        }
+        Ok(row.map(|r| r.get::<_, Option<i64>>(0).is_some()))
+    }
+
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+        self.exec(
+            "UPDATE tokens SET revoke_time = $2 WHERE id = $1",
+            &[&id.to_string(), &at.0],
+        )?;
+        Ok(())
     }
 
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {

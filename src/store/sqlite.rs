@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
 use super::disk::DataDir;
-use super::exec::{Outcome, WriteTx, run_batch};
+use super::exec::{WriteTx, run_batch};
 use super::query::{self, Arg, Style};
 use super::recent::{self, Recent};
 use super::record::{
@@ -23,6 +23,7 @@ use super::{
     ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
 };
 use crate::convert;
+use crate::domain::Outcome;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
 use crate::pb;
 
@@ -982,13 +983,12 @@ impl WriteTx for Tx<'_> {
         b.map(|b| decode_party(&b)).transpose()
     }
 
-    fn insert_party(&mut self, p: &Party) -> Result<bool, Rejection> {
-        let n = self
-            .conn
-            .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+    fn insert_party(&mut self, p: &Party) -> Result<(), Rejection> {
+        self.conn
+            .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
             .map_err(db_err)?;
-        Ok(n == 1)
+        Ok(())
     }
 
     fn insert_token(&mut self, t: &TokenRecord) -> Result<(), Rejection> {
@@ -1021,23 +1021,21 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn revoke_token(&mut self, id: Id, now: Time) -> Result<Option<bool>, Rejection> {
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, Rejection> {
         let revoked: Option<Option<i64>> = self
             .conn
             .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
             .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
             .map_err(db_err)?;
-        match revoked {
-            None => Ok(None),
-            Some(Some(_)) => Ok(Some(false)),
-            Some(None) => {
-                self.conn
-                    .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
-                    .and_then(|mut s| s.execute(params![id.to_string(), now.0]))
-                    .map_err(db_err)?;
-                Ok(Some(true))
-            }
-        }
+        Ok(revoked.map(|t| t.is_some()))
+    }
+
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+        self.conn
+            .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
+            .map_err(db_err)?;
+        Ok(())
     }
 
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
