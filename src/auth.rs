@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::clock::Clock;
 use crate::domain::{Caller, Id, Reason, Rejection, Time};
 use crate::store::TokenRecord;
 
@@ -78,6 +79,8 @@ pub struct Authenticator {
     tokens: RwLock<HashMap<Id, Entry>>,
     /// Counts the changes this process made to the cache.
     changes: std::sync::atomic::AtomicU64,
+    /// Whether a token has expired is read on it.
+    clock: Clock,
 }
 
 /// A freshly issued token: shown once, stored as `secret_hash`.
@@ -153,8 +156,9 @@ pub fn admin_token(
 
 impl Authenticator {
     /// An authenticator for this admin token and these stored tokens.
-    pub fn new(admin_token: &str, tokens: Vec<TokenRecord>) -> Authenticator {
+    pub fn new(admin_token: &str, tokens: Vec<TokenRecord>, clock: Clock) -> Authenticator {
         Authenticator {
+            clock,
             admin_hash: sha256(admin_token.as_bytes()),
             tokens: RwLock::new(
                 tokens
@@ -182,7 +186,7 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| unauth("the authorization metadata must be 'Bearer TOKEN'"))?
             .trim();
-        self.resolve(token, Time::now())
+        self.resolve(token, self.clock.now())
     }
 
     /// The identity a token names, if it is valid at `now`.
@@ -226,7 +230,7 @@ impl Authenticator {
             Some(id) => self
                 .tokens
                 .read()
-                .map(|t| t.get(&id).is_some_and(|e| e.rec.valid_at(Time::now())))
+                .map(|t| t.get(&id).is_some_and(|e| e.rec.valid_at(self.clock.now())))
                 .unwrap_or(false),
         }
     }
@@ -351,10 +355,10 @@ mod tests {
 
     #[test]
     fn issued_tokens_resolve_and_revoked_ones_do_not() {
-        let auth = Authenticator::new("root-secret", vec![]);
+        let auth = Authenticator::new("root-secret", vec![], Clock::system());
         let t = new_token().unwrap();
         let party = PartyId::parse("iran").unwrap();
-        let now = Time::now();
+        let now = Clock::system().now();
         assert!(auth.resolve(&t.token, now).is_err());
         auth.issued(TokenRecord {
             token_id: t.token_id,

@@ -372,7 +372,7 @@ impl Follow {
                 }
                 if !caught_up_sent {
                     caught_up_sent = true;
-                    yield Ok(heartbeat(last));
+                    yield Ok(heartbeat(last, this.store.clock().now()));
                 }
                 // Follow the in-memory window.
                 let quiet = tokio::time::sleep(sub.heartbeat);
@@ -402,7 +402,7 @@ impl Follow {
                             }
                             Err(broadcast::error::RecvError::Closed) => Next::Stop(shutting_down()),
                         },
-                        () = &mut quiet => Next::Send(heartbeat(last)),
+                        () = &mut quiet => Next::Send(heartbeat(last, this.store.clock().now())),
                     };
                     match next {
                         Next::Idle => continue,
@@ -486,10 +486,10 @@ fn event(data: Bytes) -> pb::SubscribeResponse {
     pb::SubscribeResponse::encoded_event(data)
 }
 
-fn heartbeat(head: u64) -> pb::SubscribeResponse {
+fn heartbeat(head: u64, now: Time) -> pb::SubscribeResponse {
     pb::SubscribeResponse::of(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
         head_sequence: head,
-        time: Some(convert::timestamp(Time::now())),
+        time: Some(convert::timestamp(now)),
     }))
 }
 

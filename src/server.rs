@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::PartyApi};
 use crate::auth::{self, Authenticator};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::connections;
 use crate::feed::{Feed, Follow};
@@ -271,7 +272,11 @@ async fn authenticator(config: &Config, store: &Store) -> Result<Authenticator, 
         Some(path) => tracing::info!(path = %path.display(), "admin token file"),
         None => tracing::info!("admin token from BACKCHANNEL_ADMIN_TOKEN"),
     }
-    Ok(Authenticator::new(&admin_token, store.tokens().await?))
+    Ok(Authenticator::new(
+        &admin_token,
+        store.tokens().await?,
+        store.clock().clone(),
+    ))
 }
 
 /// Opens the store the settings name. The embedded store's commits go
@@ -291,6 +296,7 @@ async fn open_store(
                     publisher.publish(events);
                 }),
                 crate::store::sqlite::Options {
+                    clock: Clock::system(),
                     check_events: config.startup_check_events,
                     requests_move_at: config.requests_move_at,
                 },
@@ -300,7 +306,7 @@ async fn open_store(
         }
         Some(url) => {
             let publish = crate::replication::publisher(feed.clone(), wake.clone());
-            let store = Store::open_postgres(url, publish).await?;
+            let store = Store::open_postgres(url, publish, Clock::system()).await?;
             tracing::info!(head = store.1, "PostgreSQL store open");
             Ok(store)
         }

@@ -12,8 +12,8 @@ use super::{Ctx, id, opt_id, opt_party_id};
 use crate::convert;
 use crate::domain::rules::{channel_not_found, message_not_found};
 use crate::domain::{
-    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Time,
-    Violations, validate,
+    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Violations,
+    validate,
 };
 use crate::feed::{self, Filter, Subscription};
 use crate::pb;
@@ -64,7 +64,7 @@ impl MessageApi {
         f: MoveFields<'_>,
         action: MessageAction,
     ) -> Result<Response<pb::Message>, Status> {
-        let now = Time::now();
+        let now = self.0.store.clock().now();
         let mut v = Violations::default();
         let message_id = v.check("message_id", Id::parse(f.message_id));
         let note = v.check("note", self.0.limits.note(f.note, action.needs_note()));
@@ -102,7 +102,7 @@ impl MessageApi {
 }
 
 fn new_message(ctx: &Ctx, r: pb::SendMessageRequest) -> Result<NewMessage, Rejection> {
-    let now = Time::now();
+    let now = ctx.store.clock().now();
     let l = &ctx.limits;
     let mut v = Violations::default();
     let channel_id = v.check(

@@ -162,7 +162,7 @@ impl pb::party_service_server::PartyService for PartyApi {
         let r = req.get_ref();
         let party_id = party_id("party_id", &r.party_id)?;
         let expire_time = super::opt_time("expire_time", r.expire_time.as_ref())?;
-        if expire_time.is_some_and(|t| t <= crate::domain::Time::now()) {
+        if expire_time.is_some_and(|t| t <= self.0.store.clock().now()) {
             return Err(Rejection::field("expire_time", "must lie in the future").into());
         }
         admin_only(&caller)?;

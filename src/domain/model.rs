@@ -8,14 +8,6 @@ use std::fmt;
 pub struct Time(pub i64);
 
 impl Time {
-    /// The current wall-clock time.
-    pub fn now() -> Time {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Time(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-    }
-
     /// This time plus `secs` seconds.
     pub fn plus_secs(self, secs: i64) -> Time {
         Time(self.0.saturating_add(secs.saturating_mul(1_000_000)))

@@ -16,6 +16,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+use crate::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::domain::{Outcome, TokenRecord};
@@ -267,6 +269,8 @@ pub struct Store {
     state: WriterState,
     /// The writer thread, joined by [`Store::close`].
     writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The time of recording of every write.
+    clock: Clock,
 }
 
 impl Store {
@@ -278,9 +282,11 @@ impl Store {
         publish: Publish,
         options: sqlite::Options,
     ) -> Result<(Store, u64), Rejection> {
+        let clock = options.clock.clone();
         let s = sqlite::start(dir, publish, options)?;
         Ok((
             Store {
+                clock,
                 backend: Backend::Sqlite(s.reader),
                 writer: s.writer,
                 state: s.state,
@@ -292,11 +298,17 @@ impl Store {
 
     /// Opens the PostgreSQL store at `url`, applying migrations. Returns the
     /// store and the log's head at opening.
-    pub async fn open_postgres(url: &str, publish: Publish) -> Result<(Store, u64), Rejection> {
+    pub async fn open_postgres(
+        url: &str,
+        publish: Publish,
+        clock: Clock,
+    ) -> Result<(Store, u64), Rejection> {
         let state = WriterState::default();
-        let (backend, writer, head, thread) = postgres::start(url, publish, state.clone()).await?;
+        let (backend, writer, head, thread) =
+            postgres::start(url, publish, state.clone(), clock.clone()).await?;
         Ok((
             Store {
+                clock,
                 backend: Backend::Postgres(backend),
                 writer,
                 state,
@@ -304,6 +316,11 @@ impl Store {
             },
             head,
         ))
+    }
+
+    /// The clock that times every write.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Stops the writer once what is queued is committed, and waits for it:

@@ -207,6 +207,7 @@ pub async fn start(
     url: &str,
     publish: Publish,
     state: WriterState,
+    clock: crate::clock::Clock,
 ) -> Result<
     (
         Arc<Postgres>,
@@ -242,7 +243,7 @@ pub async fn start(
     let writer_cfg = postgres::Config::from(cfg);
     let thread = std::thread::Builder::new()
         .name("backchannel-writer".into())
-        .spawn(move || writer(writer_cfg, rx, publish, state))
+        .spawn(move || writer(writer_cfg, rx, publish, state, clock))
         .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
     Ok((store, tx, head, thread))
 }
@@ -324,6 +325,7 @@ fn writer(
     mut rx: mpsc::Receiver<Job>,
     publish: Publish,
     state: WriterState,
+    clock: crate::clock::Clock,
 ) {
     let mut conn: Option<postgres::Client> = None;
     let mut stmts: HashMap<&'static str, postgres::Statement> = HashMap::new();
@@ -349,7 +351,7 @@ fn writer(
         let Some(client) = conn.as_mut() else {
             continue;
         };
-        let now = Time::now();
+        let now = clock.now();
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
         let started = std::time::Instant::now();

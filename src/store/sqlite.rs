@@ -198,8 +198,10 @@ pub struct Started {
 /// starts the writer thread. The data directory stays locked until the
 /// writer stops.
 /// How the embedded store opens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
+    /// The time source of the writer.
+    pub clock: crate::clock::Clock,
     /// The newest events whose leaf hashes the start-up check verifies.
     pub check_events: u64,
     /// Recent idempotency records held before they are moved into
@@ -233,7 +235,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
     let state = WriterState::default();
     // A write probe at start: a full or read-only disk is reported now, and
     // the server still starts, serving reads.
-    if let Err(e) = probe(&conn, &data_dir) {
+    if let Err(e) = probe(&conn, &data_dir, options.clock.now()) {
         state.failed(&e);
     }
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -245,6 +247,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
                 conn,
                 dir: data_dir,
                 state: writer_state,
+                clock: options.clock,
                 cache: Cache {
                     requests,
                     runs,
@@ -427,13 +430,13 @@ fn build_filter(path: &Path) -> Result<recent::Keys, Rejection> {
 
 /// One small committed write outside the record, to learn whether the
 /// store can commit.
-fn probe(conn: &Connection, dir: &DataDir) -> Result<(), Rejection> {
+fn probe(conn: &Connection, dir: &DataDir, now: Time) -> Result<(), Rejection> {
     dir.check()?;
     dir.writable()?;
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [Time::now().0],
+        [now.0],
     )
     .map_err(db_err)
     .map_err(|e| refine(e, dir))?;
@@ -687,6 +690,8 @@ struct Writer {
     conn: Connection,
     dir: DataDir,
     state: WriterState,
+    /// The time of recording.
+    clock: crate::clock::Clock,
     cache: Cache,
     /// No restarting checkpoint before this: one was just blocked by a
     /// reader on an old snapshot (a long listing, a backup), and trying
@@ -729,7 +734,7 @@ impl Writer {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
             let start_head = head;
-            let now = Time::now();
+            let now = self.clock.now();
             let started = std::time::Instant::now();
             metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
             let mut results = Vec::with_capacity(jobs.len());
