@@ -304,3 +304,58 @@ async fn killing_database_connections_loses_nothing_duplicates_nothing_and_needs
         "subscriber saw no gap"
     );
 }
+
+/// The transaction id that last locked or changed the `log_head` row, and
+/// how many transactions the database has committed.
+fn log_lock_and_commits(url: &str, db: &str) -> (String, i64) {
+    let db = db.to_owned();
+    let xmax = backchannel_testkit::on_server(url, |c| {
+        c.query_one("SELECT xmax::text FROM log_head", &[])
+            .map(|r| r.get::<_, String>(0))
+    })
+    .expect("read log_head");
+    let commits = with_admin_db(move |c| {
+        c.query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )
+        .expect("read pg_stat_database")
+        .get::<_, i64>(0)
+    });
+    (xmax, commits)
+}
+
+/// Every replica orders its appends by locking the one `log_head` row. An
+/// idle replica must not take that lock: not to look for messages past
+/// their deadline when none is due, and not for its health probe. (Each
+/// replica used to take it on every expiry tick, twice a second, and on
+/// every probe, holding up the others' writes for nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_never_takes_the_global_log_lock() {
+    if !postgres_available() {
+        return;
+    }
+    let s = Server::start_postgres_with(Options {
+        args: vec!["--expiry-interval-ms".into(), "20".into()],
+        ..Options::default()
+    })
+    .await;
+    let db = s.database().expect("a database");
+    let (url, name) = (db.url.clone(), db.name.clone());
+    let (lock0, commits0) = log_lock_and_commits(&url, &name);
+    // Fifty checks' worth of transactions: at 20 ms a tick, every check
+    // of a second and more.
+    eventually("the server to run its checks", || {
+        let (url, name) = (url.clone(), name.clone());
+        async move {
+            let (_, commits) =
+                tokio::task::spawn_blocking(move || log_lock_and_commits(&url, &name))
+                    .await
+                    .expect("read");
+            (commits >= commits0 + 50).then_some(())
+        }
+    })
+    .await;
+    let (lock1, _) = log_lock_and_commits(&url, &name);
+    assert_eq!(lock1, lock0, "an idle replica locked log_head");
+}

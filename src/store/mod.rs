@@ -408,6 +408,13 @@ impl Store {
         read!(self.message(id))
     }
 
+    /// Whether any message is past its deadline at `now`, in a state that
+    /// expires. Read without the writer (on PostgreSQL, without the lock
+    /// that orders every replica's appends).
+    pub async fn due(&self, now: crate::domain::Time) -> Result<bool, Rejection> {
+        read!(self.due(now))
+    }
+
     /// A page of messages, newest first, and the head it was read at.
     pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
         read!(self.messages(q))

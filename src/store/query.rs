@@ -3,7 +3,7 @@
 
 use super::{ChannelQuery, EventQuery, Frame, MessageQuery};
 use crate::convert;
-use crate::domain::{Id, Reason, Rejection};
+use crate::domain::{Id, MessageState, Reason, Rejection};
 
 /// A bound argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,4 +193,97 @@ pub fn frame(
             .map_err(bad)?,
         data: data.into(),
     })
+}
+
+/// The messages whose deadline has passed, in a state that expires: the
+/// predicate of the `messages_due` partial index, derived from
+/// [`MessageState::can_expire`] (the index's own text must be this, or a
+/// backend cannot use it; a test compares them).
+pub fn due_predicate() -> &'static str {
+    static PREDICATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let states: Vec<String> = MessageState::ALL
+            .iter()
+            .filter(|s| s.can_expire())
+            .map(|&s| (convert::message_state_pb(s) as i32).to_string())
+            .collect();
+        format!(
+            "respond_by IS NOT NULL AND state IN ({})",
+            states.join(", ")
+        )
+    });
+    &PREDICATE
+}
+
+/// The ids of at most `limit` messages due at `now`, soonest deadline
+/// first (`?1`/`$1` the time, `?2`/`$2` the limit).
+pub fn overdue(style: Style) -> &'static str {
+    static TEXTS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+        let text = |index: &str, now: &str, limit: &str| {
+            format!(
+                "SELECT id FROM messages {index} WHERE {} AND respond_by <= {now} \
+                 ORDER BY respond_by LIMIT {limit}",
+                due_predicate()
+            )
+        };
+        [
+            text("INDEXED BY messages_due", "?1", "?2"),
+            text("", "$1", "$2"),
+        ]
+    });
+    match style {
+        Style::Question => &TEXTS[0],
+        Style::Dollar => &TEXTS[1],
+    }
+}
+
+/// Whether any message is due at `now` (`?1` / `$1`), read without the
+/// writer.
+pub fn any_due(style: Style) -> &'static str {
+    static TEXTS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+        let text = |index: &str, now: &str| {
+            format!(
+                "SELECT EXISTS (SELECT 1 FROM messages {index} WHERE {} AND respond_by <= {now})",
+                due_predicate()
+            )
+        };
+        [text("INDEXED BY messages_due", "?1"), text("", "$1")]
+    });
+    match style {
+        Style::Question => &TEXTS[0],
+        Style::Dollar => &TEXTS[1],
+    }
+}
+
+#[cfg(test)]
+mod due_tests {
+    use super::due_predicate;
+
+    /// Whitespace runs as one space.
+    fn squeeze(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn the_due_index_of_each_backend_is_the_domains_predicate() {
+        let want = format!("ON messages (respond_by) WHERE {};", due_predicate());
+        for (backend, sql) in [
+            (
+                "sqlite",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                "postgres",
+                include_str!("../../migrations/postgres/0001_init.sql"),
+            ),
+        ] {
+            assert!(
+                squeeze(sql).contains(&want),
+                "{backend}'s messages_due index is not `{want}`"
+            );
+        }
+        assert_eq!(
+            due_predicate(),
+            "respond_by IS NOT NULL AND state IN (1, 2, 3, 4)"
+        );
+    }
 }

@@ -1149,11 +1149,7 @@ impl WriteTx for Tx<'_> {
     fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
         let mut s = self
             .conn
-            .prepare_cached(
-                "SELECT id FROM messages INDEXED BY messages_due
-                 WHERE respond_by IS NOT NULL AND state IN (1, 2, 3, 4) AND respond_by <= ?1
-                 ORDER BY respond_by LIMIT ?2",
-            )
+            .prepare_cached(query::overdue(Style::Question))
             .map_err(db_err)?;
         let ids = s
             .query_map(params![now.0, i64_of(limit as u64)?], |r| {
@@ -1399,6 +1395,17 @@ impl Sqlite {
     /// One message.
     pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, Rejection> {
         self.read(move |c| Tx::reader(c).message(id)).await
+    }
+
+    /// Whether any message is past its deadline at `now`, in a state that
+    /// expires.
+    pub async fn due(self: &Arc<Self>, now: Time) -> Result<bool, Rejection> {
+        self.read(move |c| {
+            c.prepare_cached(query::any_due(Style::Question))
+                .and_then(|mut s| s.query_row([now.0], |r| r.get::<_, bool>(0)))
+                .map_err(db_err)
+        })
+        .await
     }
 
     /// The last sequence in the log.

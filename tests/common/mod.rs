@@ -92,6 +92,12 @@ impl Server {
         Server::start_replicas_with(n, Options::default(), true).await
     }
 
+    /// Starts one server with options on a fresh PostgreSQL database,
+    /// whatever the suite's backend.
+    pub async fn start_postgres_with(opts: Options) -> Server {
+        Server::start_replicas_with(1, opts, true).await.remove(0)
+    }
+
     async fn start_replicas_with(n: usize, mut opts: Options, postgres: bool) -> Vec<Server> {
         let db = (postgres || backend_is_postgres()).then(|| Arc::new(TestDb::create()));
         assert!(
