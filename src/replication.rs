@@ -39,21 +39,11 @@ pub async fn tail(
     feed: Arc<Feed>,
     auth: Arc<Authenticator>,
     wake: Arc<Notify>,
-    mut changes: tokio::sync::mpsc::Receiver<Change>,
+    changes: tokio::sync::mpsc::Receiver<Change>,
 ) {
-    let mut tick = tokio::time::interval(TAIL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
+    let mut waits = Waits::new(wake, changes);
     loop {
-        let reload_tokens = tokio::select! {
-            () = wake.notified() => false,
-            c = changes.recv() => matches!(c, Some(Change::Tokens | Change::Reconnected)),
-            _ = tick.tick() => {
-                ticks += 1;
-                ticks.is_multiple_of(TOKEN_RELOAD_TICKS)
-            }
-        };
-        if reload_tokens {
+        if waits.next().await {
             let seen = auth.version();
             match store.tokens().await {
                 Ok(t) => auth.replace_all(t, seen),
@@ -90,6 +80,58 @@ pub async fn tail(
     }
 }
 
+/// What the tailer waits for: this replica's commit that did not continue
+/// the feed, another replica's notification, or the tick.
+struct Waits {
+    wake: Arc<Notify>,
+    /// `None` once the notifications have ended: the tick alone then
+    /// drives the tailer (a closed channel is ready at once, every time,
+    /// and waiting on it would spin).
+    changes: Option<tokio::sync::mpsc::Receiver<Change>>,
+    tick: tokio::time::Interval,
+    ticks: u32,
+}
+
+impl Waits {
+    fn new(wake: Arc<Notify>, changes: tokio::sync::mpsc::Receiver<Change>) -> Waits {
+        let mut tick = tokio::time::interval(TAIL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Waits {
+            wake,
+            changes: Some(changes),
+            tick,
+            ticks: 0,
+        }
+    }
+
+    /// Waits for the next reason to read the log; `true` if the tokens
+    /// should be reloaded too.
+    async fn next(&mut self) -> bool {
+        loop {
+            let change = async {
+                match &mut self.changes {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.wake.notified() => return false,
+                c = change => match c {
+                    Some(c) => return matches!(c, Change::Tokens | Change::Reconnected),
+                    None => {
+                        tracing::warn!("change notifications ended; following the shared log every second");
+                        self.changes = None;
+                    }
+                },
+                _ = self.tick.tick() => {
+                    self.ticks += 1;
+                    return self.ticks.is_multiple_of(TOKEN_RELOAD_TICKS);
+                }
+            }
+        }
+    }
+}
+
 /// Events read back from the shared log, decoded to learn their audience;
 /// their stored encoding is what subscribers receive.
 pub fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, Rejection> {
@@ -106,4 +148,40 @@ pub fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, Rej
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With its notifications ended, the tailer waits for the tick: it
+    /// used to wake at once, for ever, reading the log in a busy loop.
+    #[tokio::test(start_paused = true)]
+    async fn with_notifications_ended_the_tailer_waits_for_the_tick() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(tx);
+        let mut waits = Waits::new(Arc::new(Notify::new()), rx);
+        let start = tokio::time::Instant::now();
+        // The interval's first tick is immediate; each later one a second on.
+        for _ in 0..4 {
+            waits.next().await;
+        }
+        assert!(
+            start.elapsed() >= 3 * TAIL_INTERVAL,
+            "woke four times in {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_notification_asks_for_a_reload_and_a_commit_does_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let wake = Arc::new(Notify::new());
+        let mut waits = Waits::new(wake.clone(), rx);
+        waits.next().await; // the immediate first tick
+        tx.send(Change::Tokens).await.expect("send");
+        assert!(waits.next().await);
+        wake.notify_one();
+        assert!(!waits.next().await);
+    }
 }
