@@ -6,12 +6,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::paging::Cursor;
-use super::{Ctx, id, opt_id, opt_party_id};
+use super::{Ctx, id, optional};
 use crate::convert;
 use crate::domain::rules::channel_not_found;
 use crate::domain::{
-    Caller, Channel, ChannelAction, ChannelChange, Command, NewChannel, PartyId, Reason, Rejection,
-    Violations,
+    Caller, Channel, ChannelAction, ChannelChange, Command, Id, NewChannel, PartyId, Reason,
+    Rejection, Violations,
 };
 use crate::pb;
 use crate::store::{ChannelQuery, Outcome};
@@ -57,10 +57,7 @@ fn new_channel(ctx: &Ctx, r: pb::CreateChannelRequest) -> Result<NewChannel, Rej
         .enumerate()
         .map(|(i, p)| v.check(&format!("mediators[{i}]"), PartyId::parse(p)))
         .collect();
-    let request_id = v.check(
-        "request_id",
-        opt_id("request_id", &r.request_id).map_err(|e| e.message),
-    );
+    let request_id = v.check("request_id", optional(&r.request_id, Id::parse));
     v.finish()?;
     let parties: Vec<PartyId> = parties.into_iter().flatten().collect();
     let mediators: Vec<PartyId> = mediators.into_iter().flatten().collect();
@@ -167,10 +164,7 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         let caller = self.0.caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let party = v.check(
-            "party_id",
-            opt_party_id("party_id", &r.party_id).map_err(|e| e.message),
-        );
+        let party = v.check("party_id", optional(&r.party_id, PartyId::parse));
         let state = v.check("state", convert::channel_state(r.state));
         let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
         v.finish()?;

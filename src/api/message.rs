@@ -8,11 +8,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::paging::Cursor;
-use super::{Ctx, id, opt_id, opt_party_id};
+use super::{Ctx, id, optional};
 use crate::convert;
 use crate::domain::rules::{channel_not_found, message_not_found};
 use crate::domain::{
-    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Time,
+    Caller, Command, Id, MessageAction, MessageMove, NewMessage, PartyId, Reason, Rejection, Time,
     Violations, validate,
 };
 use crate::feed::{self, Filter, Subscription};
@@ -72,10 +72,7 @@ impl MessageApi {
             "occur_time",
             convert::opt_time(f.occur_time).and_then(|t| validate::occur_time(t, now)),
         );
-        let request_id = v.check(
-            "request_id",
-            opt_id("request_id", f.request_id).map_err(|e| e.message),
-        );
+        let request_id = v.check("request_id", optional(f.request_id, Id::parse));
         v.finish()?;
         let (Some(message_id), Some(note), Some(occur_time), Some(request_id)) =
             (message_id, note, occur_time, request_id)
@@ -105,14 +102,8 @@ fn new_message(ctx: &Ctx, r: pb::SendMessageRequest) -> Result<NewMessage, Rejec
     let now = Time::now();
     let l = &ctx.limits;
     let mut v = Violations::default();
-    let channel_id = v.check(
-        "channel_id",
-        opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
-    );
-    let in_reply_to = v.check(
-        "in_reply_to",
-        opt_id("in_reply_to", &r.in_reply_to).map_err(|e| e.message),
-    );
+    let channel_id = v.check("channel_id", optional(&r.channel_id, Id::parse));
+    let in_reply_to = v.check("in_reply_to", optional(&r.in_reply_to, Id::parse));
     if matches!((&channel_id, &in_reply_to), (Some(None), Some(None))) {
         v.add(
             "channel_id",
@@ -130,10 +121,7 @@ fn new_message(ctx: &Ctx, r: pb::SendMessageRequest) -> Result<NewMessage, Rejec
         "occur_time",
         convert::opt_time(r.occur_time.as_ref()).and_then(|t| validate::occur_time(t, now)),
     );
-    let request_id = v.check(
-        "request_id",
-        opt_id("request_id", &r.request_id).map_err(|e| e.message),
-    );
+    let request_id = v.check("request_id", optional(&r.request_id, Id::parse));
     v.finish()?;
     Ok(NewMessage {
         channel_id: channel_id.flatten(),
@@ -182,18 +170,9 @@ impl pb::message_service_server::MessageService for MessageApi {
         let caller = self.0.caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let channel = v.check(
-            "channel_id",
-            opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
-        );
-        let party = v.check(
-            "party_id",
-            opt_party_id("party_id", &r.party_id).map_err(|e| e.message),
-        );
-        let thread = v.check(
-            "thread_id",
-            opt_id("thread_id", &r.thread_id).map_err(|e| e.message),
-        );
+        let channel = v.check("channel_id", optional(&r.channel_id, Id::parse));
+        let party = v.check("party_id", optional(&r.party_id, PartyId::parse));
+        let thread = v.check("thread_id", optional(&r.thread_id, Id::parse));
         let state = v.check("state", convert::message_state(r.state));
         let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
         v.finish()?;
@@ -314,14 +293,8 @@ impl pb::message_service_server::MessageService for MessageApi {
         let caller = self.0.caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let channel = v.check(
-            "channel_id",
-            opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
-        );
-        let message = v.check(
-            "message_id",
-            opt_id("message_id", &r.message_id).map_err(|e| e.message),
-        );
+        let channel = v.check("channel_id", optional(&r.channel_id, Id::parse));
+        let message = v.check("message_id", optional(&r.message_id, Id::parse));
         let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
         if !r.channel_id.is_empty() && !r.message_id.is_empty() {
             v.add("message_id", "give channel_id or message_id, not both");

@@ -64,12 +64,17 @@ pub fn id(field: &str, s: &str) -> Result<Id, Rejection> {
     Id::parse(s).map_err(|e| Rejection::field(field, e))
 }
 
-/// Parses an optional id field (empty = unset).
-pub fn opt_id(field: &str, s: &str) -> Result<Option<Id>, Rejection> {
+/// Parses an optional field (empty = unset) with `parse`. The error
+/// describes the value only, for [`crate::domain::Violations::check`],
+/// which names the field.
+pub fn optional<T>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    id(field, s).map(Some)
+    parse(s).map(Some)
 }
 
 /// Parses a required party id field.
@@ -79,10 +84,7 @@ pub fn party_id(field: &str, s: &str) -> Result<PartyId, Rejection> {
 
 /// Parses an optional party id filter (empty = unset).
 pub fn opt_party_id(field: &str, s: &str) -> Result<Option<PartyId>, Rejection> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    party_id(field, s).map(Some)
+    optional(s, PartyId::parse).map_err(|e| Rejection::field(field, e))
 }
 
 /// Parses an optional timestamp field.
