@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::paging::Cursor;
+use super::paging::{self, Cursor};
 use super::{Ctx, id, optional};
 use crate::convert;
 use crate::domain::rules::channel_not_found;
@@ -171,7 +171,7 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         let (party, state, limit) = (party.flatten(), state.flatten(), limit.unwrap_or(1));
         let scope = format!("ListChannels|{caller:?}|{party:?}|{state:?}");
         let cursor = self.0.pager.read(&scope, &r.page_token)?;
-        let mut page = self
+        let page = self
             .0
             .store
             .channels(ChannelQuery {
@@ -182,21 +182,18 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if page.len() > limit {
-            page.truncate(limit);
-            let position = page.last().map_or(0, |(seq, _)| *seq);
+        let (channels, next) = paging::page(&page, limit, |(_, c)| pb::Channel::from(c));
+        let next_page_token = next.map_or_else(String::new, |(position, _)| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    position,
+                    position: *position,
                     ..Cursor::default()
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListChannelsResponse {
-            channels: page.iter().map(|(_, c)| c.into()).collect(),
+            channels,
             next_page_token,
         }))
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::paging::Cursor;
+use super::paging::{self, Cursor};
 use super::{Ctx, id, optional};
 use crate::convert;
 use crate::domain::rules::{channel_not_found, message_not_found};
@@ -193,7 +193,7 @@ impl pb::message_service_server::MessageService for MessageApi {
                 .filter(|c| c.visible_to(&caller))
                 .ok_or_else(channel_not_found)?;
         }
-        let (mut page, head) = self
+        let (page, head) = self
             .0
             .store
             .messages(MessageQuery {
@@ -207,22 +207,19 @@ impl pb::message_service_server::MessageService for MessageApi {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if page.len() > limit {
-            page.truncate(limit);
-            let position = page.last().map_or(0, |(seq, _)| *seq);
+        let (messages, next) = paging::page(&page, limit, |(_, m)| pb::Message::from(m));
+        let next_page_token = next.map_or_else(String::new, |(position, _)| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    position,
+                    position: *position,
                     head,
                     key: String::new(),
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListMessagesResponse {
-            messages: page.iter().map(|(_, m)| m.into()).collect(),
+            messages,
             next_page_token,
             head_sequence: head,
         }))
@@ -322,11 +319,16 @@ impl pb::message_service_server::MessageService for MessageApi {
                 .filter(|m| m.visible_to(&caller))
                 .ok_or_else(message_not_found)?;
         }
-        let mut events = self
+        let events = self
             .0
             .store
             .events(EventQuery {
-                max_bytes: usize::MAX,
+                // The store stops after the event that brings its stored
+                // bytes (each event's protobuf encoding, as sent here) to
+                // this bound. The page's bound is lower and counts each event
+                // with its framing too, so a page the store stopped short
+                // drops at least that last event and has a next page token.
+                max_bytes: paging::MAX_RESPONSE_BYTES,
                 viewer: caller.party().cloned(),
                 channel,
                 message,
@@ -337,21 +339,18 @@ impl pb::message_service_server::MessageService for MessageApi {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if events.len() > limit {
-            events.truncate(limit);
-            let position = events.last().map_or(0, |e| e.sequence);
+        let (events, next) = paging::page(&events, limit, pb::Event::from);
+        let next_page_token = next.map_or_else(String::new, |e| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    position,
+                    position: e.sequence,
                     ..Cursor::default()
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListEventsResponse {
-            events: events.iter().map(Into::into).collect(),
+            events,
             next_page_token,
         }))
     }
