@@ -25,10 +25,7 @@ pub const MAX_MEDIATORS: usize = 8;
 fn channel_outcome(o: Outcome) -> Result<Response<pb::Channel>, Status> {
     match o {
         Outcome::Channel(c) => Ok(Response::new((&c).into())),
-        o => {
-            tracing::error!(outcome = ?o, "unexpected write outcome");
-            Err(Status::internal("unexpected write outcome"))
-        }
+        o => Err(crate::error::internal("unexpected write outcome", &o)),
     }
 }
 

@@ -29,10 +29,7 @@ pub type SubscribeStream =
 fn message_outcome(o: Outcome) -> Result<Response<pb::Message>, Status> {
     match o {
         Outcome::Message(m) => Ok(Response::new((&m).into())),
-        o => {
-            tracing::error!(outcome = ?o, "unexpected write outcome");
-            Err(Status::internal("unexpected write outcome"))
-        }
+        o => Err(crate::error::internal("unexpected write outcome", &o)),
     }
 }
 
@@ -73,11 +70,11 @@ impl MessageApi {
             convert::opt_time(f.occur_time).and_then(|t| validate::occur_time(t, now)),
         );
         let request_id = v.check("request_id", optional(f.request_id, Id::parse));
-        v.finish()?;
         let (Some(message_id), Some(note), Some(occur_time), Some(request_id)) =
             (message_id, note, occur_time, request_id)
         else {
-            return Err(Status::internal("validation"));
+            // `check` recorded why each missing value is missing.
+            return Err(v.refusal().into());
         };
         let o = self
             .0

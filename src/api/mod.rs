@@ -32,12 +32,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The caller named by the request's token.
+    /// The caller named by the request's token, which the token check
+    /// (`auth::RequireToken`, around every service) resolved before the call
+    /// reached its handler. A call without one was never checked: a service
+    /// mounted without the token check, refused rather than let through.
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Identity, Rejection> {
-        match req.extensions().get::<Identity>() {
-            Some(who) => Ok(who.clone()),
-            None => self.auth.authenticate(req.metadata()),
-        }
+        req.extensions().get::<Identity>().cloned().ok_or_else(|| {
+            tracing::error!("a call reached its handler without the token check");
+            Rejection::new(Reason::INTERNAL, "the call was not authenticated")
+        })
     }
 
     /// The caller named by the request's token.

@@ -52,16 +52,12 @@ async fn write_token_change(
         Ok::<_, Rejection>(out)
     })
     .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "token change task failed");
-        Status::internal("internal error")
-    })?
+    .map_err(|e| crate::error::internal("token change task failed", &e))?
     .map_err(Status::from)
 }
 
 fn unexpected(o: Outcome) -> Status {
-    tracing::error!(outcome = ?o, "unexpected write outcome");
-    Status::internal("unexpected write outcome")
+    crate::error::internal("unexpected write outcome", &o)
 }
 
 #[tonic::async_trait]
@@ -80,9 +76,9 @@ impl pb::party_service_server::PartyService for PartyApi {
             crate::convert::party_kind(r.kind)
                 .ok_or_else(|| "must be STATE, ORGANIZATION or PERSON".to_string()),
         );
-        v.finish()?;
         let (Some(id), Some(display_name), Some(kind)) = (id, name, kind) else {
-            return Err(Status::internal("validation"));
+            // `check` recorded why each missing value is missing.
+            return Err(v.refusal().into());
         };
         admin_only(&caller)?;
         match self
