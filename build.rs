@@ -17,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Maps encode in key order, so equal requests encode equally.
         .btree_map(".")
-        // Our codec: a request that does not decode is INVALID_ARGUMENT, not INTERNAL.
+        // Our codec: a request that does not decode is INVALID_ARGUMENT, not
+        // INTERNAL. Clients get it too, so it bounds no size (see its docs).
         .codec_path("crate::codec::StrictCodec")
         // Hand-written, so that events go out as the bytes encoded at commit.
         .extern_path(

@@ -1,12 +1,11 @@
 //! The gRPC codec: prost, except that a request that does not decode is
-//! `INVALID_ARGUMENT` (tonic's default says `INTERNAL`) and one over the size
-//! limit is `RESOURCE_EXHAUSTED`; [`RequestFaults`] does the same for the
-//! refusals tonic makes before the codec runs.
+//! `INVALID_ARGUMENT` (tonic's default says `INTERNAL`); [`RequestFaults`]
+//! does the same for the refusals tonic makes before the codec runs, and
+//! answers a request over the size limit with `RESOURCE_EXHAUSTED`.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Buf;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
@@ -15,13 +14,19 @@ use crate::domain::{Reason, Rejection, validate::DEFAULT_REQUEST_BYTES};
 
 static MAX_REQUEST_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_REQUEST_BYTES);
 
-/// Sets the largest decoded request the server accepts (process-wide, since
-/// generated code builds codecs with `Default`).
+/// Sets the largest decoded request the server accepts, as [`RequestFaults`]
+/// names it in the refusal of a larger one (process-wide). The services
+/// enforce it themselves, before decoding: `max_decoding_message_size`, in
+/// `server::run`.
 pub fn set_max_request_bytes(n: usize) {
     MAX_REQUEST_BYTES.store(n, Ordering::Relaxed);
 }
 
-/// The codec of every Backchannel service and client.
+/// The codec of every Backchannel service and client. It bounds no size: the
+/// same codec decodes the server's requests and the clients' responses, and
+/// those have bounds of their own — a request at most the request limit
+/// (1 MiB by default, refused by the service before it reaches the codec),
+/// a response under 4 MiB (tonic's default receive limit for a client).
 #[derive(Debug)]
 pub struct StrictCodec<T, U>(PhantomData<(T, U)>);
 
@@ -59,16 +64,6 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let max = MAX_REQUEST_BYTES.load(Ordering::Relaxed);
-        if buf.remaining() > max {
-            return Err(crate::error::status(&Rejection::new(
-                Reason::REQUEST_TOO_LARGE,
-                format!(
-                    "the message is {} bytes; the limit is {max} bytes",
-                    buf.remaining()
-                ),
-            )));
-        }
         U::decode(buf).map(Some).map_err(|e| {
             crate::error::status(&Rejection::new(
                 Reason::INVALID_REQUEST,

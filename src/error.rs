@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::domain::{Class, Rejection};
+use crate::domain::{Class, Reason, Rejection};
 
 /// `ErrorInfo.domain` of every Backchannel error.
 pub const ERROR_DOMAIN: &str = "backchannel.v1";
@@ -49,6 +49,14 @@ pub fn status(r: &Rejection) -> Status {
         );
     }
     Status::with_error_details(code(r.class()), r.message.clone(), details)
+}
+
+/// The status of a fault of the server's own (a bug, not the request), which
+/// is logged here with its `cause`: `INTERNAL`, and nothing of the cause
+/// for the client.
+pub fn internal(message: &'static str, cause: &dyn std::fmt::Debug) -> Status {
+    tracing::error!(?cause, "{message}");
+    status(&Rejection::new(Reason::INTERNAL, message))
 }
 
 impl From<Rejection> for Status {

@@ -2,19 +2,23 @@
 //! method, caller and status.
 //!
 //! Metric names (all prefixed `backchannel_`): `rpc_requests_total{method,code}`,
-//! `rpc_duration_seconds{method}`, `subscriptions_open`,
+//! `rpc_duration_seconds{method}` (`method` is a served method's path or
+//! [`UNKNOWN_METHOD`]), `subscriptions_open`,
 //! `events_delivered_total`, `subscriber_lag_events`, `replays_total{reason}`,
 //! `writer_batch_size`, `writer_commit_seconds`, `store_errors_total{reason}`,
 //! `connections_open`, `connections_shed_total`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http_body::{Body, Frame};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use prost::Message as _;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
@@ -181,6 +185,44 @@ fn describe() {
     }
 }
 
+/// The `method` label of calls to a path no service serves. A client may
+/// send any path, before it is routed or authenticated; labelled by path,
+/// each would be a metric series kept for the life of the process.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The path of every method served: ours, health, and both versions of
+/// reflection.
+static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    // Built in at compile time; one that did not decode would leave its
+    // methods labelled `unknown` (the unit test below would fail first).
+    .filter_map(|fds| prost_types::FileDescriptorSet::decode(fds).ok())
+    .flat_map(|fds| fds.file)
+    .flat_map(|file| {
+        let package = file.package().to_owned();
+        file.service.into_iter().flat_map(move |service| {
+            let prefix = format!("/{package}.{}/", service.name());
+            service
+                .method
+                .into_iter()
+                .map(move |m| format!("{prefix}{}", m.name()))
+        })
+    })
+    .collect()
+});
+
+/// The `method` label of a call to `path`: the path of a method served,
+/// else [`UNKNOWN_METHOD`].
+pub fn method_label(path: &str) -> &'static str {
+    METHODS.get(path).map_or(UNKNOWN_METHOD, String::as_str)
+}
+
 /// The gRPC status code names, by number.
 fn code_name(code: &[u8]) -> &'static str {
     match code {
@@ -225,7 +267,7 @@ pub struct Observe<S> {
 
 /// One call being observed; reports itself once, when its status is known.
 struct Call {
-    method: String,
+    method: &'static str,
     start: Instant,
     span: tracing::Span,
 }
@@ -233,10 +275,8 @@ struct Call {
 impl Call {
     fn finish(self, code: &'static str) {
         let elapsed = self.start.elapsed();
-        metrics::counter!(RPC_REQUESTS, "method" => self.method.clone(), "code" => code)
-            .increment(1);
-        metrics::histogram!(RPC_DURATION, "method" => self.method.clone())
-            .record(elapsed.as_secs_f64());
+        metrics::counter!(RPC_REQUESTS, "method" => self.method, "code" => code).increment(1);
+        metrics::histogram!(RPC_DURATION, "method" => self.method).record(elapsed.as_secs_f64());
         self.span.record("code", code);
         let ms = elapsed.as_secs_f64() * 1000.0;
         let _g = self.span.enter();
@@ -267,11 +307,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        let method = method_label(req.uri().path());
         // The token check fills in `caller`.
         let span = tracing::info_span!(
             "rpc",
-            method = %method,
+            method,
             caller = tracing::field::Empty,
             code = tracing::field::Empty
         );
@@ -361,5 +401,35 @@ impl<B: Body> Body for ObservedBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_served_is_its_own_label_and_nothing_else_is() {
+        for path in [
+            "/backchannel.v1.PartyService/WhoAmI",
+            "/backchannel.v1.ChannelService/ListChannels",
+            "/backchannel.v1.MessageService/Subscribe",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(method_label(path), path);
+        }
+        for path in [
+            "",
+            "/",
+            "/backchannel.v1.PartyService/",
+            "/backchannel.v1.PartyService/Nope",
+            "/backchannel.v1.PartyService/WhoAmI/",
+            "/grpc.health.v1.Health",
+        ] {
+            assert_eq!(method_label(path), UNKNOWN_METHOD, "{path}");
+        }
     }
 }

@@ -164,6 +164,118 @@ async fn a_field_violation_names_the_field() {
     assert!(fields.contains(&"body"), "{fields:?}");
 }
 
+/// Asserts that `s` is an `INVALID_FIELD` refusal of exactly `fields`, whose
+/// message names each field once and whose violations name their field in
+/// `field` only, not again in the description.
+#[track_caller]
+fn assert_names_each_field_once(s: &tonic::Status, fields: &[&str]) {
+    use tonic_types::StatusExt;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_eq!(reason(s), "INVALID_FIELD", "{s:?}");
+    for f in fields {
+        assert_eq!(
+            s.message().matches(f).count(),
+            1,
+            "{f} in the message {:?}",
+            s.message()
+        );
+    }
+    let details = s.get_error_details();
+    let violations = &details.bad_request().expect("BadRequest").field_violations;
+    let named: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(named, fields, "{violations:?}");
+    for v in violations {
+        assert!(
+            !v.description.contains(&v.field),
+            "the description repeats its field: {v:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_names_each_field_once() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let ch = w.channel.id.clone();
+    let m = send(&mut w.iran, send_req(&ch, "a message")).await.unwrap();
+
+    // Optional ids, in writes.
+    let mut r = send_req("nope", "x");
+    r.request_id = "nope".into();
+    let s = send(&mut w.iran, r).await.unwrap_err();
+    assert_names_each_field_once(&s, &["channel_id", "request_id"]);
+    let mut r = send_req(&ch, "x");
+    r.in_reply_to = "nope".into();
+    let s = send(&mut w.iran, r).await.unwrap_err();
+    assert_names_each_field_once(&s, &["in_reply_to"]);
+    let mut a = move_req!(AcceptMessageRequest, m.id);
+    a.request_id = "nope".into();
+    let s = w.france.messages.accept_message(a).await.unwrap_err();
+    assert_names_each_field_once(&s, &["request_id"]);
+    let s = w
+        .admin
+        .channels
+        .create_channel(pb::CreateChannelRequest {
+            display_name: "Oman".into(),
+            parties: vec!["iran".into(), "united-states".into()],
+            mediators: vec!["japan".into()],
+            request_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_names_each_field_once(&s, &["request_id"]);
+
+    // Optional filters, in listings.
+    let s = w
+        .iran
+        .channels
+        .list_channels(pb::ListChannelsRequest {
+            party_id: "Not A Party".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_names_each_field_once(&s, &["party_id"]);
+    let s = w
+        .iran
+        .messages
+        .list_messages(pb::ListMessagesRequest {
+            channel_id: "nope".into(),
+            party_id: "Not A Party".into(),
+            thread_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_names_each_field_once(&s, &["channel_id", "party_id", "thread_id"]);
+    for (channel_id, message_id, field) in [("nope", "", "channel_id"), ("", "nope", "message_id")]
+    {
+        let s = w
+            .iran
+            .messages
+            .list_events(pb::ListEventsRequest {
+                channel_id: channel_id.into(),
+                message_id: message_id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_names_each_field_once(&s, &[field]);
+    }
+
+    // A required id, refused on its own.
+    let s = w
+        .iran
+        .messages
+        .get_message(pb::GetMessageRequest {
+            message_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_names_each_field_once(&s, &["message_id"]);
+    assert_eq!(s.message(), "message_id: 'nope' is not a UUID");
+}
+
 fn create_party(id: &str, name: &str, kind: i32) -> pb::CreatePartyRequest {
     pb::CreatePartyRequest {
         party_id: id.into(),

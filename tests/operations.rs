@@ -102,6 +102,82 @@ async fn metrics_count_calls_subscriptions_deliveries_replays_and_the_writer() {
     .await;
 }
 
+/// Calls `path` with an empty request (and `token`, if any); returns the
+/// status code.
+async fn call_path(server: &Server, token: Option<&str>, path: &str) -> Code {
+    let mut grpc = tonic::client::Grpc::new(server.connect().await);
+    grpc.ready().await.expect("ready");
+    let mut req = tonic::Request::new(Vec::new());
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.to_string()).expect("path");
+    match grpc.unary(req, path, raw::RawCodec).await {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test]
+async fn metrics_label_only_the_methods_served() {
+    let server = Server::start_with(Options::default().with_metrics()).await;
+    let addr = server.metrics_addr();
+    // Paths no service serves, with and without a token: each would be a
+    // metric series of its own, for as long as the process runs.
+    let random = [
+        "/probe-7f3a91.Service/Scan",
+        "/wp-admin/setup-config.php",
+        "/backchannel.v1.MessageService/NoSuchMethod-5c2e",
+        "/grpc.health.v1.Health/Nope-0b1d",
+    ];
+    for path in random {
+        for token in [None, Some(ADMIN_TOKEN)] {
+            let code = call_path(&server, token, path).await;
+            assert_ne!(code, Code::Ok, "{path}");
+        }
+    }
+    // Methods served are labelled by name, answered or refused.
+    const WHO_AM_I: &str = "/backchannel.v1.PartyService/WhoAmI";
+    assert_eq!(
+        call_path(&server, None, WHO_AM_I).await,
+        Code::Unauthenticated
+    );
+    let mut health = HealthClient::new(server.connect().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health");
+
+    // The health check came last, so once it is counted, all are.
+    const CHECK: &str =
+        "backchannel_rpc_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"OK\"}";
+    let text = eventually("the calls to be counted", || {
+        let addr = addr.clone();
+        async move {
+            let t = scrape(&addr).await;
+            sample(&t, CHECK).is_some().then_some(t)
+        }
+    })
+    .await;
+    for path in random {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        assert!(!text.contains(name), "{path} is a label:\n{text}");
+    }
+    let unknown: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("backchannel_rpc_requests_total{method=\"unknown\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(unknown, (2 * random.len()) as f64, "{text}");
+    let refused =
+        format!("backchannel_rpc_requests_total{{method=\"{WHO_AM_I}\",code=\"UNAUTHENTICATED\"}}");
+    assert_eq!(sample(&text, &refused), Some(1.0), "{text}");
+    assert_eq!(sample(&text, CHECK), Some(1.0), "{text}");
+}
+
 struct Pki {
     ca: String,
     server_cert: String,

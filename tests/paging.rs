@@ -459,3 +459,106 @@ async fn list_channels_pages_newest_first_with_filters() {
     );
     assert!(list_all(&mut w.outsider, page2("", 0)).await.is_empty());
 }
+
+/// DESIGN §4: every response stays under 4 MiB, the default receive limit
+/// of gRPC clients.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_page_of_large_messages_ends_early_under_four_mib_and_the_listing_goes_on() {
+    use prost::Message as _;
+    use std::collections::HashSet;
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let ch = w.channel.id.clone();
+    // 80 bodies of 60 KiB (the limit is 64 KiB): about 4.9 MB in all, more
+    // than one response may carry.
+    let mut sent = HashSet::new();
+    for i in 0..80u8 {
+        let mut r = send_req(&ch, &format!("large {i}"));
+        r.body = char::from(b'a' + i % 26).to_string().repeat(60 * 1024);
+        let m = w.iran.messages.send_message(r).await.unwrap().into_inner();
+        sent.insert(m.id);
+    }
+
+    // A default page (50 of them, about 3 MB) is over the 1 MiB request
+    // limit, but a client reads responses up to 4 MiB.
+    let page = w
+        .iran
+        .messages
+        .list_messages(pb::ListMessagesRequest {
+            channel_id: ch.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a default page the client can read")
+        .into_inner();
+    assert_eq!(page.messages.len(), 50);
+    assert!(page.encoded_len() > 1024 * 1024);
+
+    let mut req = pb::ListMessagesRequest {
+        channel_id: ch.clone(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let (mut listed, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = w
+            .iran
+            .messages
+            .list_messages(req.clone())
+            .await
+            .expect("a page the client can read")
+            .into_inner();
+        let bytes = page.encoded_len();
+        assert!(bytes < MAX_RESPONSE_BYTES, "a page of {bytes} bytes");
+        assert!(!page.messages.is_empty(), "an empty page before the end");
+        pages += 1;
+        listed.extend(page.messages.into_iter().map(|m| m.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    assert!(pages >= 2, "{pages} page(s)");
+    assert_eq!(listed.len(), sent.len(), "each message once");
+    assert_eq!(listed.into_iter().collect::<HashSet<_>>(), sent);
+
+    // Their MESSAGE_SENT events carry the messages: the same bound.
+    let mut req = pb::ListEventsRequest {
+        channel_id: ch.clone(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let (mut events, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = w
+            .iran
+            .messages
+            .list_events(req.clone())
+            .await
+            .expect("a page the client can read")
+            .into_inner();
+        let bytes = page.encoded_len();
+        assert!(bytes < MAX_RESPONSE_BYTES, "a page of {bytes} bytes");
+        assert!(!page.events.is_empty(), "an empty page before the end");
+        pages += 1;
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    assert!(pages >= 2, "{pages} page(s)");
+    assert!(
+        events.windows(2).all(|e| e[0].sequence < e[1].sequence),
+        "oldest first, each once"
+    );
+    let sent_events: HashSet<String> = events
+        .iter()
+        .filter(|e| e.r#type == pb::event::Type::MessageSent as i32)
+        .map(|e| e.message_id.clone())
+        .collect();
+    assert_eq!(sent_events, sent);
+    assert_eq!(events.len(), sent.len() + 1, "CHANNEL_OPENED and each send");
+}

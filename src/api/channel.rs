@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::paging::Cursor;
-use super::{Ctx, id, opt_id, opt_party_id};
+use super::paging::{self, Cursor};
+use super::{Ctx, id, optional};
 use crate::convert;
 use crate::domain::rules::channel_not_found;
 use crate::domain::{
-    Caller, Channel, ChannelAction, ChannelChange, Command, NewChannel, PartyId, Reason, Rejection,
-    Violations,
+    Caller, Channel, ChannelAction, ChannelChange, Command, Id, NewChannel, PartyId, Reason,
+    Rejection, Violations,
 };
 use crate::pb;
 use crate::store::{ChannelQuery, Outcome};
@@ -25,10 +25,7 @@ pub const MAX_MEDIATORS: usize = 8;
 fn channel_outcome(o: Outcome) -> Result<Response<pb::Channel>, Status> {
     match o {
         Outcome::Channel(c) => Ok(Response::new((&c).into())),
-        o => {
-            tracing::error!(outcome = ?o, "unexpected write outcome");
-            Err(Status::internal("unexpected write outcome"))
-        }
+        o => Err(crate::error::internal("unexpected write outcome", &o)),
     }
 }
 
@@ -57,10 +54,7 @@ fn new_channel(ctx: &Ctx, r: pb::CreateChannelRequest) -> Result<NewChannel, Rej
         .enumerate()
         .map(|(i, p)| v.check(&format!("mediators[{i}]"), PartyId::parse(p)))
         .collect();
-    let request_id = v.check(
-        "request_id",
-        opt_id("request_id", &r.request_id).map_err(|e| e.message),
-    );
+    let request_id = v.check("request_id", optional(&r.request_id, Id::parse));
     v.finish()?;
     let parties: Vec<PartyId> = parties.into_iter().flatten().collect();
     let mediators: Vec<PartyId> = mediators.into_iter().flatten().collect();
@@ -167,17 +161,14 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
         let caller = self.0.caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let party = v.check(
-            "party_id",
-            opt_party_id("party_id", &r.party_id).map_err(|e| e.message),
-        );
+        let party = v.check("party_id", optional(&r.party_id, PartyId::parse));
         let state = v.check("state", convert::channel_state(r.state));
         let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
         v.finish()?;
         let (party, state, limit) = (party.flatten(), state.flatten(), limit.unwrap_or(1));
         let scope = format!("ListChannels|{caller:?}|{party:?}|{state:?}");
         let cursor = self.0.pager.read(&scope, &r.page_token)?;
-        let mut page = self
+        let page = self
             .0
             .store
             .channels(ChannelQuery {
@@ -188,21 +179,18 @@ impl pb::channel_service_server::ChannelService for ChannelApi {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if page.len() > limit {
-            page.truncate(limit);
-            let position = page.last().map_or(0, |(seq, _)| *seq);
+        let (channels, next) = paging::page(&page, limit, |(_, c)| pb::Channel::from(c));
+        let next_page_token = next.map_or_else(String::new, |(position, _)| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    position,
+                    position: *position,
                     ..Cursor::default()
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListChannelsResponse {
-            channels: page.iter().map(|(_, c)| c.into()).collect(),
+            channels,
             next_page_token,
         }))
     }

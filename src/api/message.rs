@@ -7,13 +7,13 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::paging::Cursor;
-use super::{Ctx, id, opt_id, opt_party_id};
+use super::paging::{self, Cursor};
+use super::{Ctx, id, optional};
 use crate::convert;
 use crate::domain::rules::{channel_not_found, message_not_found};
 use crate::domain::{
-    Caller, Command, Id, MessageAction, MessageMove, NewMessage, Reason, Rejection, Violations,
-    validate,
+    Caller, Command, Id, MessageAction, MessageMove, NewMessage, PartyId, Reason, Rejection,
+    Violations, validate,
 };
 use crate::feed::{self, Filter, Subscription};
 use crate::pb;
@@ -29,10 +29,7 @@ pub type SubscribeStream =
 fn message_outcome(o: Outcome) -> Result<Response<pb::Message>, Status> {
     match o {
         Outcome::Message(m) => Ok(Response::new((&m).into())),
-        o => {
-            tracing::error!(outcome = ?o, "unexpected write outcome");
-            Err(Status::internal("unexpected write outcome"))
-        }
+        o => Err(crate::error::internal("unexpected write outcome", &o)),
     }
 }
 
@@ -72,15 +69,12 @@ impl MessageApi {
             "occur_time",
             convert::opt_time(f.occur_time).and_then(|t| validate::occur_time(t, now)),
         );
-        let request_id = v.check(
-            "request_id",
-            opt_id("request_id", f.request_id).map_err(|e| e.message),
-        );
-        v.finish()?;
+        let request_id = v.check("request_id", optional(f.request_id, Id::parse));
         let (Some(message_id), Some(note), Some(occur_time), Some(request_id)) =
             (message_id, note, occur_time, request_id)
         else {
-            return Err(Status::internal("validation"));
+            // `check` recorded why each missing value is missing.
+            return Err(v.refusal().into());
         };
         let o = self
             .0
@@ -105,14 +99,8 @@ fn new_message(ctx: &Ctx, r: pb::SendMessageRequest) -> Result<NewMessage, Rejec
     let now = ctx.store.clock().now();
     let l = &ctx.limits;
     let mut v = Violations::default();
-    let channel_id = v.check(
-        "channel_id",
-        opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
-    );
-    let in_reply_to = v.check(
-        "in_reply_to",
-        opt_id("in_reply_to", &r.in_reply_to).map_err(|e| e.message),
-    );
+    let channel_id = v.check("channel_id", optional(&r.channel_id, Id::parse));
+    let in_reply_to = v.check("in_reply_to", optional(&r.in_reply_to, Id::parse));
     if matches!((&channel_id, &in_reply_to), (Some(None), Some(None))) {
         v.add(
             "channel_id",
@@ -130,10 +118,7 @@ fn new_message(ctx: &Ctx, r: pb::SendMessageRequest) -> Result<NewMessage, Rejec
         "occur_time",
         convert::opt_time(r.occur_time.as_ref()).and_then(|t| validate::occur_time(t, now)),
     );
-    let request_id = v.check(
-        "request_id",
-        opt_id("request_id", &r.request_id).map_err(|e| e.message),
-    );
+    let request_id = v.check("request_id", optional(&r.request_id, Id::parse));
     v.finish()?;
     Ok(NewMessage {
         channel_id: channel_id.flatten(),
@@ -182,18 +167,9 @@ impl pb::message_service_server::MessageService for MessageApi {
         let caller = self.0.caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let channel = v.check(
-            "channel_id",
-            opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
-        );
-        let party = v.check(
-            "party_id",
-            opt_party_id("party_id", &r.party_id).map_err(|e| e.message),
-        );
-        let thread = v.check(
-            "thread_id",
-            opt_id("thread_id", &r.thread_id).map_err(|e| e.message),
-        );
+        let channel = v.check("channel_id", optional(&r.channel_id, Id::parse));
+        let party = v.check("party_id", optional(&r.party_id, PartyId::parse));
+        let thread = v.check("thread_id", optional(&r.thread_id, Id::parse));
         let state = v.check("state", convert::message_state(r.state));
         let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
         v.finish()?;
@@ -214,7 +190,7 @@ impl pb::message_service_server::MessageService for MessageApi {
                 .filter(|c| c.visible_to(&caller))
                 .ok_or_else(channel_not_found)?;
         }
-        let (mut page, head) = self
+        let (page, head) = self
             .0
             .store
             .messages(MessageQuery {
@@ -228,22 +204,19 @@ impl pb::message_service_server::MessageService for MessageApi {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if page.len() > limit {
-            page.truncate(limit);
-            let position = page.last().map_or(0, |(seq, _)| *seq);
+        let (messages, next) = paging::page(&page, limit, |(_, m)| pb::Message::from(m));
+        let next_page_token = next.map_or_else(String::new, |(position, _)| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    position,
+                    position: *position,
                     head,
                     key: String::new(),
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListMessagesResponse {
-            messages: page.iter().map(|(_, m)| m.into()).collect(),
+            messages,
             next_page_token,
             head_sequence: head,
         }))
@@ -314,14 +287,8 @@ impl pb::message_service_server::MessageService for MessageApi {
         let caller = self.0.caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let channel = v.check(
-            "channel_id",
-            opt_id("channel_id", &r.channel_id).map_err(|e| e.message),
-        );
-        let message = v.check(
-            "message_id",
-            opt_id("message_id", &r.message_id).map_err(|e| e.message),
-        );
+        let channel = v.check("channel_id", optional(&r.channel_id, Id::parse));
+        let message = v.check("message_id", optional(&r.message_id, Id::parse));
         let limit = v.check("page_size", self.0.limits.page_size(r.page_size));
         if !r.channel_id.is_empty() && !r.message_id.is_empty() {
             v.add("message_id", "give channel_id or message_id, not both");
@@ -349,11 +316,16 @@ impl pb::message_service_server::MessageService for MessageApi {
                 .filter(|m| m.visible_to(&caller))
                 .ok_or_else(message_not_found)?;
         }
-        let mut events = self
+        let events = self
             .0
             .store
             .events(EventQuery {
-                max_bytes: usize::MAX,
+                // The store stops after the event that brings its stored
+                // bytes (each event's protobuf encoding, as sent here) to
+                // this bound. The page's bound is lower and counts each event
+                // with its framing too, so a page the store stopped short
+                // drops at least that last event and has a next page token.
+                max_bytes: paging::MAX_RESPONSE_BYTES,
                 viewer: caller.party().cloned(),
                 channel,
                 message,
@@ -364,21 +336,18 @@ impl pb::message_service_server::MessageService for MessageApi {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if events.len() > limit {
-            events.truncate(limit);
-            let position = events.last().map_or(0, |e| e.sequence);
+        let (events, next) = paging::page(&events, limit, pb::Event::from);
+        let next_page_token = next.map_or_else(String::new, |e| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    position,
+                    position: e.sequence,
                     ..Cursor::default()
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListEventsResponse {
-            events: events.iter().map(Into::into).collect(),
+            events,
             next_page_token,
         }))
     }

@@ -32,12 +32,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The caller named by the request's token.
+    /// The caller named by the request's token, which the token check
+    /// (`auth::RequireToken`, around every service) resolved before the call
+    /// reached its handler. A call without one was never checked: a service
+    /// mounted without the token check, refused rather than let through.
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Identity, Rejection> {
-        match req.extensions().get::<Identity>() {
-            Some(who) => Ok(who.clone()),
-            None => self.auth.authenticate(req.metadata()),
-        }
+        req.extensions().get::<Identity>().cloned().ok_or_else(|| {
+            tracing::error!("a call reached its handler without the token check");
+            Rejection::new(Reason::INTERNAL, "the call was not authenticated")
+        })
     }
 
     /// The caller named by the request's token.
@@ -64,12 +67,17 @@ pub fn id(field: &str, s: &str) -> Result<Id, Rejection> {
     Id::parse(s).map_err(|e| Rejection::field(field, e))
 }
 
-/// Parses an optional id field (empty = unset).
-pub fn opt_id(field: &str, s: &str) -> Result<Option<Id>, Rejection> {
+/// Parses an optional field (empty = unset) with `parse`. The error
+/// describes the value only, for [`crate::domain::Violations::check`],
+/// which names the field.
+pub fn optional<T>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    id(field, s).map(Some)
+    parse(s).map(Some)
 }
 
 /// Parses a required party id field.
@@ -79,10 +87,7 @@ pub fn party_id(field: &str, s: &str) -> Result<PartyId, Rejection> {
 
 /// Parses an optional party id filter (empty = unset).
 pub fn opt_party_id(field: &str, s: &str) -> Result<Option<PartyId>, Rejection> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    party_id(field, s).map(Some)
+    optional(s, PartyId::parse).map_err(|e| Rejection::field(field, e))
 }
 
 /// Parses an optional timestamp field.

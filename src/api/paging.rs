@@ -22,6 +22,46 @@ pub struct Cursor {
 
 const MAC_LEN: usize = 16;
 
+/// The bound of every response (DESIGN §4): under 4 MiB, the default
+/// receive limit of gRPC clients. A page ends early rather than exceed it.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room a page keeps beside its items, for its `next_page_token` (under
+/// 200 bytes) and `head_sequence`.
+const PAGE_FIELDS_BYTES: usize = 1024;
+
+/// One page of a listing: the wire form of `rows`, in order, at most
+/// `limit` of them and no more than fit under [`MAX_RESPONSE_BYTES`] —
+/// but always the first, so that a listing moves on. Returns them with the
+/// row the next page starts after, when rows are left (the store is asked
+/// for one more than `limit`, so a row left means the listing goes on).
+pub fn page<'a, R, P: prost::Message>(
+    rows: &'a [R],
+    limit: usize,
+    to_pb: impl Fn(&'a R) -> P,
+) -> (Vec<P>, Option<&'a R>) {
+    let budget = MAX_RESPONSE_BYTES - PAGE_FIELDS_BYTES;
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows.iter().take(limit) {
+        let item = to_pb(row);
+        // As a repeated field of the response: its key (one byte, for field
+        // number 1 of every listing), its length, its bytes.
+        let len = item.encoded_len();
+        let len = 1 + prost::length_delimiter_len(len) + len;
+        if !items.is_empty() && bytes + len > budget {
+            break;
+        }
+        bytes += len;
+        items.push(item);
+    }
+    let next = match items.len() {
+        n if n < rows.len() => n.checked_sub(1).and_then(|i| rows.get(i)),
+        _ => None,
+    };
+    (items, next)
+}
+
 /// Issues and checks page tokens.
 pub struct Pager {
     key: Vec<u8>,
@@ -91,6 +131,27 @@ impl Pager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_ends_at_its_limit_or_before_four_mib_and_never_empty() {
+        let big = |n: usize| crate::pb::Party {
+            display_name: "x".repeat(n),
+            ..Default::default()
+        };
+        let rows: Vec<usize> = (0..10).collect();
+        let (items, next) = page(&rows, 3, |_| big(10));
+        assert_eq!((items.len(), next), (3, Some(&2)));
+        let (items, next) = page(&rows, 10, |_| big(10));
+        assert_eq!((items.len(), next), (10, None));
+        // 1 MiB each: three fit under 4 MiB with room for the page's fields.
+        let (items, next) = page(&rows, 10, |_| big(1024 * 1024));
+        assert_eq!((items.len(), next), (3, Some(&2)));
+        // One item larger than the bound is still sent, alone.
+        let (items, next) = page(&rows, 10, |_| big(MAX_RESPONSE_BYTES));
+        assert_eq!((items.len(), next), (1, Some(&0)));
+        let (items, next) = page(&rows[..0], 10, |_| big(10));
+        assert_eq!((items.len(), next), (0, None));
+    }
 
     #[test]
     fn tokens_round_trip_only_in_their_scope() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::paging::Cursor;
+use super::paging::{self, Cursor};
 use super::{Ctx, party_id};
 use crate::auth;
 use crate::domain::{Caller, Command, NewParty, Reason, Rejection, Violations};
@@ -52,16 +52,12 @@ async fn write_token_change(
         Ok::<_, Rejection>(out)
     })
     .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "token change task failed");
-        Status::internal("internal error")
-    })?
+    .map_err(|e| crate::error::internal("token change task failed", &e))?
     .map_err(Status::from)
 }
 
 fn unexpected(o: Outcome) -> Status {
-    tracing::error!(outcome = ?o, "unexpected write outcome");
-    Status::internal("unexpected write outcome")
+    crate::error::internal("unexpected write outcome", &o)
 }
 
 #[tonic::async_trait]
@@ -80,9 +76,9 @@ impl pb::party_service_server::PartyService for PartyApi {
             crate::convert::party_kind(r.kind)
                 .ok_or_else(|| "must be STATE, ORGANIZATION or PERSON".to_string()),
         );
-        v.finish()?;
         let (Some(id), Some(display_name), Some(kind)) = (id, name, kind) else {
-            return Err(Status::internal("validation"));
+            // `check` recorded why each missing value is missing.
+            return Err(v.refusal().into());
         };
         admin_only(&caller)?;
         match self
@@ -134,22 +130,19 @@ impl pb::party_service_server::PartyService for PartyApi {
             .read(SCOPE, &r.page_token)?
             .map(|c| c.key)
             .unwrap_or_default();
-        let mut parties = self.0.store.parties(after, limit + 1).await?;
-        let next_page_token = if parties.len() > limit {
-            parties.truncate(limit);
-            let key = parties.last().map(|p| p.id.to_string()).unwrap_or_default();
+        let rows = self.0.store.parties(after, limit + 1).await?;
+        let (parties, next) = paging::page(&rows, limit, pb::Party::from);
+        let next_page_token = next.map_or_else(String::new, |p| {
             self.0.pager.issue(
                 SCOPE,
                 &Cursor {
-                    key,
+                    key: p.id.to_string(),
                     ..Cursor::default()
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListPartiesResponse {
-            parties: parties.iter().map(Into::into).collect(),
+            parties,
             next_page_token,
         }))
     }
@@ -239,7 +232,7 @@ impl pb::party_service_server::PartyService for PartyApi {
         // Every token is in the server's cache (loaded at start, kept
         // current by the writer and, on PostgreSQL, by the replicas'
         // notifications), with the newest last use this server saw.
-        let mut tokens: Vec<_> = self
+        let rows: Vec<_> = self
             .0
             .auth
             .list()
@@ -248,24 +241,18 @@ impl pb::party_service_server::PartyService for PartyApi {
             .filter(|t| after.is_empty() || t.token_id.0.simple().to_string() > after)
             .take(limit + 1)
             .collect();
-        let next_page_token = if tokens.len() > limit {
-            tokens.truncate(limit);
-            let key = tokens
-                .last()
-                .map(|t| t.token_id.0.simple().to_string())
-                .unwrap_or_default();
+        let (tokens, next) = paging::page(&rows, limit, pb::TokenInfo::from);
+        let next_page_token = next.map_or_else(String::new, |t| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
-                    key,
+                    key: t.token_id.0.simple().to_string(),
                     ..Cursor::default()
                 },
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(Response::new(pb::ListTokensResponse {
-            tokens: tokens.iter().map(Into::into).collect(),
+            tokens,
             next_page_token,
         }))
     }

@@ -489,14 +489,6 @@ impl Event {
     pub fn message_id(&self) -> Option<Id> {
         self.message().map(|m| m.id)
     }
-
-    /// Whether `caller` may see this event.
-    pub fn visible_to(&self, caller: &Caller) -> bool {
-        match &self.subject {
-            Subject::Message(m) => m.visible_to(caller),
-            Subject::Channel(c) => c.visible_to(caller),
-        }
-    }
 }
 
 /// A token as stored: its secret only as a SHA-256 hash.

@@ -234,6 +234,12 @@ impl Violations {
         if self.0.is_empty() {
             return Ok(());
         }
+        Err(self.refusal())
+    }
+
+    /// The `INVALID_FIELD` refusal naming what was recorded: for a handler
+    /// missing a value that [`Violations::check`] refused (and so recorded).
+    pub fn refusal(self) -> Rejection {
         let mut message = self
             .0
             .iter()
@@ -243,12 +249,12 @@ impl Violations {
         if self.1 > 0 {
             message += &format!("; and {} more", self.1);
         }
-        Err(Rejection {
+        Rejection {
             reason: Reason::INVALID_FIELD,
             message,
             fields: self.0,
             metadata: Vec::new(),
             retry_after: None,
-        })
+        }
     }
 }
