@@ -221,8 +221,11 @@ pub async fn run(
         () = serve => {}
         () = grace => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
+    // Each background task ends before the store closes.
     expiry.abort();
     prober.abort();
+    let _ = expiry.await;
+    let _ = prober.await;
     // Stores the last uses seen since its last tick, then ends.
     if tokio::time::timeout(SHUTDOWN_GRACE, token_uses)
         .await
@@ -232,6 +235,7 @@ pub async fn run(
     }
     if let Some(t) = tailer {
         t.abort();
+        let _ = t.await;
     }
     drop(ctx);
     // Commits what is queued, then (embedded store) empties the WAL.

@@ -359,3 +359,58 @@ async fn an_idle_replica_never_takes_the_global_log_lock() {
     let (lock1, _) = log_lock_and_commits(&url, &name);
     assert_eq!(lock1, lock0, "an idle replica locked log_head");
 }
+
+/// The connections to `db` that wait on LISTEN.
+fn listening(db: &str) -> i64 {
+    let db = db.to_owned();
+    with_admin_db(move |c| {
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+            &[&db],
+        )
+        .expect("read pg_stat_activity")
+        .get::<_, i64>(0)
+    })
+}
+
+/// A store's change notifications end when nobody follows them any more:
+/// at shutdown the server drops its tailer, and the LISTEN connection must
+/// close with it (it used to stay open until the process exited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notification_connection_closes_when_nobody_follows_it() {
+    if !postgres_available() {
+        return;
+    }
+    let db = TestDb::create();
+    let (store, _) = backchannel::store::Store::open_postgres(
+        &db.url,
+        Box::new(|_| {}),
+        backchannel::clock::Clock::system(),
+    )
+    .await
+    .expect("open the store");
+    let changes = store.watch().expect("a shared log is watched");
+    let name = db.name.clone();
+    eventually("the LISTEN connection", || {
+        let name = name.clone();
+        async move {
+            let n = tokio::task::spawn_blocking(move || listening(&name))
+                .await
+                .expect("read");
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    drop(changes);
+    eventually("the LISTEN connection to close", || {
+        let name = name.clone();
+        async move {
+            let n = tokio::task::spawn_blocking(move || listening(&name))
+                .await
+                .expect("read");
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+    store.close().await;
+}

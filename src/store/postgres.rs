@@ -1139,8 +1139,12 @@ impl Postgres {
         let cfg = self.config.clone();
         tokio::spawn(async move {
             while !tx.is_closed() {
-                if let Err(e) = listen(&cfg, &tx).await {
-                    tracing::warn!(error = %e.message, "change notifications interrupted; reconnecting");
+                match listen(&cfg, &tx).await {
+                    // Nobody follows the changes any more.
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "change notifications interrupted; reconnecting")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -1177,7 +1181,18 @@ async fn listen(cfg: &tokio_postgres::Config, out: &mpsc::Sender<Change>) -> Res
         .map_err(pg_err)?;
     // Whatever happened while we were not listening.
     let _ = out.send(Change::Reconnected).await;
-    while let Some(channel) = note_rx.recv().await {
+    loop {
+        // Ends when the tailer has gone (the server is stopping).
+        let channel = tokio::select! {
+            n = note_rx.recv() => n,
+            () = out.closed() => {
+                driver.abort();
+                return Ok(());
+            }
+        };
+        let Some(channel) = channel else {
+            break;
+        };
         let change = if channel == TOKENS_CHANNEL {
             Change::Tokens
         } else {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -379,7 +380,7 @@ fn move_step(
 /// held for long (the writer's checkpoints wait for none). Keys the writer
 /// moves meanwhile may be missed here: the writer adds those itself. (A
 /// key in two runs, or in a dead one, only costs the filter room.)
-fn build_filter(path: &Path) -> Result<recent::Keys, Rejection> {
+fn build_filter(path: &Path, stop: &AtomicBool) -> Result<recent::Keys, Rejection> {
     const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let conn = open(path)?;
@@ -403,6 +404,12 @@ fn build_filter(path: &Path) -> Result<recent::Keys, Rejection> {
         )
         .map_err(db_err)?;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Rejection::new(
+                Reason::SHUTTING_DOWN,
+                "the store is closing",
+            ));
+        }
         let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
         let page: Vec<RunKey> = match &after {
             None => first.query_map([PAGE], row),
@@ -719,7 +726,15 @@ fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlit
 }
 
 /// The thread building the filter of the idempotency records' keys hands it over here.
-type FilterBuild = std::sync::mpsc::Receiver<Option<recent::Keys>>;
+struct FilterBuild {
+    /// Where the thread hands the filter over.
+    built: std::sync::mpsc::Receiver<Option<recent::Keys>>,
+    /// Asks the thread to stop (the store is closing).
+    stop: Arc<AtomicBool>,
+    /// The thread, joined before the writer's last checkpoint (its read
+    /// snapshot would keep the WAL from being emptied).
+    thread: std::thread::JoinHandle<()>,
+}
 
 impl Writer {
     /// Takes the first queued job, then whatever else has queued (up to
@@ -898,11 +913,16 @@ impl Writer {
     fn build_filter(&mut self) {
         let path = self.dir.path().join(DB_FILE);
         let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let spawned = std::thread::Builder::new()
             .name("backchannel-filter".into())
             .spawn(move || {
-                let built = build_filter(&path)
+                let built = build_filter(&path, &stopped)
                     .inspect_err(|e| {
+                        if e.reason == Reason::SHUTTING_DOWN {
+                            return;
+                        }
                         tracing::warn!(
                             error = %e,
                             "cannot build the filter of idempotency records; every lookup reads the runs"
@@ -912,7 +932,13 @@ impl Writer {
                 let _ = tx.send(built);
             });
         match spawned {
-            Ok(_) => self.filter_build = Some(rx),
+            Ok(thread) => {
+                self.filter_build = Some(FilterBuild {
+                    built: rx,
+                    stop,
+                    thread,
+                })
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the thread that builds the filter of idempotency records");
                 self.cache.requests.filter_built(None);
@@ -922,8 +948,8 @@ impl Writer {
 
     /// Installs the filter once it is built.
     fn poll_filter(&mut self) {
-        if let Some(rx) = &self.filter_build {
-            match rx.try_recv() {
+        if let Some(f) = &self.filter_build {
+            match f.built.try_recv() {
                 Ok(built) => {
                     self.cache.requests.filter_built(built);
                     self.filter_build = None;
@@ -938,7 +964,13 @@ impl Writer {
     }
 
     /// Empties the WAL into the database file on a clean stop.
-    fn close(self) {
+    fn close(mut self) {
+        if let Some(f) = self.filter_build.take() {
+            f.stop.store(true, Ordering::Relaxed);
+            if f.thread.join().is_err() {
+                tracing::warn!("the thread building the filter of idempotency records panicked");
+            }
+        }
         // Readers finishing their last page may still need a moment.
         let _ = self.conn.busy_timeout(Duration::from_secs(5));
         if !self.dir.is_lost() {
