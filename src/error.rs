@@ -1,10 +1,11 @@
-//! The one mapping from refusals to gRPC statuses with `ErrorInfo` and
-//! `BadRequest` details.
+//! The one mapping from refusals, and from the store's failures, to gRPC
+//! statuses with `ErrorInfo` and `BadRequest` details.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::domain::{Class, Reason, Rejection};
+use crate::store::{Fault, StoreError, WriteError};
 
 /// `ErrorInfo.domain` of every Backchannel error.
 pub const ERROR_DOMAIN: &str = "backchannel.v1";
@@ -62,5 +63,51 @@ pub fn internal(message: &'static str, cause: &dyn std::fmt::Debug) -> Status {
 impl From<Rejection> for Status {
     fn from(r: Rejection) -> Status {
         status(&r)
+    }
+}
+
+/// The reason a client is given for a store failure of kind `f`.
+pub fn fault_reason(f: Fault) -> Reason {
+    match f {
+        Fault::Unavailable => Reason::STORE_UNAVAILABLE,
+        Fault::Full => Reason::STORE_FULL,
+        Fault::ReadOnly => Reason::STORE_READ_ONLY,
+        Fault::Lost => Reason::STORE_LOST,
+        Fault::Corrupt => Reason::RECORD_CORRUPT,
+        Fault::Closing => Reason::SHUTTING_DOWN,
+        Fault::Internal => Reason::INTERNAL,
+    }
+}
+
+/// The status of a store failure. An unexpected one is logged here with
+/// its cause and reaches the client only as `INTERNAL`; the others say what
+/// the operator must do, and the writer logs them once per fault.
+pub fn store_status(e: &StoreError) -> Status {
+    let reason = fault_reason(e.fault);
+    match e.fault {
+        Fault::Internal => {
+            tracing::error!(error = %e, source = ?e.source, "store error");
+            status(&Rejection::new(reason, "internal store error"))
+        }
+        Fault::Corrupt => {
+            tracing::error!(error = %e, source = ?e.source, "the store is damaged");
+            status(&Rejection::new(reason, e.message.clone()))
+        }
+        _ => status(&Rejection::new(reason, e.message.clone())),
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        store_status(&e)
+    }
+}
+
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Status {
+        match e {
+            WriteError::Refused(r) => status(&r),
+            WriteError::Store(e) => store_status(&e),
+        }
     }
 }

@@ -62,7 +62,8 @@ pub async fn probe_store(
                 tonic_health::ServingStatus::Serving
             } else {
                 let why = match &wrote {
-                    Err(e) => e.reason.as_str(),
+                    Err(crate::store::WriteError::Store(e)) => crate::store::fault_name(e.fault),
+                    Err(crate::store::WriteError::Refused(r)) => r.reason.as_str(),
                     Ok(_) => "STORE_UNAVAILABLE",
                 };
                 tracing::warn!(reason = why, "store cannot commit: NOT_SERVING");

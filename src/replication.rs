@@ -10,10 +10,9 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use crate::auth::Authenticator;
-use crate::domain::{Reason, Rejection};
 use crate::feed::Feed;
 use crate::pb;
-use crate::store::{Change, Committed, Publish, Store};
+use crate::store::{Change, Committed, Fault, Publish, Store, StoreError};
 
 /// How this replica's commits reach its subscribers: straight into the
 /// feed when they continue its window; otherwise (another replica wrote in
@@ -134,14 +133,14 @@ impl Waits {
 
 /// Events read back from the shared log, decoded to learn their audience;
 /// their stored encoding is what subscribers receive.
-pub fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, Rejection> {
+pub fn committed(frames: Vec<crate::store::Frame>) -> Result<Vec<Committed>, StoreError> {
     frames
         .into_iter()
         .map(|f| {
             let event = pb::Event::decode(&f.data[..])
                 .map_err(|e| e.to_string())
                 .and_then(crate::convert::event_from_pb)
-                .map_err(|e| Rejection::new(Reason::INTERNAL, format!("corrupt event: {e}")))?;
+                .map_err(|e| StoreError::new(Fault::Corrupt, format!("corrupt event: {e}")))?;
             Ok(Committed {
                 event,
                 data: f.data,

@@ -21,13 +21,9 @@ pub async fn expire_loop(store: Store, every: Duration) {
         match store.due(store.clock().now()).await {
             Ok(true) => {}
             Ok(false) => continue,
-            // The store's probe reports an unreachable store; the writer
-            // would refuse the command as well.
-            Err(e) if e.is_store_fault() => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "expiry check failed");
-                continue;
-            }
+            // The health probe reports a store that cannot be read; the
+            // writer would refuse the command as well.
+            Err(_) => continue,
         }
         match store.write(Caller::Admin, Command::ExpireDue).await {
             Ok(crate::store::Outcome::Expired(n)) if n > 0 => {
@@ -35,7 +31,7 @@ pub async fn expire_loop(store: Store, every: Duration) {
             }
             Ok(_) => {}
             // The writer logs store faults once; this would log them twice a second.
-            Err(e) if e.is_store_fault() => {}
+            Err(crate::store::WriteError::Store(_)) => {}
             Err(e) => tracing::warn!(error = %e, "expiry check failed"),
         }
     }

@@ -49,7 +49,7 @@ async fn write_token_change(
             }
             _ => {}
         }
-        Ok::<_, Rejection>(out)
+        Ok::<_, crate::store::WriteError>(out)
     })
     .await
     .map_err(|e| crate::error::internal("token change task failed", &e))?

@@ -159,20 +159,6 @@ impl Rejection {
         }
     }
 
-    /// Whether the store failed (rather than the request being refused):
-    /// such a failure fails the whole batch it happened in.
-    pub fn is_store_fault(&self) -> bool {
-        matches!(
-            self.reason,
-            Reason::STORE_UNAVAILABLE
-                | Reason::STORE_FULL
-                | Reason::STORE_READ_ONLY
-                | Reason::STORE_LOST
-                | Reason::RECORD_CORRUPT
-                | Reason::INTERNAL
-        )
-    }
-
     /// The class of this refusal.
     pub fn class(&self) -> Class {
         self.reason.class()

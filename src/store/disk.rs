@@ -4,14 +4,13 @@
 //! acknowledged. Also tells apart the file-system faults SQLite reports as
 //! a bare I/O error (full, read-only, gone).
 
+use crate::store::error::{Fault, StoreError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::domain::{Reason, Rejection};
 
 /// The lock file's name inside the data directory; it holds the owner's pid.
 pub const LOCK_FILE: &str = "backchannel.lock";
@@ -57,15 +56,15 @@ pub struct DataDir {
     lost: Arc<AtomicBool>,
 }
 
-fn unavailable(what: String) -> Rejection {
-    Rejection::new(Reason::STORE_UNAVAILABLE, what)
+fn unavailable(what: String) -> StoreError {
+    StoreError::new(Fault::Unavailable, what)
 }
 
 impl DataDir {
     /// Creates `dir` (mode 0700) if needed, tightens its mode and takes the
     /// exclusive lock. A second server on the same directory is refused with
     /// the directory and the holder's pid named.
-    pub fn lock(dir: &Path) -> Result<DataDir, Rejection> {
+    pub fn lock(dir: &Path) -> Result<DataDir, StoreError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
@@ -142,7 +141,7 @@ impl DataDir {
     /// tightens the mode of it and of its WAL and shared-memory files if
     /// they do (SQLite gives those the database file's mode), and watches it
     /// from now on.
-    pub fn database(&mut self, name: &str) -> Result<PathBuf, Rejection> {
+    pub fn database(&mut self, name: &str) -> Result<PathBuf, StoreError> {
         let path = self.path.join(name);
         OpenOptions::new()
             .write(true)
@@ -166,7 +165,7 @@ impl DataDir {
     /// `Err(STORE_LOST)` if the directory, its lock file or its database
     /// file was removed or replaced since it was opened. Two or three
     /// `stat`s: cheap enough to run before every acknowledgement.
-    pub fn check(&self) -> Result<(), Rejection> {
+    pub fn check(&self) -> Result<(), StoreError> {
         if self.lost.load(Ordering::Relaxed) {
             return Err(self.lost_rejection());
         }
@@ -186,10 +185,10 @@ impl DataDir {
     /// mounted read-only now: the operator (or the kernel, after an error)
     /// made it refuse writes, so nothing more is committed until it is
     /// writable again. One `statvfs`.
-    pub fn writable(&self) -> Result<(), Rejection> {
+    pub fn writable(&self) -> Result<(), StoreError> {
         match statvfs(&self.path) {
-            Some(st) if st.read_only => Err(Rejection::new(
-                Reason::STORE_READ_ONLY,
+            Some(st) if st.read_only => Err(StoreError::new(
+                Fault::ReadOnly,
                 format!(
                     "the file system of the data directory {} is read-only; nothing was written",
                     self.path.display()
@@ -204,9 +203,9 @@ impl DataDir {
         self.lost.load(Ordering::Relaxed)
     }
 
-    fn lost_rejection(&self) -> Rejection {
-        Rejection::new(
-            Reason::STORE_LOST,
+    fn lost_rejection(&self) -> StoreError {
+        StoreError::new(
+            Fault::Lost,
             format!(
                 "the data directory {} was removed or replaced while the server was running; \
                  no write is acknowledged from now on: restore the directory (or its backup) \
@@ -218,15 +217,15 @@ impl DataDir {
 
     /// What a failed write most likely ran into, asked of the file system
     /// itself: SQLite reports several faults as a bare I/O error.
-    pub fn fault(&self) -> Option<Reason> {
+    pub fn fault(&self) -> Option<Fault> {
         if self.check().is_err() {
-            return Some(Reason::STORE_LOST);
+            return Some(Fault::Lost);
         }
         let st = statvfs(&self.path)?;
         if st.read_only {
-            Some(Reason::STORE_READ_ONLY)
+            Some(Fault::ReadOnly)
         } else if st.available_blocks == 0 {
-            Some(Reason::STORE_FULL)
+            Some(Fault::Full)
         } else {
             None
         }
@@ -234,7 +233,7 @@ impl DataDir {
 }
 
 /// Sets `path`'s mode to `mode` if it is looser.
-fn private(path: &Path, mode: u32) -> Result<(), Rejection> {
+fn private(path: &Path, mode: u32) -> Result<(), StoreError> {
     let m = std::fs::metadata(path)
         .map_err(|e| unavailable(format!("cannot stat {}: {e}", path.display())))?;
     if m.permissions().mode() & 0o777 & !mode != 0 {

@@ -7,38 +7,39 @@ use crate::domain::decide::{self, Context, Draft, EXPIRE_BATCH, Loaded, Prior, R
 use crate::domain::{
     Caller, Channel, Command, Event, Id, Message, Outcome, Party, PartyId, Rejection, Subject, Time,
 };
+use crate::store::error::StoreError;
 
 /// What the writer needs from a backend inside one transaction.
 pub trait WriteTx {
     /// Loads a party.
-    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection>;
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError>;
     /// Inserts a party (its id is not taken).
-    fn insert_party(&mut self, p: &Party) -> Result<(), Rejection>;
+    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError>;
     /// Inserts a token.
-    fn insert_token(&mut self, t: &super::TokenRecord) -> Result<(), Rejection>;
+    fn insert_token(&mut self, t: &super::TokenRecord) -> Result<(), StoreError>;
     /// Moves a token's stored last use forward to `at` (never back).
-    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), Rejection>;
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError>;
     /// Whether a token is revoked; `None` if there is no such token.
-    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, Rejection>;
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError>;
     /// Marks a token revoked at `at`.
-    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), Rejection>;
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError>;
     /// Loads a channel.
-    fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection>;
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError>;
     /// Inserts (`seq` = its CHANNEL_OPENED sequence) or updates a channel.
-    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection>;
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), StoreError>;
     /// Loads a message.
-    fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection>;
+    fn message(&mut self, id: Id) -> Result<Option<Message>, StoreError>;
     /// Inserts (`seq` = its MESSAGE_SENT sequence) or updates a message.
-    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection>;
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), StoreError>;
     /// Messages whose deadline has passed at `now` in a state that expires.
-    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection>;
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, StoreError>;
     /// Looks up an idempotency record: (fingerprint, resource id).
     fn request(
         &mut self,
         caller: &str,
         method: &str,
         request_id: Id,
-    ) -> Result<Option<([u8; 32], Id)>, Rejection>;
+    ) -> Result<Option<([u8; 32], Id)>, StoreError>;
     /// Stores an idempotency record.
     fn insert_request(
         &mut self,
@@ -47,12 +48,12 @@ pub trait WriteTx {
         request_id: Id,
         fingerprint: &[u8; 32],
         resource: Id,
-    ) -> Result<(), Rejection>;
+    ) -> Result<(), StoreError>;
     /// Appends an event, encoded as `data`, to the log, with its leaf hash
     /// (see [`super::record::leaf_hash`]).
-    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection>;
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError>;
     /// Writes one small row outside the record (the health probe's write).
-    fn probe(&mut self, now: Time) -> Result<(), Rejection>;
+    fn probe(&mut self, now: Time) -> Result<(), StoreError>;
 }
 
 /// Runs a batch of jobs in one transaction: appends each job's result to
@@ -67,16 +68,9 @@ pub fn run_batch<T: WriteTx>(
     now: Time,
     results: &mut Vec<Result<Outcome, Rejection>>,
     events: &mut Vec<super::Committed>,
-) -> Result<(), Rejection> {
+) -> Result<(), StoreError> {
     for job in jobs {
-        let loaded = match load(tx, &job.caller, &job.command, now) {
-            Ok(l) => l,
-            Err(r) if r.is_store_fault() => return Err(r),
-            Err(r) => {
-                results.push(Err(r));
-                continue;
-            }
-        };
+        let loaded = load(tx, &job.caller, &job.command, now)?;
         let cx = Context {
             caller: &job.caller,
             now,
@@ -101,9 +95,9 @@ fn load<T: WriteTx>(
     caller: &Caller,
     cmd: &Command,
     now: Time,
-) -> Result<Loaded, Rejection> {
+) -> Result<Loaded, StoreError> {
     let mut l = Loaded::default();
-    let named = |tx: &mut T, l: &mut Loaded, p: &PartyId| -> Result<(), Rejection> {
+    let named = |tx: &mut T, l: &mut Loaded, p: &PartyId| -> Result<(), StoreError> {
         if tx.party(p)?.is_some() {
             l.registered.insert(p.clone());
         }
@@ -158,7 +152,7 @@ fn write<T: WriteTx>(
     head: &mut u64,
     now: Time,
     events: &mut Vec<super::Committed>,
-) -> Result<(), Rejection> {
+) -> Result<(), StoreError> {
     match w {
         Write::Party(p) => tx.insert_party(&p),
         Write::Token(t) => tx.insert_token(&t),
@@ -192,7 +186,7 @@ fn append<T: WriteTx>(
     d: Draft,
     head: &mut u64,
     now: Time,
-) -> Result<super::Committed, Rejection> {
+) -> Result<super::Committed, StoreError> {
     let channel_id = match &d.subject {
         Subject::Message(m) => m.channel_id,
         Subject::Channel(c) => c.id,

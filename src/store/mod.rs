@@ -4,6 +4,7 @@
 //! and only then answers.
 
 pub mod disk;
+pub mod error;
 pub mod exec;
 pub mod postgres;
 pub mod query;
@@ -21,11 +22,12 @@ use crate::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::domain::{Outcome, TokenRecord};
+pub use error::{Fault, StoreError, WriteError};
 pub use postgres::Change;
 
 use crate::domain::{
     Caller, Channel, ChannelState, Command, Event, EventType, Id, Message, MessageState, Party,
-    PartyId, Reason, Rejection,
+    PartyId,
 };
 
 /// An event as committed: the value, and its encoding as stored in the log
@@ -84,16 +86,26 @@ pub struct WriterState {
 /// The writer's current fault, and when each kind was last logged.
 #[derive(Default)]
 struct FaultLog {
-    now: Option<Reason>,
+    now: Option<Fault>,
     /// Whether the current fault was logged (a fault that comes back soon
     /// after it cleared, as a full disk does while it has a few free
     /// pages, is one fault, logged once).
     logged: bool,
-    last: Vec<(Reason, std::time::Instant)>,
+    last: Vec<(Fault, std::time::Instant)>,
 }
 
 /// A fault of the same kind within this long of the last is not logged again.
 pub const FAULT_LOG_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The name of a fault in logs and metrics: the reason a client is given.
+pub fn fault_name(f: Fault) -> &'static str {
+    crate::error::fault_reason(f).as_str()
+}
+
+/// Counts a store failure met by a read or a commit (`store_errors_total`).
+pub fn count_failure(e: &StoreError) {
+    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => fault_name(e.fault)).increment(1);
+}
 
 impl WriterState {
     /// Whether the store is closing (the writer stops after this batch).
@@ -102,43 +114,44 @@ impl WriterState {
     }
 
     /// The fault the last commit met, if it failed.
-    pub fn fault(&self) -> Option<Reason> {
+    pub fn fault(&self) -> Option<Fault> {
         self.log
             .lock()
             .map(|f| f.now)
-            .unwrap_or(Some(Reason::INTERNAL))
+            .unwrap_or(Some(Fault::Internal))
     }
 
-    /// A commit failed with `r`.
-    pub fn failed(&self, r: &Rejection) {
+    /// A commit failed with `e`: counted, and logged once per fault.
+    pub fn failed(&self, e: &StoreError) {
+        count_failure(e);
         let Ok(mut f) = self.log.lock() else {
             return;
         };
-        if f.now == Some(r.reason) {
+        if f.now == Some(e.fault) {
             return;
         }
-        f.now = Some(r.reason);
+        f.now = Some(e.fault);
         let now = std::time::Instant::now();
         let recent = f
             .last
             .iter()
-            .any(|(k, at)| *k == r.reason && now.duration_since(*at) < FAULT_LOG_QUIET);
+            .any(|(k, at)| *k == e.fault && now.duration_since(*at) < FAULT_LOG_QUIET);
         f.logged = !recent;
+        let reason = fault_name(e.fault);
         if recent {
-            tracing::debug!(reason = r.reason.as_str(), "store fault again");
+            tracing::debug!(reason, "store fault again");
             return;
         }
-        f.last.retain(|(k, _)| *k != r.reason);
-        f.last.push((r.reason, now));
-        if r.reason == Reason::STORE_LOST {
-            tracing::error!(reason = r.reason.as_str(), "{}", r.message);
-        } else {
-            tracing::error!(
-                reason = r.reason.as_str(),
-                cause = %r.message,
-                "the store cannot commit: writes are refused ({}) until this clears",
-                r.reason.as_str()
-            );
+        f.last.retain(|(k, _)| *k != e.fault);
+        f.last.push((e.fault, now));
+        match e.fault {
+            Fault::Lost => tracing::error!(reason, "{}", e.message),
+            _ => tracing::error!(
+                reason,
+                cause = %e.message,
+                source = ?e.source,
+                "the store cannot commit: writes are refused ({reason}) until this clears",
+            ),
         }
     }
 
@@ -151,7 +164,7 @@ impl WriterState {
             && f.logged
         {
             tracing::info!(
-                was = old.as_str(),
+                was = fault_name(old),
                 "the store commits again: writes are accepted"
             );
         }
@@ -169,7 +182,7 @@ pub struct Job {
     /// What to do.
     pub command: Command,
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Outcome, Rejection>>,
+    pub reply: oneshot::Sender<Result<Outcome, WriteError>>,
 }
 
 /// Waits for the next job, then takes whatever else has queued, up to `max`,
@@ -258,6 +271,7 @@ macro_rules! read {
             Backend::Sqlite(b) => b.$method($($arg),*).await,
             Backend::Postgres(b) => b.$method($($arg),*).await,
         }
+        .inspect_err(count_failure)
     };
 }
 
@@ -281,7 +295,7 @@ impl Store {
         dir: &Path,
         publish: Publish,
         options: sqlite::Options,
-    ) -> Result<(Store, u64), Rejection> {
+    ) -> Result<(Store, u64), StoreError> {
         let clock = options.clock.clone();
         let s = sqlite::start(dir, publish, options)?;
         Ok((
@@ -302,7 +316,7 @@ impl Store {
         url: &str,
         publish: Publish,
         clock: Clock,
-    ) -> Result<(Store, u64), Rejection> {
+    ) -> Result<(Store, u64), StoreError> {
         let state = WriterState::default();
         let (backend, writer, head, thread) =
             postgres::start(url, publish, state.clone(), clock.clone()).await?;
@@ -340,7 +354,7 @@ impl Store {
 
     /// The fault the writer's last commit met, if it failed: while there is
     /// one, writes are refused and health is NOT_SERVING.
-    pub fn write_fault(&self) -> Option<Reason> {
+    pub fn write_fault(&self) -> Option<Fault> {
         self.state.fault()
     }
 
@@ -359,9 +373,9 @@ impl Store {
     }
 
     /// Queues a write and waits until it is durable (or refused).
-    pub async fn write(&self, caller: Caller, command: Command) -> Result<Outcome, Rejection> {
+    pub async fn write(&self, caller: Caller, command: Command) -> Result<Outcome, WriteError> {
         let (reply, rx) = oneshot::channel();
-        let gone = || Rejection::new(Reason::SHUTTING_DOWN, "the server is shutting down");
+        let gone = || StoreError::new(Fault::Closing, "the server is shutting down");
         self.writer
             .send(Job {
                 caller,
@@ -374,55 +388,58 @@ impl Store {
     }
 
     /// The key that signs page tokens.
-    pub async fn page_key(&self) -> Result<Vec<u8>, Rejection> {
+    pub async fn page_key(&self) -> Result<Vec<u8>, StoreError> {
         read!(self.page_key())
     }
 
     /// Every token.
-    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Rejection> {
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         read!(self.tokens())
     }
 
     /// One party.
-    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, Rejection> {
+    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, StoreError> {
         read!(self.party(id))
     }
 
     /// Parties ordered by id, after `after`.
-    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, Rejection> {
+    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, StoreError> {
         read!(self.parties(after, limit))
     }
 
     /// One channel.
-    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, Rejection> {
+    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, StoreError> {
         read!(self.channel(id))
     }
 
     /// A page of channels, newest first.
-    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, Rejection> {
+    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, StoreError> {
         read!(self.channels(q))
     }
 
     /// One message.
-    pub async fn message(&self, id: Id) -> Result<Option<Message>, Rejection> {
+    pub async fn message(&self, id: Id) -> Result<Option<Message>, StoreError> {
         read!(self.message(id))
     }
 
     /// Whether any message is past its deadline at `now`, in a state that
     /// expires. Read without the writer (on PostgreSQL, without the lock
     /// that orders every replica's appends).
-    pub async fn due(&self, now: crate::domain::Time) -> Result<bool, Rejection> {
+    pub async fn due(&self, now: crate::domain::Time) -> Result<bool, StoreError> {
         read!(self.due(now))
     }
 
     /// A page of messages, newest first, and the head it was read at.
-    pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
+    pub async fn messages(
+        &self,
+        q: MessageQuery,
+    ) -> Result<(Vec<(u64, Message)>, u64), StoreError> {
         read!(self.messages(q))
     }
 
     /// A page of events as stored, oldest first: `RECORD_CORRUPT` if any
     /// of them is damaged.
-    pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, Rejection> {
+    pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, StoreError> {
         read!(self.frame_rows(q))?.into_iter().collect()
     }
 
@@ -430,17 +447,17 @@ impl Store {
     /// short: it ends just before a damaged event, so what precedes it is
     /// still streamed, and the next page (which starts at the damaged
     /// event) is `RECORD_CORRUPT`.
-    pub async fn replay(&self, q: EventQuery) -> Result<(Vec<Frame>, bool), Rejection> {
+    pub async fn replay(&self, q: EventQuery) -> Result<(Vec<Frame>, bool), StoreError> {
         query::intact(read!(self.frame_rows(q))?)
     }
 
     /// A page of events, oldest first.
-    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, StoreError> {
         read!(self.events(q))
     }
 
     /// The last sequence in the log.
-    pub async fn head(&self) -> Result<u64, Rejection> {
+    pub async fn head(&self) -> Result<u64, StoreError> {
         read!(self.head())
     }
 }

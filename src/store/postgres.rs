@@ -12,6 +12,7 @@
 //! Reads: a pool of async connections. Every failure to reach the database
 //! is `UNAVAILABLE`; the writer and the pool reconnect by themselves.
 
+use crate::store::error::{Fault, StoreError, WriteError};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,10 +32,8 @@ use super::{
     ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
 };
 use crate::convert;
-use crate::domain::Outcome;
-use crate::domain::{
-    Channel, Command, Event, Id, Message, Party, PartyId, Reason, Rejection, Time,
-};
+use crate::domain::{Channel, Command, Event, Id, Message, Party, PartyId, Time};
+use crate::domain::{Outcome, Rejection};
 use crate::pb;
 
 /// The schema migrations, in order.
@@ -91,7 +90,7 @@ pub fn pg_cause(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn pg_err(e: tokio_postgres::Error) -> Rejection {
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
     // Errors without a SQLSTATE are I/O or a closed connection; classes 08
     // (connection), 53 (resources), 57 (operator intervention) and 40
     // (serialization) are transient too.
@@ -103,43 +102,28 @@ fn pg_err(e: tokio_postgres::Error) -> Rejection {
     let cause = pg_cause(&e);
     // 53100: disk full on the database server.
     let reason = match code.as_deref() {
-        Some("53100") => Reason::STORE_FULL,
-        Some("25006") => Reason::STORE_READ_ONLY,
-        _ if transient => Reason::STORE_UNAVAILABLE,
-        _ => Reason::INTERNAL,
+        Some("53100") => Fault::Full,
+        Some("25006") => Fault::ReadOnly,
+        _ if transient => Fault::Unavailable,
+        _ => Fault::Internal,
     };
-    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason.as_str()).increment(1);
-    match reason {
-        Reason::INTERNAL => {
-            tracing::error!(error = %cause, "database error");
-            Rejection::new(Reason::INTERNAL, "internal store error")
+    let message = match reason {
+        Fault::Full => "the database server has no disk space left; nothing was written".to_owned(),
+        Fault::ReadOnly => {
+            "the database refuses writes (read-only); nothing was written".to_owned()
         }
-        Reason::STORE_FULL => Rejection::new(
-            reason,
-            "the database server has no disk space left; nothing was written",
+        Fault::Unavailable => format!(
+            "the database is unavailable ({cause}); retry (with the same request_id for writes)"
         ),
-        Reason::STORE_READ_ONLY => Rejection::new(
-            reason,
-            "the database refuses writes (read-only); nothing was written",
-        ),
-        _ => {
-            // Logged by the writer once per fault, and at debug here: a
-            // database outage must not log once per request.
-            tracing::debug!(error = %cause, "database unavailable");
-            Rejection::new(
-                Reason::STORE_UNAVAILABLE,
-                format!(
-                    "the database is unavailable ({cause}); retry (with the same request_id for writes)"
-                ),
-            )
-        }
-    }
+        _ => format!("database error: {cause}"),
+    };
+    StoreError::new(reason, message).caused_by(e)
 }
 
 /// The startup failure for a database that cannot be reached or used:
 /// names the cause, and for a missing database or role, the command that
 /// creates it.
-fn connect_err(cfg: &tokio_postgres::Config, e: tokio_postgres::Error) -> Rejection {
+fn connect_err(cfg: &tokio_postgres::Config, e: tokio_postgres::Error) -> StoreError {
     let host = cfg
         .get_hosts()
         .first()
@@ -170,23 +154,21 @@ fn connect_err(cfg: &tokio_postgres::Config, e: tokio_postgres::Error) -> Reject
         _ => String::new(),
     };
     let message = format!("cannot use PostgreSQL at {host}:{port}/{dbname}: {cause}{advice}");
-    Rejection::new(Reason::STORE_UNAVAILABLE, message)
+    StoreError::new(Fault::Unavailable, message)
 }
 
-fn unavailable(what: impl std::fmt::Display) -> Rejection {
-    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => "STORE_UNAVAILABLE").increment(1);
-    tracing::debug!(error = %what, "database unavailable");
-    Rejection::new(
-        Reason::STORE_UNAVAILABLE,
+fn unavailable(what: impl std::fmt::Display) -> StoreError {
+    StoreError::new(
+        Fault::Unavailable,
         format!(
             "the database is unavailable ({what}); retry (with the same request_id for writes)"
         ),
     )
 }
 
-fn config(url: &str) -> Result<tokio_postgres::Config, Rejection> {
+fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut c = tokio_postgres::Config::from_str(url)
-        .map_err(|e| Rejection::new(Reason::STORE_UNAVAILABLE, format!("bad database URL: {e}")))?;
+        .map_err(|e| StoreError::new(Fault::Unavailable, format!("bad database URL: {e}")))?;
     if c.get_connect_timeout().is_none() {
         c.connect_timeout(DB_TIMEOUT);
     }
@@ -217,7 +199,7 @@ pub async fn start(
         u64,
         std::thread::JoinHandle<()>,
     ),
-    Rejection,
+    StoreError,
 > {
     let cfg = config(url)?;
     migrate(&cfg).await?;
@@ -235,7 +217,7 @@ pub async fn start(
         .create_timeout(Some(DB_TIMEOUT))
         .recycle_timeout(Some(DB_TIMEOUT))
         .build()
-        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("pool: {e}")))?;
+        .map_err(|e| StoreError::new(Fault::Internal, format!("pool: {e}")))?;
     let store = Arc::new(Postgres {
         pool,
         config: cfg.clone(),
@@ -246,11 +228,11 @@ pub async fn start(
     let thread = std::thread::Builder::new()
         .name("backchannel-writer".into())
         .spawn(move || writer(writer_cfg, rx, publish, state, clock))
-        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
+        .map_err(|e| StoreError::new(Fault::Internal, format!("cannot start writer: {e}")))?;
     Ok((store, tx, head, thread))
 }
 
-async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
+async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), StoreError> {
     let (mut client, conn) = cfg.connect(NoTls).await.map_err(|e| connect_err(cfg, e))?;
     let driver = tokio::spawn(conn);
     let result = async {
@@ -276,8 +258,8 @@ async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), Rejection> {
             .get(0);
         let applied = usize::try_from(applied).map_err(corrupt)?;
         if applied > MIGRATIONS.len() {
-            return Err(Rejection::new(
-                Reason::INTERNAL,
+            return Err(StoreError::new(
+                Fault::Internal,
                 format!(
                     "the database has schema version {applied}, newer than this binary knows ({})",
                     MIGRATIONS.len()
@@ -341,7 +323,7 @@ fn writer(
                     let r = unavailable(pg_cause(&e));
                     state.failed(&r);
                     for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(r.clone()));
+                        let _ = job.reply.send(Err(WriteError::Store(r.clone())));
                     }
                     if state.closing() {
                         break;
@@ -365,16 +347,16 @@ fn writer(
                 state.committed();
                 publish(events);
                 for (job, r) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(r);
+                    let _ = job.reply.send(r.map_err(WriteError::Refused));
                 }
             }
             Err(e) => {
                 state.failed(&e);
-                if client.is_closed() || e.reason == Reason::STORE_UNAVAILABLE {
+                if client.is_closed() || e.fault == Fault::Unavailable {
                     conn = None;
                 }
                 for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
+                    let _ = job.reply.send(Err(WriteError::Store(e.clone())));
                 }
             }
         }
@@ -403,7 +385,7 @@ fn commit_batch(
     now: Time,
     results: &mut Vec<Result<Outcome, Rejection>>,
     events: &mut Vec<super::Committed>,
-) -> Result<(), Rejection> {
+) -> Result<(), StoreError> {
     let mut tx = client.transaction().map_err(pg_err)?;
     // A batch that only probes the store or stores token uses (which only
     // ever move forward) appends nothing and decides nothing on what it
@@ -503,7 +485,7 @@ struct DeferredEvent {
 }
 
 impl PgTx<'_, '_> {
-    fn st(&mut self, sql: &'static str) -> Result<postgres::Statement, Rejection> {
+    fn st(&mut self, sql: &'static str) -> Result<postgres::Statement, StoreError> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
@@ -516,7 +498,7 @@ impl PgTx<'_, '_> {
         &mut self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Vec<u8>>, Rejection> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let st = self.st(sql)?;
         let row = self.tx.query_opt(&st, params).map_err(pg_err)?;
         Ok(row.map(|r| r.get(0)))
@@ -526,7 +508,7 @@ impl PgTx<'_, '_> {
         &mut self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, Rejection> {
+    ) -> Result<u64, StoreError> {
         let st = self.st(sql)?;
         self.tx.execute(&st, params).map_err(pg_err)
     }
@@ -535,7 +517,7 @@ impl PgTx<'_, '_> {
 impl PgTx<'_, '_> {
     /// Reads the stored idempotency records of every request id in `jobs`
     /// in one statement, where each command looked its own up.
-    fn load_requests(&mut self, jobs: &[Job]) -> Result<(), Rejection> {
+    fn load_requests(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
         let (mut callers, mut methods, mut ids) = (Vec::new(), Vec::new(), Vec::new());
         for job in jobs {
             if let Some((method, request_id)) = job.command.request_key() {
@@ -578,7 +560,7 @@ impl PgTx<'_, '_> {
     }
 
     /// Writes what [`Deferred`] holds: one statement per kind.
-    fn flush(&mut self) -> Result<(), Rejection> {
+    fn flush(&mut self) -> Result<(), StoreError> {
         let d = std::mem::take(&mut self.deferred);
         for chunk in in_chunks(d.events) {
             let mut cols = (
@@ -694,13 +676,13 @@ fn message_state(m: &Message) -> i64 {
 }
 
 impl WriteTx for PgTx<'_, '_> {
-    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection> {
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
         self.opt_bytes("SELECT data FROM parties WHERE id = $1", &[&id.as_str()])?
             .map(|b| decode_party(&b))
             .transpose()
     }
 
-    fn insert_party(&mut self, p: &Party) -> Result<(), Rejection> {
+    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError> {
         let data = pb::Party::from(p).encode_to_vec();
         self.exec(
             "INSERT INTO parties (id, data) VALUES ($1, $2)",
@@ -709,7 +691,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), Rejection> {
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -725,7 +707,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
         self.exec(
             "UPDATE tokens SET last_use_time = GREATEST(COALESCE(last_use_time, 0), $2) WHERE id = $1",
             &[&id.to_string(), &at.0],
@@ -733,13 +715,13 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, Rejection> {
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError> {
         let st = self.st("SELECT revoke_time FROM tokens WHERE id = $1")?;
         let row = self.tx.query_opt(&st, &[&id.to_string()]).map_err(pg_err)?;
         Ok(row.map(|r| r.get::<_, Option<i64>>(0).is_some()))
     }
 
-    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
         self.exec(
             "UPDATE tokens SET revoke_time = $2 WHERE id = $1",
             &[&id.to_string(), &at.0],
@@ -747,7 +729,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError> {
         if let Some(c) = self.channels.get(&id) {
             return Ok(Some(c.clone()));
         }
@@ -764,7 +746,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(c)
     }
 
-    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), StoreError> {
         self.channels.insert(c.id, c.clone());
         let data = pb::Channel::from(c).encode_to_vec();
         let state = i64::from(convert::channel_state_pb(c.state) as i32);
@@ -793,7 +775,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
+    fn message(&mut self, id: Id) -> Result<Option<Message>, StoreError> {
         if let Some((_, m)) = self.deferred.inserted.get(&id) {
             return Ok(Some(m.clone()));
         }
@@ -808,7 +790,7 @@ impl WriteTx for PgTx<'_, '_> {
         .transpose()
     }
 
-    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection> {
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), StoreError> {
         match (insert_seq, self.deferred.inserted.get_mut(&m.id)) {
             (Some(seq), _) => {
                 self.deferred.inserted.insert(m.id, (seq, m.clone()));
@@ -822,7 +804,7 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, StoreError> {
         let st = self.st(query::overdue(Style::Dollar))?;
         let rows = self
             .tx
@@ -838,7 +820,7 @@ impl WriteTx for PgTx<'_, '_> {
         caller: &str,
         method: &str,
         request_id: Id,
-    ) -> Result<Option<([u8; 32], Id)>, Rejection> {
+    ) -> Result<Option<([u8; 32], Id)>, StoreError> {
         let key = (caller.to_owned(), method.to_owned(), request_id);
         if let Some(r) = self.deferred.requests.get(&key) {
             return Ok(Some(*r));
@@ -870,7 +852,7 @@ impl WriteTx for PgTx<'_, '_> {
         request_id: Id,
         fingerprint: &[u8; 32],
         resource: Id,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(), StoreError> {
         self.deferred.requests.insert(
             (caller.to_owned(), method.to_owned(), request_id),
             (*fingerprint, resource),
@@ -878,12 +860,12 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn probe(&mut self, _now: Time) -> Result<(), Rejection> {
+    fn probe(&mut self, _now: Time) -> Result<(), StoreError> {
         // The writer's transaction commits: that is the probe.
         Ok(())
     }
 
-    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection> {
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError> {
         let m = e.message();
         self.deferred.events.push(DeferredEvent {
             seq: int(e.sequence)?,
@@ -908,21 +890,21 @@ fn bind(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Postgres {
-    async fn client(&self) -> Result<deadpool_postgres::Object, Rejection> {
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(unavailable)
     }
 
     /// Runs a read with a deadline, so a call never hangs on the database.
     async fn timed<T>(
         &self,
-        f: impl std::future::Future<Output = Result<T, Rejection>>,
-    ) -> Result<T, Rejection> {
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         tokio::time::timeout(DB_TIMEOUT, f)
             .await
             .map_err(|_| unavailable("read timed out"))?
     }
 
-    async fn rows(&self, sql: &str, args: &[Arg]) -> Result<Vec<tokio_postgres::Row>, Rejection> {
+    async fn rows(&self, sql: &str, args: &[Arg]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         self.timed(async {
             let c = self.client().await?;
             let st = c.prepare_cached(sql).await.map_err(pg_err)?;
@@ -931,20 +913,20 @@ impl Postgres {
         .await
     }
 
-    async fn one_bytes(&self, sql: &str, key: String) -> Result<Option<Vec<u8>>, Rejection> {
+    async fn one_bytes(&self, sql: &str, key: String) -> Result<Option<Vec<u8>>, StoreError> {
         let rows = self.rows(sql, &[Arg::Text(key)]).await?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
     /// The key that signs page tokens.
-    pub async fn page_key(&self) -> Result<Vec<u8>, Rejection> {
+    pub async fn page_key(&self) -> Result<Vec<u8>, StoreError> {
         self.one_bytes("SELECT value FROM meta WHERE key = $1", "page_key".into())
             .await?
             .ok_or_else(|| corrupt("no page key"))
     }
 
     /// Every token.
-    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Rejection> {
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = self
             .rows(
                 "SELECT id, party_id, secret_hash, read_only, create_time, expire_time,
@@ -973,7 +955,7 @@ impl Postgres {
     }
 
     /// One party.
-    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, Rejection> {
+    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, StoreError> {
         self.one_bytes("SELECT data FROM parties WHERE id = $1", id.to_string())
             .await?
             .map(|b| decode_party(&b))
@@ -981,7 +963,7 @@ impl Postgres {
     }
 
     /// Parties ordered by id, after `after`.
-    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, Rejection> {
+    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, StoreError> {
         let rows = self
             .rows(
                 "SELECT data FROM parties WHERE id > $1 ORDER BY id LIMIT $2",
@@ -992,7 +974,7 @@ impl Postgres {
     }
 
     /// One channel.
-    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, Rejection> {
+    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, StoreError> {
         self.one_bytes("SELECT data FROM channels WHERE id = $1", id.to_string())
             .await?
             .map(|b| decode_channel(&b))
@@ -1000,7 +982,7 @@ impl Postgres {
     }
 
     /// One message.
-    pub async fn message(&self, id: Id) -> Result<Option<Message>, Rejection> {
+    pub async fn message(&self, id: Id) -> Result<Option<Message>, StoreError> {
         self.one_bytes("SELECT data FROM messages WHERE id = $1", id.to_string())
             .await?
             .map(|b| decode_message(&b))
@@ -1009,7 +991,7 @@ impl Postgres {
 
     /// Whether any message is past its deadline at `now`, in a state that
     /// expires.
-    pub async fn due(&self, now: Time) -> Result<bool, Rejection> {
+    pub async fn due(&self, now: Time) -> Result<bool, StoreError> {
         let rows = self
             .rows(query::any_due(Style::Dollar), &[Arg::Int(now.0)])
             .await?;
@@ -1017,14 +999,14 @@ impl Postgres {
     }
 
     /// The last committed sequence.
-    pub async fn head(&self) -> Result<u64, Rejection> {
+    pub async fn head(&self) -> Result<u64, StoreError> {
         let rows = self.rows("SELECT head FROM log_head", &[]).await?;
         let h: i64 = rows.first().ok_or_else(|| corrupt("no log head"))?.get(0);
         u64::try_from(h).map_err(corrupt)
     }
 
     /// A page of channels, newest first.
-    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, Rejection> {
+    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, StoreError> {
         let sql = query::channels(&q, Style::Dollar)?;
         let rows = self.rows(&sql.text, &sql.args).await?;
         rows.iter()
@@ -1038,7 +1020,10 @@ impl Postgres {
     }
 
     /// A page of messages and the head it was read at (one snapshot).
-    pub async fn messages(&self, q: MessageQuery) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
+    pub async fn messages(
+        &self,
+        q: MessageQuery,
+    ) -> Result<(Vec<(u64, Message)>, u64), StoreError> {
         self.timed(async {
             let mut c = self.client().await?;
             let tx = c
@@ -1071,7 +1056,7 @@ impl Postgres {
                         decode_message(r.get(1))?,
                     ))
                 })
-                .collect::<Result<Vec<_>, Rejection>>()?;
+                .collect::<Result<Vec<_>, StoreError>>()?;
             Ok((page, head))
         })
         .await
@@ -1082,7 +1067,7 @@ impl Postgres {
     pub async fn frame_rows(
         &self,
         q: EventQuery,
-    ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
+    ) -> Result<Vec<Result<Frame, StoreError>>, StoreError> {
         let mut sql = query::events(&q, Style::Dollar)?;
         if let Ok(max) = i64::try_from(q.max_bytes) {
             // The server sends only the rows before the one that crosses
@@ -1124,7 +1109,7 @@ impl Postgres {
     }
 
     /// A page of events, oldest first.
-    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, StoreError> {
         self.frame_rows(q)
             .await?
             .into_iter()
@@ -1153,7 +1138,10 @@ impl Postgres {
     }
 }
 
-async fn listen(cfg: &tokio_postgres::Config, out: &mpsc::Sender<Change>) -> Result<(), Rejection> {
+async fn listen(
+    cfg: &tokio_postgres::Config,
+    out: &mpsc::Sender<Change>,
+) -> Result<(), StoreError> {
     let (client, mut conn) = cfg.connect(NoTls).await.map_err(pg_err)?;
     let (note_tx, mut note_rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {

@@ -3,7 +3,8 @@
 
 use super::{ChannelQuery, EventQuery, Frame, MessageQuery};
 use crate::convert;
-use crate::domain::{Id, MessageState, Reason, Rejection};
+use crate::domain::{Id, MessageState};
+use crate::store::error::{Fault, StoreError};
 
 /// A bound argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +35,8 @@ pub struct Sql {
 }
 
 /// Converts a sequence or count to the database's signed integer.
-pub fn int(n: u64) -> Result<i64, Rejection> {
-    i64::try_from(n).map_err(|_| Rejection::new(Reason::INTERNAL, "number out of range"))
+pub fn int(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::new(Fault::Internal, "number out of range"))
 }
 
 impl Sql {
@@ -74,7 +75,7 @@ impl Sql {
         self.text += &format!(" AND {column} = {p}");
     }
 
-    fn order_limit(&mut self, order: &str, limit: usize) -> Result<(), Rejection> {
+    fn order_limit(&mut self, order: &str, limit: usize) -> Result<(), StoreError> {
         let p = self.arg(Arg::Int(int(limit as u64)?));
         self.text += &format!(" ORDER BY {order} LIMIT {p}");
         Ok(())
@@ -82,7 +83,7 @@ impl Sql {
 }
 
 /// Channels, newest first: rows of (seq, data).
-pub fn channels(q: &ChannelQuery, style: Style) -> Result<Sql, Rejection> {
+pub fn channels(q: &ChannelQuery, style: Style) -> Result<Sql, StoreError> {
     let mut s = Sql::new(style, "SELECT seq, data FROM channels WHERE seq < ");
     let p = s.arg(Arg::Int(int(q.before)?));
     s.text += &p;
@@ -100,7 +101,7 @@ pub fn channels(q: &ChannelQuery, style: Style) -> Result<Sql, Rejection> {
 }
 
 /// Messages sent at or before `head`, newest first: rows of (seq, data).
-pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Rejection> {
+pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, StoreError> {
     let mut s = Sql::new(style, "SELECT seq, data FROM messages WHERE seq < ");
     let p = s.arg(Arg::Int(int(q.before)?));
     s.text += &p;
@@ -127,7 +128,7 @@ pub fn messages(q: &MessageQuery, head: u64, style: Style) -> Result<Sql, Reject
 
 /// Events after `q.after`, oldest first: rows of
 /// (seq, channel_id, message_id, thread_id, type, data, leaf_hash).
-pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
+pub fn events(q: &EventQuery, style: Style) -> Result<Sql, StoreError> {
     let mut s = Sql::new(
         style,
         "SELECT seq, channel_id, message_id, thread_id, type, data, leaf_hash FROM events WHERE seq > ",
@@ -152,8 +153,8 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, Rejection> {
 /// intact is still served, and the next page (which starts at the damaged
 /// event) is `RECORD_CORRUPT`.
 pub fn intact(
-    frames: impl IntoIterator<Item = Result<Frame, Rejection>>,
-) -> Result<(Vec<Frame>, bool), Rejection> {
+    frames: impl IntoIterator<Item = Result<Frame, StoreError>>,
+) -> Result<(Vec<Frame>, bool), StoreError> {
     let mut page = Vec::new();
     for f in frames {
         match f {
@@ -176,7 +177,7 @@ pub fn frame(
     kind: i64,
     data: Vec<u8>,
     leaf_hash: Option<Vec<u8>>,
-) -> Result<Frame, Rejection> {
+) -> Result<Frame, StoreError> {
     let sequence = u64::try_from(seq).map_err(super::record::corrupt)?;
     super::record::check_leaf(sequence, &data, leaf_hash.as_deref().unwrap_or_default())?;
     let bad = |e: String| {

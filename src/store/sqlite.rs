@@ -3,6 +3,7 @@
 //! One writer thread owns the only write connection and commits whatever
 //! has queued in one transaction (group commit); readers use a small pool.
 
+use crate::store::error::{Fault, StoreError, WriteError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +25,8 @@ use super::{
     ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
 };
 use crate::convert;
-use crate::domain::Outcome;
-use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Reason, Rejection, Time};
+use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Time};
+use crate::domain::{Outcome, Rejection};
 use crate::pb;
 
 /// One schema migration.
@@ -85,19 +86,19 @@ pub const STARTUP_CHECK_SAMPLE: u64 = 10_000;
 
 /// Maps a SQLite error to the fault it names. The writer refines a bare I/O
 /// error by asking the file system ([`DataDir::fault`]).
-fn db_err(e: rusqlite::Error) -> Rejection {
+fn db_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::*;
     let (reason, message) = match e.sqlite_error_code() {
         Some(DiskFull) => (
-            Reason::STORE_FULL,
+            Fault::Full,
             format!("the store's disk is full; nothing was written ({e})"),
         ),
         Some(ReadOnly) => (
-            Reason::STORE_READ_ONLY,
+            Fault::ReadOnly,
             format!("the store's file system refuses writes; nothing was written ({e})"),
         ),
         Some(DatabaseCorrupt | NotADatabase) => (
-            Reason::RECORD_CORRUPT,
+            Fault::Corrupt,
             format!("the store's file is damaged ({e}); the operator must restore a backup"),
         ),
         Some(
@@ -108,31 +109,13 @@ fn db_err(e: rusqlite::Error) -> Rejection {
             | OutOfMemory
             | FileLockingProtocolFailed
             | PermissionDenied,
-        ) => (
-            Reason::STORE_UNAVAILABLE,
-            format!("the store is unavailable: {e}"),
-        ),
-        _ => (Reason::INTERNAL, format!("internal store error: {e}")),
+        ) => (Fault::Unavailable, format!("the store is unavailable: {e}")),
+        _ => (Fault::Internal, format!("internal store error: {e}")),
     };
-    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => reason.as_str()).increment(1);
-    match reason {
-        Reason::INTERNAL => {
-            tracing::error!(error = %e, "sqlite error");
-            Rejection::new(Reason::INTERNAL, "internal store error")
-        }
-        Reason::RECORD_CORRUPT => {
-            tracing::error!(error = %e, "the store's file is damaged");
-            Rejection::new(reason, message)
-        }
-        // Logged once per fault by the writer, not once per request.
-        _ => {
-            tracing::debug!(error = %e, "sqlite error");
-            Rejection::new(reason, message)
-        }
-    }
+    StoreError::new(reason, message).caused_by(e)
 }
 
-fn open(path: &Path) -> Result<Connection, Rejection> {
+fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -210,7 +193,7 @@ pub struct Options {
     pub requests_move_at: usize,
 }
 
-pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, Rejection> {
+pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, StoreError> {
     let mut data_dir = DataDir::lock(dir)?;
     let path = data_dir.database(DB_FILE)?;
     let mut conn = open(&path)?;
@@ -260,7 +243,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
             }
             .run(rx, head, publish)
         })
-        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("cannot start writer: {e}")))?;
+        .map_err(|e| StoreError::new(Fault::Internal, format!("cannot start writer: {e}")))?;
     Ok(Started {
         reader: Arc::new(Sqlite {
             path,
@@ -275,7 +258,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
 }
 
 /// Every record of `requests_recent`, for the writer to hold.
-fn recent_requests(conn: &Connection, move_at: usize) -> Result<Recent, Rejection> {
+fn recent_requests(conn: &Connection, move_at: usize) -> Result<Recent, StoreError> {
     let mut s = conn
         .prepare(
             "SELECT seq, caller, method, request_id, fingerprint, resource_id
@@ -323,7 +306,7 @@ fn move_step(
     tx: &Connection,
     held: &mut Recent,
     budget: usize,
-) -> Result<recent::StepDone, Rejection> {
+) -> Result<recent::StepDone, StoreError> {
     match held.step(budget) {
         recent::Step::Idle => Ok(recent::StepDone::Idle),
         recent::Step::Remove(rows) => {
@@ -380,7 +363,7 @@ fn move_step(
 /// held for long (the writer's checkpoints wait for none). Keys the writer
 /// moves meanwhile may be missed here: the writer adds those itself. (A
 /// key in two runs, or in a dead one, only costs the filter room.)
-fn build_filter(path: &Path, stop: &AtomicBool) -> Result<recent::Keys, Rejection> {
+fn build_filter(path: &Path, stop: &AtomicBool) -> Result<recent::Keys, StoreError> {
     const PAGE: i64 = 10_000;
     let started = std::time::Instant::now();
     let conn = open(path)?;
@@ -405,10 +388,7 @@ fn build_filter(path: &Path, stop: &AtomicBool) -> Result<recent::Keys, Rejectio
         .map_err(db_err)?;
     loop {
         if stop.load(Ordering::Relaxed) {
-            return Err(Rejection::new(
-                Reason::SHUTTING_DOWN,
-                "the store is closing",
-            ));
+            return Err(StoreError::new(Fault::Closing, "the store is closing"));
         }
         let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
         let page: Vec<RunKey> = match &after {
@@ -437,7 +417,7 @@ fn build_filter(path: &Path, stop: &AtomicBool) -> Result<recent::Keys, Rejectio
 
 /// One small committed write outside the record, to learn whether the
 /// store can commit.
-fn probe(conn: &Connection, dir: &DataDir, now: Time) -> Result<(), Rejection> {
+fn probe(conn: &Connection, dir: &DataDir, now: Time) -> Result<(), StoreError> {
     dir.check()?;
     dir.writable()?;
     conn.execute(
@@ -451,21 +431,21 @@ fn probe(conn: &Connection, dir: &DataDir, now: Time) -> Result<(), Rejection> {
 }
 
 /// A bare I/O error, named by what the file system says.
-fn refine(e: Rejection, dir: &DataDir) -> Rejection {
-    if e.reason != Reason::STORE_UNAVAILABLE {
+fn refine(e: StoreError, dir: &DataDir) -> StoreError {
+    if e.fault != Fault::Unavailable {
         return e;
     }
     match dir.fault() {
-        Some(Reason::STORE_LOST) => dir.check().err().unwrap_or(e),
-        Some(Reason::STORE_FULL) => Rejection::new(
-            Reason::STORE_FULL,
+        Some(Fault::Lost) => dir.check().err().unwrap_or(e),
+        Some(Fault::Full) => StoreError::new(
+            Fault::Full,
             format!(
                 "the store's disk is full; nothing was written ({})",
                 e.message
             ),
         ),
-        Some(Reason::STORE_READ_ONLY) => Rejection::new(
-            Reason::STORE_READ_ONLY,
+        Some(Fault::ReadOnly) => StoreError::new(
+            Fault::ReadOnly,
             format!(
                 "the store's file system refuses writes; nothing was written ({})",
                 e.message
@@ -478,14 +458,14 @@ fn refine(e: Rejection, dir: &DataDir) -> Rejection {
 /// Verifies the leaf hashes of the newest `newest` events and of
 /// [`STARTUP_CHECK_SAMPLE`] events spread over the rest, and that the log
 /// has no gap. Refuses to serve a damaged store.
-fn integrity_check(conn: &Connection, head: u64, newest: u64) -> Result<(), Rejection> {
+fn integrity_check(conn: &Connection, head: u64, newest: u64) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let count: i64 = conn
         .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
         .map_err(db_err)?;
     let damaged = |what: String| {
-        Rejection::new(
-            Reason::RECORD_CORRUPT,
+        StoreError::new(
+            Fault::Corrupt,
             format!(
                 "the store in this data directory is damaged: {what}. It is not served. \
                  Stop here, keep the damaged directory for inspection, and restore the \
@@ -499,7 +479,7 @@ fn integrity_check(conn: &Connection, head: u64, newest: u64) -> Result<(), Reje
         )));
     }
     let mut checked = 0u64;
-    let mut verify = |seq: i64, data: Vec<u8>, hash: Option<Vec<u8>>| -> Result<(), Rejection> {
+    let mut verify = |seq: i64, data: Vec<u8>, hash: Option<Vec<u8>>| -> Result<(), StoreError> {
         if hash.as_deref() != Some(&leaf_hash(&data)[..]) {
             tracing::error!(sequence = seq, "event failed its integrity check at start");
             return Err(damaged(format!(
@@ -558,15 +538,15 @@ fn integrity_check(conn: &Connection, head: u64, newest: u64) -> Result<(), Reje
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
         .map_err(db_err)?
         .try_into()
         .map_err(corrupt)?;
     if applied > MIGRATIONS.len() {
-        return Err(Rejection::new(
-            Reason::INTERNAL,
+        return Err(StoreError::new(
+            Fault::Internal,
             format!(
                 "the database has schema version {applied}, newer than this binary knows ({})",
                 MIGRATIONS.len()
@@ -607,7 +587,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Rejection> {
 
 /// Computes the leaf hash of every event that has none (a store made before
 /// schema version 2), with a progress line every 100,000 events.
-fn fill_leaf_hashes(tx: &Connection) -> Result<(), Rejection> {
+fn fill_leaf_hashes(tx: &Connection) -> Result<(), StoreError> {
     let total: i64 = tx
         .query_row(
             "SELECT COUNT(*) FROM events WHERE leaf_hash IS NULL",
@@ -793,7 +773,7 @@ impl Writer {
                     self.cache.requests.start_move(|| runs.allocate());
                     publish(events);
                     for (job, r) in jobs.drain(..).zip(results) {
-                        let _ = job.reply.send(r);
+                        let _ = job.reply.send(r.map_err(WriteError::Refused));
                     }
                     self.bound_wal();
                 }
@@ -802,7 +782,7 @@ impl Writer {
                     head = start_head;
                     self.cache.clear();
                     for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(e.clone()));
+                        let _ = job.reply.send(Err(WriteError::Store(e.clone())));
                     }
                 }
             }
@@ -825,7 +805,7 @@ impl Writer {
         now: Time,
         results: &mut Vec<Result<Outcome, Rejection>>,
         events: &mut Vec<super::Committed>,
-    ) -> Result<(recent::StepDone, runs::Done), Rejection> {
+    ) -> Result<(recent::StepDone, runs::Done), StoreError> {
         self.dir.check()?;
         self.dir.writable()?;
         let tx = self
@@ -920,7 +900,7 @@ impl Writer {
             .spawn(move || {
                 let built = build_filter(&path, &stopped)
                     .inspect_err(|e| {
-                        if e.reason == Reason::SHUTTING_DOWN {
+                        if e.fault == Fault::Closing {
                             return;
                         }
                         tracing::warn!(
@@ -999,7 +979,7 @@ fn encode<T: prost::Message>(m: T) -> Vec<u8> {
     m.encode_to_vec()
 }
 
-fn i64_of(n: u64) -> Result<i64, Rejection> {
+fn i64_of(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(corrupt)
 }
 
@@ -1011,7 +991,7 @@ impl Tx<'_> {
 }
 
 impl WriteTx for Tx<'_> {
-    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, Rejection> {
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
         let b: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT data FROM parties WHERE id = ?1")
@@ -1020,7 +1000,7 @@ impl WriteTx for Tx<'_> {
         b.map(|b| decode_party(&b)).transpose()
     }
 
-    fn insert_party(&mut self, p: &Party) -> Result<(), Rejection> {
+    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
@@ -1028,7 +1008,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), Rejection> {
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
@@ -1048,7 +1028,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "UPDATE tokens SET last_use_time = MAX(COALESCE(last_use_time, 0), ?2) WHERE id = ?1",
@@ -1058,7 +1038,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, Rejection> {
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError> {
         let revoked: Option<Option<i64>> = self
             .conn
             .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
@@ -1067,7 +1047,7 @@ impl WriteTx for Tx<'_> {
         Ok(revoked.map(|t| t.is_some()))
     }
 
-    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), Rejection> {
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
             .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
@@ -1075,7 +1055,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn channel(&mut self, id: Id) -> Result<Option<Channel>, Rejection> {
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError> {
         if let Some(c) = self.cache.as_ref().and_then(|m| m.channels.get(&id)) {
             return Ok(Some(c.clone()));
         }
@@ -1091,7 +1071,7 @@ impl WriteTx for Tx<'_> {
         Ok(c)
     }
 
-    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), Rejection> {
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), StoreError> {
         if let Some(m) = self.cache.as_mut() {
             m.channels.insert(c.id, c.clone());
         }
@@ -1127,7 +1107,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn message(&mut self, id: Id) -> Result<Option<Message>, Rejection> {
+    fn message(&mut self, id: Id) -> Result<Option<Message>, StoreError> {
         if let Some(m) = self.cache.as_ref().and_then(|c| c.messages.get(&id)) {
             return Ok(Some(m.clone()));
         }
@@ -1143,7 +1123,7 @@ impl WriteTx for Tx<'_> {
         Ok(m)
     }
 
-    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), Rejection> {
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), StoreError> {
         if let Some(c) = self.cache.as_mut() {
             c.messages.insert(m.id, m.clone());
         }
@@ -1178,7 +1158,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, Rejection> {
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, StoreError> {
         let mut s = self
             .conn
             .prepare_cached(query::overdue(Style::Question))
@@ -1198,7 +1178,7 @@ impl WriteTx for Tx<'_> {
         caller: &str,
         method: &str,
         request_id: Id,
-    ) -> Result<Option<([u8; 32], Id)>, Rejection> {
+    ) -> Result<Option<([u8; 32], Id)>, StoreError> {
         if let Some(r) = self
             .cache
             .as_ref()
@@ -1237,7 +1217,7 @@ impl WriteTx for Tx<'_> {
         request_id: Id,
         fingerprint: &[u8; 32],
         resource: Id,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO requests_recent (caller, method, request_id, fingerprint, resource_id)
@@ -1269,7 +1249,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn probe(&mut self, now: Time) -> Result<(), Rejection> {
+    fn probe(&mut self, now: Time) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
@@ -1280,7 +1260,7 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), Rejection> {
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError> {
         let m = e.message();
         let seq = i64_of(e.sequence)?;
         self.conn
@@ -1308,15 +1288,15 @@ impl Sqlite {
     /// Runs `f` on a pooled read connection, off the async threads.
     async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Connection) -> Result<T, Rejection> + Send + 'static,
-    ) -> Result<T, Rejection> {
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         // At most READERS connections (and blocking threads) read at once.
         let permit = self
             .readers
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Rejection::new(Reason::SHUTTING_DOWN, "the store is closing"))?;
+            .map_err(|_| StoreError::new(Fault::Closing, "the store is closing"))?;
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -1332,11 +1312,11 @@ impl Sqlite {
             r
         })
         .await
-        .map_err(|e| Rejection::new(Reason::INTERNAL, format!("reader failed: {e}")))?
+        .map_err(|e| StoreError::new(Fault::Internal, format!("reader failed: {e}")))?
     }
 
     /// The key that signs page tokens.
-    pub async fn page_key(self: &Arc<Self>) -> Result<Vec<u8>, Rejection> {
+    pub async fn page_key(self: &Arc<Self>) -> Result<Vec<u8>, StoreError> {
         self.read(|c| {
             c.query_row("SELECT value FROM meta WHERE key = 'page_key'", [], |r| {
                 r.get(0)
@@ -1347,7 +1327,7 @@ impl Sqlite {
     }
 
     /// Every token, for the authenticator's cache.
-    pub async fn tokens(self: &Arc<Self>) -> Result<Vec<TokenRecord>, Rejection> {
+    pub async fn tokens(self: &Arc<Self>) -> Result<Vec<TokenRecord>, StoreError> {
         self.read(|c| {
             let mut s = c
                 .prepare(
@@ -1393,7 +1373,7 @@ impl Sqlite {
     }
 
     /// One party.
-    pub async fn party(self: &Arc<Self>, id: PartyId) -> Result<Option<Party>, Rejection> {
+    pub async fn party(self: &Arc<Self>, id: PartyId) -> Result<Option<Party>, StoreError> {
         self.read(move |c| Tx::reader(c).party(&id)).await
     }
 
@@ -1402,7 +1382,7 @@ impl Sqlite {
         self: &Arc<Self>,
         after: String,
         limit: usize,
-    ) -> Result<Vec<Party>, Rejection> {
+    ) -> Result<Vec<Party>, StoreError> {
         self.read(move |c| {
             let mut s = c
                 .prepare_cached("SELECT data FROM parties WHERE id > ?1 ORDER BY id LIMIT ?2")
@@ -1420,18 +1400,18 @@ impl Sqlite {
     }
 
     /// One channel.
-    pub async fn channel(self: &Arc<Self>, id: Id) -> Result<Option<Channel>, Rejection> {
+    pub async fn channel(self: &Arc<Self>, id: Id) -> Result<Option<Channel>, StoreError> {
         self.read(move |c| Tx::reader(c).channel(id)).await
     }
 
     /// One message.
-    pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, Rejection> {
+    pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, StoreError> {
         self.read(move |c| Tx::reader(c).message(id)).await
     }
 
     /// Whether any message is past its deadline at `now`, in a state that
     /// expires.
-    pub async fn due(self: &Arc<Self>, now: Time) -> Result<bool, Rejection> {
+    pub async fn due(self: &Arc<Self>, now: Time) -> Result<bool, StoreError> {
         self.read(move |c| {
             c.prepare_cached(query::any_due(Style::Question))
                 .and_then(|mut s| s.query_row([now.0], |r| r.get::<_, bool>(0)))
@@ -1441,7 +1421,7 @@ impl Sqlite {
     }
 
     /// The last sequence in the log.
-    pub async fn head(self: &Arc<Self>) -> Result<u64, Rejection> {
+    pub async fn head(self: &Arc<Self>) -> Result<u64, StoreError> {
         self.read(|c| head(c)).await
     }
 
@@ -1449,7 +1429,7 @@ impl Sqlite {
     pub async fn channels(
         self: &Arc<Self>,
         q: ChannelQuery,
-    ) -> Result<Vec<(u64, Channel)>, Rejection> {
+    ) -> Result<Vec<(u64, Channel)>, StoreError> {
         self.read(move |c| {
             let sql = query::channels(&q, Style::Question)?;
             rows(c, &sql.text, &sql.args, |r| {
@@ -1467,7 +1447,7 @@ impl Sqlite {
     pub async fn messages(
         self: &Arc<Self>,
         q: MessageQuery,
-    ) -> Result<(Vec<(u64, Message)>, u64), Rejection> {
+    ) -> Result<(Vec<(u64, Message)>, u64), StoreError> {
         self.read(move |c| {
             // One read transaction: the page and the head come from one snapshot.
             let tx = c.transaction().map_err(db_err)?;
@@ -1483,7 +1463,7 @@ impl Sqlite {
             let page = found
                 .iter()
                 .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_message(b)?)))
-                .collect::<Result<Vec<_>, Rejection>>()?;
+                .collect::<Result<Vec<_>, StoreError>>()?;
             Ok((page, head))
         })
         .await
@@ -1494,7 +1474,7 @@ impl Sqlite {
     pub async fn frame_rows(
         self: &Arc<Self>,
         q: EventQuery,
-    ) -> Result<Vec<Result<Frame, Rejection>>, Rejection> {
+    ) -> Result<Vec<Result<Frame, StoreError>>, StoreError> {
         self.read(move |c| {
             let sql = query::events(&q, Style::Question)?;
             let params = sql.args.iter().map(|a| match a {
@@ -1529,7 +1509,7 @@ impl Sqlite {
     }
 
     /// A page of events, oldest first.
-    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, Rejection> {
+    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, StoreError> {
         self.frame_rows(q)
             .await?
             .into_iter()
@@ -1544,7 +1524,7 @@ fn rows<T>(
     sql: &str,
     args: &[Arg],
     f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Vec<T>, Rejection> {
+) -> Result<Vec<T>, StoreError> {
     let params = args.iter().map(|a| match a {
         Arg::Int(i) => rusqlite::types::Value::Integer(*i),
         Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
@@ -1556,7 +1536,7 @@ fn rows<T>(
         .map_err(db_err)
 }
 
-fn head(c: &Connection) -> Result<u64, Rejection> {
+fn head(c: &Connection) -> Result<u64, StoreError> {
     let h: i64 = c
         .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
         .map_err(db_err)?;
