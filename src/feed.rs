@@ -28,7 +28,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::convert;
 use bytes::Bytes;
 
-use crate::domain::{Caller, EventType, Id, PartyId, Reason, Rejection, Subject, Time};
+use crate::domain::{Caller, EventType, Id, PartyId, Reason, Rejection, Time};
 use crate::pb;
 use crate::store::{Committed, EventQuery, Frame, Store};
 
@@ -61,14 +61,7 @@ pub struct Published {
 
 impl Published {
     fn of(c: Committed) -> Published {
-        let audience = match &c.event.subject {
-            Subject::Message(m) => std::iter::once(&m.sender)
-                .chain(std::iter::once(&m.recipient))
-                .chain(m.hops.iter().map(|h| &h.mediator))
-                .cloned()
-                .collect(),
-            Subject::Channel(ch) => ch.members().cloned().collect(),
-        };
+        let audience = c.event.subject.audience().into_iter().cloned().collect();
         Published {
             frame: Frame::of(&c),
             audience,
@@ -76,10 +69,7 @@ impl Published {
     }
 
     fn visible_to(&self, caller: &Caller) -> bool {
-        match caller {
-            Caller::Admin => true,
-            Caller::Party(p) => self.audience.contains(p),
-        }
+        caller.may_see(self.audience.iter())
     }
 }
 

@@ -113,6 +113,15 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Need-to-know (DESIGN §3), the one definition of who sees what: the
+    /// admin sees every record; a party, a record whose audience names it.
+    pub fn may_see<'a>(&self, mut audience: impl Iterator<Item = &'a PartyId>) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Party(p) => audience.any(|a| a == p),
+        }
+    }
+
     /// The name recorded as an event's actor.
     pub fn actor(&self) -> &str {
         match self {
@@ -198,20 +207,14 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Whether `party` is a principal or a mediator of this channel.
-    pub fn involves(&self, party: &PartyId) -> bool {
-        self.parties.contains(party) || self.mediators.contains(party)
-    }
-
-    /// Whether `caller` may see this channel.
+    /// Whether `caller` may see this channel ([`Caller::may_see`]).
     pub fn visible_to(&self, caller: &Caller) -> bool {
-        match caller {
-            Caller::Admin => true,
-            Caller::Party(p) => self.involves(p),
-        }
+        caller.may_see(self.members())
     }
 
-    /// Every party of the channel: principals, then mediators.
+    /// Every party of the channel, principals then mediators: the audience
+    /// of the channel and of everything on it (DESIGN §3). The stores index
+    /// it (`channel_members`) to select what a party may see.
     pub fn members(&self) -> impl Iterator<Item = &PartyId> {
         self.parties.iter().chain(self.mediators.iter())
     }
@@ -380,19 +383,18 @@ impl Message {
             .position(|h| h.state != HopState::Forwarded)
     }
 
-    /// Whether `party` is the sender, the recipient or on the route.
-    pub fn involves(&self, party: &PartyId) -> bool {
-        &self.sender == party
-            || &self.recipient == party
-            || self.hops.iter().any(|h| &h.mediator == party)
+    /// The message's audience: its sender, its recipient and the mediators
+    /// of its route, who are exactly the members of its channel (a route is
+    /// the channel's mediators, in the sender's direction).
+    pub fn audience(&self) -> impl Iterator<Item = &PartyId> {
+        [&self.sender, &self.recipient]
+            .into_iter()
+            .chain(self.hops.iter().map(|h| &h.mediator))
     }
 
-    /// Whether `caller` may see this message.
+    /// Whether `caller` may see this message ([`Caller::may_see`]).
     pub fn visible_to(&self, caller: &Caller) -> bool {
-        match caller {
-            Caller::Admin => true,
-            Caller::Party(p) => self.involves(p),
-        }
+        caller.may_see(self.audience())
     }
 
     /// Whether the deadline has passed at `now` in a state it can expire from.
@@ -439,6 +441,16 @@ impl EventType {
     /// rather than changing it.
     pub fn creates(self) -> bool {
         matches!(self, EventType::ChannelOpened | EventType::MessageSent)
+    }
+}
+
+impl Subject {
+    /// Who may see an event about this subject.
+    pub fn audience(&self) -> Vec<&PartyId> {
+        match self {
+            Subject::Message(m) => m.audience().collect(),
+            Subject::Channel(c) => c.members().collect(),
+        }
     }
 }
 

@@ -1530,3 +1530,41 @@ fn not_found_and_permission_refusals_carry_the_documented_reasons() {
         "a mediator withdrawing"
     );
 }
+
+#[test]
+fn a_message_is_seen_by_exactly_the_members_of_its_channel_in_both_directions() {
+    let iran = party(SENDER);
+    let us = party(RECIPIENT);
+    let channel = Channel {
+        id: Id::new(),
+        display_name: "Tehran–Paris–Tokyo–Washington".to_owned(),
+        parties: [iran.clone(), us.clone()],
+        mediators: ROUTE.iter().map(|m| party(m)).collect(),
+        state: ChannelState::Open,
+        version: 1,
+        create_time: at(0),
+        update_time: at(0),
+    };
+    let members: BTreeSet<_> = channel.members().cloned().collect();
+    for sender in [&iran, &us] {
+        let route = rules::route(&channel, sender);
+        let mut msg = message_on(&ROUTE, MessageState::Submitted, &[PEN, PEN]);
+        msg.sender = sender.clone();
+        msg.recipient = if sender == &iran {
+            us.clone()
+        } else {
+            iran.clone()
+        };
+        msg.hops = route;
+        let audience: BTreeSet<_> = msg.audience().cloned().collect();
+        assert_eq!(audience, members, "sent by {sender}");
+        for who in [SENDER, RECIPIENT, ROUTE[0], ROUTE[1], OUTSIDER] {
+            let caller = as_party(who);
+            assert_eq!(
+                msg.visible_to(&caller),
+                channel.visible_to(&caller),
+                "{who}"
+            );
+        }
+    }
+}

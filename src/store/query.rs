@@ -61,6 +61,12 @@ impl Sql {
     /// test rather than `IN (…)`, so the rows are still read in sequence
     /// order and a page stops after `LIMIT` rows instead of sorting every
     /// row of the party's channels.
+    ///
+    /// `channel_members` holds each channel's [`Channel::members`], the
+    /// audience the domain defines for the channel and everything on it
+    /// (`Caller::may_see`); this is that rule read through the index.
+    ///
+    /// [`Channel::members`]: crate::domain::Channel::members
     fn member_of(&mut self, column: &str, party: &str) {
         let p = self.arg(Arg::Text(party.to_owned()));
         self.text += &format!(
