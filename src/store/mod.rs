@@ -11,7 +11,9 @@ pub mod query;
 pub mod recent;
 pub mod record;
 pub mod runs;
+pub mod schema;
 pub mod sqlite;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -183,22 +185,6 @@ pub struct Job {
     pub command: Command,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<Outcome, WriteError>>,
-}
-
-/// Waits for the next job, then takes whatever else has queued, up to `max`,
-/// into `jobs` (group commit). `false` once the queue is closed and empty.
-pub fn next_batch(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max: usize) -> bool {
-    let Some(first) = rx.blocking_recv() else {
-        return false;
-    };
-    jobs.push(first);
-    while jobs.len() < max {
-        match rx.try_recv() {
-            Ok(j) => jobs.push(j),
-            Err(_) => break,
-        }
-    }
-    true
 }
 
 /// Filters of a channel listing. `viewer` `None` is the admin.

@@ -12,7 +12,7 @@
 //! Reads: a pool of async connections. Every failure to reach the database
 //! is `UNAVAILABLE`; the writer and the pool reconnect by themselves.
 
-use crate::store::error::{Fault, StoreError, WriteError};
+use crate::store::error::{Fault, StoreError};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -227,7 +227,14 @@ pub async fn start(
     let writer_cfg = postgres::Config::from(cfg);
     let thread = std::thread::Builder::new()
         .name("backchannel-writer".into())
-        .spawn(move || writer(writer_cfg, rx, publish, state, clock))
+        .spawn(move || {
+            let writer = PgWriter {
+                cfg: writer_cfg,
+                conn: None,
+                stmts: HashMap::new(),
+            };
+            super::writer::run(writer, rx, publish, state, clock, MAX_BATCH)
+        })
         .map_err(|e| StoreError::new(Fault::Internal, format!("cannot start writer: {e}")))?;
     Ok((store, tx, head, thread))
 }
@@ -256,17 +263,8 @@ async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), StoreError> {
             .await
             .map_err(pg_err)?
             .get(0);
-        let applied = usize::try_from(applied).map_err(corrupt)?;
-        if applied > MIGRATIONS.len() {
-            return Err(StoreError::new(
-                Fault::Internal,
-                format!(
-                    "the database has schema version {applied}, newer than this binary knows ({})",
-                    MIGRATIONS.len()
-                ),
-            ));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        for i in super::schema::pending(applied, MIGRATIONS.len())? {
+            let sql = MIGRATIONS[i];
             let tx = client.transaction().await.map_err(pg_err)?;
             tx.batch_execute(sql).await.map_err(pg_err)?;
             let version = int(i as u64 + 1)?;
@@ -279,8 +277,7 @@ async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), StoreError> {
             tx.commit().await.map_err(pg_err)?;
             tracing::info!(version, "applied schema migration");
         }
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| corrupt(format!("no randomness: {e}")))?;
+        let key = super::schema::new_page_key()?;
         client
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('page_key', $1) ON CONFLICT DO NOTHING",
@@ -300,71 +297,47 @@ async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), StoreError> {
     result
 }
 
-/// The writer thread: like the embedded store's, plus the `log_head` lock
-/// and a reconnect when the database goes away. A batch whose commit
-/// cannot be confirmed is answered `UNAVAILABLE`, never a false success;
-/// a retry with the same `request_id` then creates nothing twice.
-fn writer(
+/// The writer: like the embedded store's, plus the `log_head` lock that
+/// orders every replica's appends, and a connection re-established after
+/// the database goes away.
+struct PgWriter {
     cfg: postgres::Config,
-    mut rx: mpsc::Receiver<Job>,
-    publish: Publish,
-    state: WriterState,
-    clock: crate::clock::Clock,
-) {
-    let mut conn: Option<postgres::Client> = None;
-    let mut stmts: HashMap<&'static str, postgres::Statement> = HashMap::new();
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            stmts.clear();
-            conn = match cfg.connect(postgres::NoTls).and_then(keyed_plans) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let r = unavailable(pg_cause(&e));
-                    state.failed(&r);
-                    for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(WriteError::Store(r.clone())));
-                    }
-                    if state.closing() {
-                        break;
-                    }
-                    continue;
-                }
-            };
-        }
-        let Some(client) = conn.as_mut() else {
-            continue;
+    conn: Option<postgres::Client>,
+    stmts: HashMap<&'static str, postgres::Statement>,
+}
+
+impl super::writer::Commit for PgWriter {
+    type Done = ();
+
+    fn commit(
+        &mut self,
+        jobs: &[Job],
+        now: Time,
+        results: &mut Vec<Result<Outcome, Rejection>>,
+        events: &mut Vec<super::Committed>,
+    ) -> Result<(), StoreError> {
+        let client = match &mut self.conn {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                self.stmts.clear();
+                let c = self
+                    .cfg
+                    .connect(postgres::NoTls)
+                    .and_then(keyed_plans)
+                    .map_err(|e| unavailable(pg_cause(&e)))?;
+                self.conn.insert(c)
+            }
         };
-        let now = clock.now();
-        let mut results = Vec::with_capacity(jobs.len());
-        let mut events = Vec::new();
-        let started = std::time::Instant::now();
-        metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
-        let outcome = commit_batch(client, &mut stmts, &jobs, now, &mut results, &mut events);
-        metrics::histogram!(crate::observe::WRITER_COMMIT).record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(()) => {
-                state.committed();
-                publish(events);
-                for (job, r) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(r.map_err(WriteError::Refused));
-                }
-            }
-            Err(e) => {
-                state.failed(&e);
-                if client.is_closed() || e.fault == Fault::Unavailable {
-                    conn = None;
-                }
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(WriteError::Store(e.clone())));
-                }
-            }
-        }
-        if state.closing() {
-            break;
+        commit_batch(client, &mut self.stmts, jobs, now, results, events)
+    }
+
+    fn failed(&mut self, e: &StoreError) {
+        if e.fault == Fault::Unavailable || self.conn.as_ref().is_some_and(|c| c.is_closed()) {
+            self.conn = None;
         }
     }
-    tracing::info!("writer stopped");
+
+    fn close(self) {}
 }
 
 /// Every statement of the writer finds its rows by key, the batch's

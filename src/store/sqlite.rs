@@ -3,7 +3,7 @@
 //! One writer thread owns the only write connection and commits whatever
 //! has queued in one transaction (group commit); readers use a small pool.
 
-use crate::store::error::{Fault, StoreError, WriteError};
+use crate::store::error::{Fault, StoreError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,14 +224,13 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
     }
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     let writer_state = state.clone();
+    let clock = options.clock;
     let thread = std::thread::Builder::new()
         .name("backchannel-writer".into())
         .spawn(move || {
-            Writer {
+            let mut writer = Writer {
                 conn,
                 dir: data_dir,
-                state: writer_state,
-                clock: options.clock,
                 cache: Cache {
                     requests,
                     runs,
@@ -240,8 +239,10 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
                 next_checkpoint: std::time::Instant::now(),
                 filter_build: None,
                 page_size,
-            }
-            .run(rx, head, publish)
+                head,
+            };
+            writer.start();
+            super::writer::run(writer, rx, publish, writer_state, clock, MAX_BATCH)
         })
         .map_err(|e| StoreError::new(Fault::Internal, format!("cannot start writer: {e}")))?;
     Ok(Started {
@@ -539,21 +540,11 @@ fn integrity_check(conn: &Connection, head: u64, newest: u64) -> Result<(), Stor
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let applied: usize = conn
+    let applied = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-        .map_err(db_err)?
-        .try_into()
-        .map_err(corrupt)?;
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::new(
-            Fault::Internal,
-            format!(
-                "the database has schema version {applied}, newer than this binary knows ({})",
-                MIGRATIONS.len()
-            ),
-        ));
-    }
-    for (i, m) in MIGRATIONS.iter().enumerate().skip(applied) {
+        .map_err(db_err)?;
+    for i in super::schema::pending(applied, MIGRATIONS.len())? {
+        let m = &MIGRATIONS[i];
         let tx = conn.transaction().map_err(db_err)?;
         match m {
             Migration::Sql(sql) => tx.execute_batch(sql).map_err(db_err)?,
@@ -574,8 +565,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .optional()
         .map_err(db_err)?;
     if key.is_none() {
-        let mut k = [0u8; 32];
-        getrandom::fill(&mut k).map_err(|e| corrupt(format!("no randomness: {e}")))?;
+        let k = super::schema::new_page_key()?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('page_key', ?1)",
             [&k[..]],
@@ -676,9 +666,6 @@ impl Cache {
 struct Writer {
     conn: Connection,
     dir: DataDir,
-    state: WriterState,
-    /// The time of recording.
-    clock: crate::clock::Clock,
     cache: Cache,
     /// No restarting checkpoint before this: one was just blocked by a
     /// reader on an old snapshot (a long listing, a backup), and trying
@@ -688,6 +675,8 @@ struct Writer {
     filter_build: Option<FilterBuild>,
     /// The database's page size: a WAL frame holds one page.
     page_size: u64,
+    /// The last sequence committed.
+    head: u64,
 }
 
 /// The bytes of a WAL frame's header, before its page.
@@ -717,88 +706,16 @@ struct FilterBuild {
 }
 
 impl Writer {
-    /// Takes the first queued job, then whatever else has queued (up to
-    /// [`MAX_BATCH`]), runs each (a refused one has written nothing),
-    /// commits once, makes sure the data directory is still the one it
-    /// wrote to, publishes the events, then answers. Keeps the WAL under
-    /// its bound, and empties it when the queue closes.
-    fn run(mut self, mut rx: mpsc::Receiver<Job>, mut head: u64, publish: Publish) {
-        // On this thread: the hook keeps its count in a thread-local.
+    /// Prepares the writer's thread: the WAL hook (it keeps its count in a
+    /// thread-local of the committing thread) and the filter's build.
+    fn start(&mut self) {
         self.conn.wal_hook(Some(note_wal_frames));
         self.build_filter();
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        while super::next_batch(&mut rx, &mut jobs, MAX_BATCH) {
-            let start_head = head;
-            let now = self.clock.now();
-            let started = std::time::Instant::now();
-            metrics::histogram!(crate::observe::WRITER_BATCH).record(jobs.len() as f64);
-            let mut results = Vec::with_capacity(jobs.len());
-            let mut events = Vec::new();
-            self.cache.trim();
-            let committed = self
-                .commit(&jobs, &mut head, now, &mut results, &mut events)
-                .map_err(|e| refine(e, &self.dir));
-            metrics::histogram!(crate::observe::WRITER_COMMIT)
-                .record(started.elapsed().as_secs_f64());
-            match committed {
-                Ok((step, runs_done)) => {
-                    self.state.committed();
-                    self.cache.requests.committed();
-                    if let recent::StepDone::Inserted {
-                        completed: Some((run, records)),
-                        ..
-                    } = step
-                    {
-                        self.cache.runs.added(run, records);
-                    }
-                    if let Some((merged, records, took)) = self.cache.runs.committed(runs_done) {
-                        tracing::info!(
-                            merged,
-                            records,
-                            ms = took.as_millis() as u64,
-                            live = self.cache.runs.live_count(),
-                            "runs of idempotency records merged"
-                        );
-                    }
-                    if let Some((moved, took)) = self.cache.requests.step_committed(step) {
-                        tracing::info!(
-                            moved,
-                            ms = took.as_millis() as u64,
-                            held = self.cache.requests.len(),
-                            live = self.cache.runs.live_count(),
-                            "recent idempotency records moved into a run"
-                        );
-                    }
-                    let runs = &mut self.cache.runs;
-                    self.cache.requests.start_move(|| runs.allocate());
-                    publish(events);
-                    for (job, r) in jobs.drain(..).zip(results) {
-                        let _ = job.reply.send(r.map_err(WriteError::Refused));
-                    }
-                    self.bound_wal();
-                }
-                Err(e) => {
-                    self.state.failed(&e);
-                    head = start_head;
-                    self.cache.clear();
-                    for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(WriteError::Store(e.clone())));
-                    }
-                }
-            }
-            if self.state.closing() {
-                break;
-            }
-            self.poll_filter();
-        }
-        // Whatever is still queued is refused (SHUTTING_DOWN) as `rx` drops.
-        drop(rx);
-        self.close();
     }
 
     /// One transaction over `jobs`; `Ok` only once it is durable in the
     /// data directory the server opened.
-    fn commit(
+    fn commit_batch(
         &mut self,
         jobs: &[Job],
         head: &mut u64,
@@ -944,7 +861,7 @@ impl Writer {
     }
 
     /// Empties the WAL into the database file on a clean stop.
-    fn close(mut self) {
+    fn shut(mut self) {
         if let Some(f) = self.filter_build.take() {
             f.stop.store(true, Ordering::Relaxed);
             if f.thread.join().is_err() {
@@ -965,6 +882,74 @@ impl Writer {
             }
         }
         tracing::info!("writer stopped");
+    }
+}
+
+impl super::writer::Commit for Writer {
+    type Done = (recent::StepDone, runs::Done);
+
+    fn commit(
+        &mut self,
+        jobs: &[Job],
+        now: Time,
+        results: &mut Vec<Result<Outcome, Rejection>>,
+        events: &mut Vec<super::Committed>,
+    ) -> Result<Self::Done, StoreError> {
+        self.cache.trim();
+        // The head moves only with a commit.
+        let mut head = self.head;
+        let done = self
+            .commit_batch(jobs, &mut head, now, results, events)
+            .map_err(|e| refine(e, &self.dir))?;
+        self.head = head;
+        Ok(done)
+    }
+
+    fn committed(&mut self, (step, runs_done): Self::Done) {
+        self.cache.requests.committed();
+        if let recent::StepDone::Inserted {
+            completed: Some((run, records)),
+            ..
+        } = step
+        {
+            self.cache.runs.added(run, records);
+        }
+        if let Some((merged, records, took)) = self.cache.runs.committed(runs_done) {
+            tracing::info!(
+                merged,
+                records,
+                ms = took.as_millis() as u64,
+                live = self.cache.runs.live_count(),
+                "runs of idempotency records merged"
+            );
+        }
+        if let Some((moved, took)) = self.cache.requests.step_committed(step) {
+            tracing::info!(
+                moved,
+                ms = took.as_millis() as u64,
+                held = self.cache.requests.len(),
+                live = self.cache.runs.live_count(),
+                "recent idempotency records moved into a run"
+            );
+        }
+        let runs = &mut self.cache.runs;
+        self.cache.requests.start_move(|| runs.allocate());
+    }
+
+    fn failed(&mut self, _e: &StoreError) {
+        // What the cache learned in the batch was not committed.
+        self.cache.clear();
+    }
+
+    fn after_batch(&mut self, ok: bool) {
+        if ok {
+            self.bound_wal();
+        }
+        self.poll_filter();
+    }
+
+    fn close(self) {
+        self.shut();
     }
 }
 
