@@ -8,6 +8,7 @@ pub mod error;
 pub mod exec;
 pub mod postgres;
 pub mod query;
+pub mod read;
 pub mod recent;
 pub mod record;
 pub mod runs;
@@ -19,6 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+use read::Reader;
 
 use crate::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
@@ -245,9 +248,9 @@ pub struct EventQuery {
 #[derive(Clone)]
 enum Backend {
     /// One SQLite file.
-    Sqlite(Arc<sqlite::Sqlite>),
+    Sqlite(Reader<Arc<sqlite::Sqlite>>),
     /// PostgreSQL, shared by replicas.
-    Postgres(Arc<postgres::Postgres>),
+    Postgres(Reader<Arc<postgres::Postgres>>),
 }
 
 /// Calls the same read on whichever backend is in use.
@@ -287,7 +290,7 @@ impl Store {
         Ok((
             Store {
                 clock,
-                backend: Backend::Sqlite(s.reader),
+                backend: Backend::Sqlite(Reader(s.reader)),
                 writer: s.writer,
                 state: s.state,
                 writer_thread: Arc::new(Mutex::new(Some(s.thread))),
@@ -309,7 +312,7 @@ impl Store {
         Ok((
             Store {
                 clock,
-                backend: Backend::Postgres(backend),
+                backend: Backend::Postgres(Reader(backend)),
                 writer,
                 state,
                 writer_thread: Arc::new(Mutex::new(Some(thread))),
@@ -354,7 +357,7 @@ impl Store {
     pub fn watch(&self) -> Option<mpsc::Receiver<Change>> {
         match &self.backend {
             Backend::Sqlite(_) => None,
-            Backend::Postgres(b) => Some(b.watch()),
+            Backend::Postgres(b) => Some(b.0.watch()),
         }
     }
 

@@ -26,11 +26,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::exec::{WriteTx, run_batch};
-use super::query::{self, Arg, Style, int};
-use super::record::{corrupt, decode_channel, decode_event, decode_message, decode_party};
-use super::{
-    ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
-};
+use super::query::{self, Arg, Sql, Style, int};
+use super::read::{Reads, Row, Value};
+use super::record::{corrupt, decode_channel, decode_message, decode_party};
+use super::{Job, Publish, TokenRecord, WriterState};
 use crate::convert;
 use crate::domain::{Channel, Command, Event, Id, Message, Party, PartyId, Time};
 use crate::domain::{Outcome, Rejection};
@@ -877,7 +876,11 @@ impl Postgres {
             .map_err(|_| unavailable("read timed out"))?
     }
 
-    async fn rows(&self, sql: &str, args: &[Arg]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    async fn pg_rows(
+        &self,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         self.timed(async {
             let c = self.client().await?;
             let st = c.prepare_cached(sql).await.map_err(pg_err)?;
@@ -885,118 +888,53 @@ impl Postgres {
         })
         .await
     }
+}
 
-    async fn one_bytes(&self, sql: &str, key: String) -> Result<Option<Vec<u8>>, StoreError> {
-        let rows = self.rows(sql, &[Arg::Text(key)]).await?;
-        Ok(rows.first().map(|r| r.get(0)))
+/// A tokio-postgres row as the read side's [`Row`].
+fn row_of(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
+    use tokio_postgres::types::Type;
+    let mut out = Vec::with_capacity(r.len());
+    for (i, col) in r.columns().iter().enumerate() {
+        let t = col.type_();
+        let v = if *t == Type::INT8 {
+            r.try_get::<_, Option<i64>>(i).map(|v| v.map(Value::Int))
+        } else if *t == Type::INT4 {
+            r.try_get::<_, Option<i32>>(i)
+                .map(|v| v.map(|n| Value::Int(n.into())))
+        } else if *t == Type::INT2 {
+            r.try_get::<_, Option<i16>>(i)
+                .map(|v| v.map(|n| Value::Int(n.into())))
+        } else if *t == Type::BOOL {
+            r.try_get::<_, Option<bool>>(i)
+                .map(|v| v.map(|b| Value::Int(b.into())))
+        } else if *t == Type::BYTEA {
+            r.try_get::<_, Option<Vec<u8>>>(i)
+                .map(|v| v.map(Value::Bytes))
+        } else {
+            r.try_get::<_, Option<String>>(i)
+                .map(|v| v.map(Value::Text))
+        };
+        out.push(v.map_err(corrupt)?.unwrap_or(Value::Null));
     }
+    Ok(Row(out))
+}
 
-    /// The key that signs page tokens.
-    pub async fn page_key(&self) -> Result<Vec<u8>, StoreError> {
-        self.one_bytes("SELECT value FROM meta WHERE key = $1", "page_key".into())
+impl Reads for Arc<Postgres> {
+    const STYLE: Style = Style::Dollar;
+
+    async fn rows(&self, sql: Sql) -> Result<Vec<Row>, StoreError> {
+        self.pg_rows(&sql.text, &sql.args)
             .await?
-            .ok_or_else(|| corrupt("no page key"))
-    }
-
-    /// Every token.
-    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = self
-            .rows(
-                "SELECT id, party_id, secret_hash, read_only, create_time, expire_time,
-                        revoke_time, last_use_time
-                 FROM tokens ORDER BY id",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TokenRecord {
-                    token_id: Id::parse(r.get::<_, &str>(0)).map_err(corrupt)?,
-                    party_id: PartyId::trusted(r.get(1)),
-                    secret_hash: r
-                        .get::<_, Vec<u8>>(2)
-                        .try_into()
-                        .map_err(|_| corrupt("bad token hash"))?,
-                    read_only: r.get(3),
-                    create_time: Time(r.get(4)),
-                    expire_time: r.get::<_, Option<i64>>(5).map(Time),
-                    revoke_time: r.get::<_, Option<i64>>(6).map(Time),
-                    last_use_time: r.get::<_, Option<i64>>(7).map(Time),
-                })
-            })
+            .iter()
+            .map(row_of)
             .collect()
     }
 
-    /// One party.
-    pub async fn party(&self, id: PartyId) -> Result<Option<Party>, StoreError> {
-        self.one_bytes("SELECT data FROM parties WHERE id = $1", id.to_string())
-            .await?
-            .map(|b| decode_party(&b))
-            .transpose()
-    }
-
-    /// Parties ordered by id, after `after`.
-    pub async fn parties(&self, after: String, limit: usize) -> Result<Vec<Party>, StoreError> {
-        let rows = self
-            .rows(
-                "SELECT data FROM parties WHERE id > $1 ORDER BY id LIMIT $2",
-                &[Arg::Text(after), Arg::Int(int(limit as u64)?)],
-            )
-            .await?;
-        rows.iter().map(|r| decode_party(r.get(0))).collect()
-    }
-
-    /// One channel.
-    pub async fn channel(&self, id: Id) -> Result<Option<Channel>, StoreError> {
-        self.one_bytes("SELECT data FROM channels WHERE id = $1", id.to_string())
-            .await?
-            .map(|b| decode_channel(&b))
-            .transpose()
-    }
-
-    /// One message.
-    pub async fn message(&self, id: Id) -> Result<Option<Message>, StoreError> {
-        self.one_bytes("SELECT data FROM messages WHERE id = $1", id.to_string())
-            .await?
-            .map(|b| decode_message(&b))
-            .transpose()
-    }
-
-    /// Whether any message is past its deadline at `now`, in a state that
-    /// expires.
-    pub async fn due(&self, now: Time) -> Result<bool, StoreError> {
-        let rows = self
-            .rows(query::any_due(Style::Dollar), &[Arg::Int(now.0)])
-            .await?;
-        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
-    }
-
-    /// The last committed sequence.
-    pub async fn head(&self) -> Result<u64, StoreError> {
-        let rows = self.rows("SELECT head FROM log_head", &[]).await?;
-        let h: i64 = rows.first().ok_or_else(|| corrupt("no log head"))?.get(0);
-        u64::try_from(h).map_err(corrupt)
-    }
-
-    /// A page of channels, newest first.
-    pub async fn channels(&self, q: ChannelQuery) -> Result<Vec<(u64, Channel)>, StoreError> {
-        let sql = query::channels(&q, Style::Dollar)?;
-        let rows = self.rows(&sql.text, &sql.args).await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    u64::try_from(r.get::<_, i64>(0)).map_err(corrupt)?,
-                    decode_channel(r.get(1))?,
-                ))
-            })
-            .collect()
-    }
-
-    /// A page of messages and the head it was read at (one snapshot).
-    pub async fn messages(
+    async fn at_head(
         &self,
-        q: MessageQuery,
-    ) -> Result<(Vec<(u64, Message)>, u64), StoreError> {
+        known: Option<u64>,
+        page: impl FnOnce(u64) -> Result<Sql, StoreError> + Send + 'static,
+    ) -> Result<(Vec<Row>, u64), StoreError> {
         self.timed(async {
             let mut c = self.client().await?;
             let tx = c
@@ -1006,7 +944,7 @@ impl Postgres {
                 .start()
                 .await
                 .map_err(pg_err)?;
-            let head = match q.head {
+            let head = match known {
                 Some(h) => h,
                 None => {
                     let h: i64 = tx
@@ -1017,32 +955,18 @@ impl Postgres {
                     u64::try_from(h).map_err(corrupt)?
                 }
             };
-            let sql = query::messages(&q, head, Style::Dollar)?;
+            let sql = page(head)?;
             let st = tx.prepare_cached(&sql.text).await.map_err(pg_err)?;
             let rows = tx.query(&st, &bind(&sql.args)).await.map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)?;
-            let page = rows
-                .iter()
-                .map(|r| {
-                    Ok((
-                        u64::try_from(r.get::<_, i64>(0)).map_err(corrupt)?,
-                        decode_message(r.get(1))?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok((page, head))
+            let rows = rows.iter().map(row_of).collect::<Result<Vec<_>, _>>()?;
+            Ok((rows, head))
         })
         .await
     }
 
-    /// A page of events as stored, oldest first, each checked against its
-    /// leaf hash.
-    pub async fn frame_rows(
-        &self,
-        q: EventQuery,
-    ) -> Result<Vec<Result<Frame, StoreError>>, StoreError> {
-        let mut sql = query::events(&q, Style::Dollar)?;
-        if let Ok(max) = i64::try_from(q.max_bytes) {
+    async fn event_rows(&self, mut sql: Sql, max_bytes: usize) -> Result<Vec<Row>, StoreError> {
+        if let Ok(max) = i64::try_from(max_bytes) {
             // The server sends only the rows before the one that crosses
             // `max_bytes` (and that one): a page of large events is not
             // sent whole to be cut here.
@@ -1056,40 +980,28 @@ impl Postgres {
                 sql.text
             );
         }
-        let rows = self.rows(&sql.text, &sql.args).await?;
+        let rows = self.pg_rows(&sql.text, &sql.args).await?;
         // The page keeps no more than `max_bytes` (the rows themselves go
         // as soon as this returns).
         let mut bytes = 0usize;
-        Ok(rows
-            .iter()
+        rows.iter()
             .take_while(|r| {
-                let more = bytes < q.max_bytes;
+                let more = bytes < max_bytes;
                 bytes = bytes.saturating_add(r.get::<_, &[u8]>(5).len());
                 more
             })
-            .map(|r| {
-                query::frame(
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
-                )
-            })
-            .collect())
-    }
-
-    /// A page of events, oldest first.
-    pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.frame_rows(q)
-            .await?
-            .into_iter()
-            .map(|f| decode_event(&f?.data))
+            .map(row_of)
             .collect()
     }
 
+    async fn head(&self) -> Result<u64, StoreError> {
+        let rows = self.pg_rows("SELECT head FROM log_head", &[]).await?;
+        let h: i64 = rows.first().ok_or_else(|| corrupt("no log head"))?.get(0);
+        u64::try_from(h).map_err(corrupt)
+    }
+}
+
+impl Postgres {
     /// Changes made through any replica, as they are announced. The
     /// connection is re-established whenever it drops.
     pub fn watch(self: &Arc<Self>) -> mpsc::Receiver<Change> {

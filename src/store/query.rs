@@ -34,12 +34,30 @@ pub struct Sql {
     style: Style,
 }
 
+/// The `n`th placeholder (from 1) in `style`.
+fn placeholder(style: Style, n: usize) -> String {
+    match style {
+        Style::Question => format!("?{n}"),
+        Style::Dollar => format!("${n}"),
+    }
+}
+
 /// Converts a sequence or count to the database's signed integer.
 pub fn int(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::new(Fault::Internal, "number out of range"))
 }
 
 impl Sql {
+    /// A statement written with `{1}`, `{2}`, … for its arguments, in
+    /// `style`.
+    pub fn with(style: Style, text: &str, args: Vec<Arg>) -> Sql {
+        let mut text = text.to_owned();
+        for i in (1..=args.len()).rev() {
+            text = text.replace(&format!("{{{i}}}"), &placeholder(style, i));
+        }
+        Sql { text, args, style }
+    }
+
     fn new(style: Style, text: &str) -> Sql {
         Sql {
             text: text.to_owned(),
@@ -51,10 +69,7 @@ impl Sql {
     /// Adds an argument and returns its placeholder.
     pub fn arg(&mut self, a: Arg) -> String {
         self.args.push(a);
-        match self.style {
-            Style::Question => format!("?{}", self.args.len()),
-            Style::Dollar => format!("${}", self.args.len()),
-        }
+        placeholder(self.style, self.args.len())
     }
 
     /// Appends ` AND <party is a member of the row's channel>`. A correlated

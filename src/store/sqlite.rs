@@ -15,15 +15,12 @@ use tokio::sync::mpsc;
 
 use super::disk::DataDir;
 use super::exec::{WriteTx, run_batch};
-use super::query::{self, Arg, Style};
+use super::query::{self, Arg, Sql, Style};
+use super::read::{Reads, Row, Value};
 use super::recent::{self, Recent};
-use super::record::{
-    corrupt, decode_channel, decode_event, decode_message, decode_party, leaf_hash,
-};
+use super::record::{corrupt, decode_channel, decode_message, decode_party, leaf_hash};
 use super::runs::{self, Runs};
-use super::{
-    ChannelQuery, EventQuery, Frame, Job, MessageQuery, Publish, TokenRecord, WriterState,
-};
+use super::{Job, Publish, TokenRecord, WriterState};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Time};
 use crate::domain::{Outcome, Rejection};
@@ -968,13 +965,6 @@ fn i64_of(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(corrupt)
 }
 
-impl Tx<'_> {
-    /// A read on a pooled connection: no cache.
-    fn reader(conn: &Connection) -> Tx<'_> {
-        Tx { conn, cache: None }
-    }
-}
-
 impl WriteTx for Tx<'_> {
     fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
         let b: Option<Vec<u8>> = self
@@ -1299,226 +1289,91 @@ impl Sqlite {
         .await
         .map_err(|e| StoreError::new(Fault::Internal, format!("reader failed: {e}")))?
     }
+}
 
-    /// The key that signs page tokens.
-    pub async fn page_key(self: &Arc<Self>) -> Result<Vec<u8>, StoreError> {
-        self.read(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = 'page_key'", [], |r| {
-                r.get(0)
-            })
-            .map_err(db_err)
-        })
-        .await
+/// A rusqlite row as the read side's [`Row`].
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    use rusqlite::types::ValueRef;
+    let n = r.as_ref().column_count();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(match r.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Int(v),
+            ValueRef::Real(v) => Value::Text(v.to_string()),
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+        });
+    }
+    Ok(Row(out))
+}
+
+fn params(args: &[Arg]) -> impl Iterator<Item = rusqlite::types::Value> + '_ {
+    args.iter().map(|a| match a {
+        Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+        Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    })
+}
+
+/// The rows of `sql` on `c`.
+fn sql_rows(c: &Connection, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+    let mut s = c.prepare_cached(&sql.text).map_err(db_err)?;
+    s.query_map(rusqlite::params_from_iter(params(&sql.args)), row_of)
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)
+}
+
+impl Reads for Arc<Sqlite> {
+    const STYLE: Style = Style::Question;
+
+    async fn rows(&self, sql: Sql) -> Result<Vec<Row>, StoreError> {
+        self.read(move |c| sql_rows(c, &sql)).await
     }
 
-    /// Every token, for the authenticator's cache.
-    pub async fn tokens(self: &Arc<Self>) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(|c| {
-            let mut s = c
-                .prepare(
-                    "SELECT id, party_id, secret_hash, read_only, create_time, expire_time,
-                            revoke_time, last_use_time
-                     FROM tokens ORDER BY id",
-                )
-                .map_err(db_err)?;
-            let rows = s
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, bool>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                        r.get::<_, Option<i64>>(7)?,
-                    ))
-                })
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?;
-            rows.into_iter()
-                .map(
-                    |(id, party, hash, read_only, create, expire, revoke, used)| {
-                        Ok(TokenRecord {
-                            token_id: Id::parse(&id).map_err(corrupt)?,
-                            party_id: PartyId::trusted(party),
-                            secret_hash: hash.try_into().map_err(|_| corrupt("bad token hash"))?,
-                            read_only,
-                            create_time: Time(create),
-                            expire_time: expire.map(Time),
-                            revoke_time: revoke.map(Time),
-                            last_use_time: used.map(Time),
-                        })
-                    },
-                )
-                .collect()
-        })
-        .await
-    }
-
-    /// One party.
-    pub async fn party(self: &Arc<Self>, id: PartyId) -> Result<Option<Party>, StoreError> {
-        self.read(move |c| Tx::reader(c).party(&id)).await
-    }
-
-    /// Parties ordered by id, after `after`.
-    pub async fn parties(
-        self: &Arc<Self>,
-        after: String,
-        limit: usize,
-    ) -> Result<Vec<Party>, StoreError> {
-        self.read(move |c| {
-            let mut s = c
-                .prepare_cached("SELECT data FROM parties WHERE id > ?1 ORDER BY id LIMIT ?2")
-                .map_err(db_err)?;
-            let rows = s
-                .query_map(params![after, i64_of(limit as u64)?], |r| {
-                    r.get::<_, Vec<u8>>(0)
-                })
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?;
-            rows.iter().map(|b| decode_party(b)).collect()
-        })
-        .await
-    }
-
-    /// One channel.
-    pub async fn channel(self: &Arc<Self>, id: Id) -> Result<Option<Channel>, StoreError> {
-        self.read(move |c| Tx::reader(c).channel(id)).await
-    }
-
-    /// One message.
-    pub async fn message(self: &Arc<Self>, id: Id) -> Result<Option<Message>, StoreError> {
-        self.read(move |c| Tx::reader(c).message(id)).await
-    }
-
-    /// Whether any message is past its deadline at `now`, in a state that
-    /// expires.
-    pub async fn due(self: &Arc<Self>, now: Time) -> Result<bool, StoreError> {
-        self.read(move |c| {
-            c.prepare_cached(query::any_due(Style::Question))
-                .and_then(|mut s| s.query_row([now.0], |r| r.get::<_, bool>(0)))
-                .map_err(db_err)
-        })
-        .await
-    }
-
-    /// The last sequence in the log.
-    pub async fn head(self: &Arc<Self>) -> Result<u64, StoreError> {
-        self.read(|c| head(c)).await
-    }
-
-    /// A page of channels, newest first, with their creation sequences.
-    pub async fn channels(
-        self: &Arc<Self>,
-        q: ChannelQuery,
-    ) -> Result<Vec<(u64, Channel)>, StoreError> {
-        self.read(move |c| {
-            let sql = query::channels(&q, Style::Question)?;
-            rows(c, &sql.text, &sql.args, |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?
-            .iter()
-            .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_channel(b)?)))
-            .collect()
-        })
-        .await
-    }
-
-    /// A page of messages, newest first, with their creation sequences, and
-    /// the log head the page was read at.
-    pub async fn messages(
-        self: &Arc<Self>,
-        q: MessageQuery,
-    ) -> Result<(Vec<(u64, Message)>, u64), StoreError> {
+    async fn at_head(
+        &self,
+        known: Option<u64>,
+        page: impl FnOnce(u64) -> Result<Sql, StoreError> + Send + 'static,
+    ) -> Result<(Vec<Row>, u64), StoreError> {
         self.read(move |c| {
             // One read transaction: the page and the head come from one snapshot.
             let tx = c.transaction().map_err(db_err)?;
-            let head = match q.head {
+            let head = match known {
                 Some(h) => h,
                 None => head(&tx)?,
             };
-            let sql = query::messages(&q, head, Style::Question)?;
-            let found = rows(&tx, &sql.text, &sql.args, |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
+            let rows = sql_rows(&tx, &page(head)?)?;
             tx.commit().map_err(db_err)?;
-            let page = found
-                .iter()
-                .map(|(seq, b)| Ok((u64::try_from(*seq).map_err(corrupt)?, decode_message(b)?)))
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok((page, head))
+            Ok((rows, head))
         })
         .await
     }
 
-    /// A page of events as stored, oldest first, each checked against its
-    /// leaf hash.
-    pub async fn frame_rows(
-        self: &Arc<Self>,
-        q: EventQuery,
-    ) -> Result<Vec<Result<Frame, StoreError>>, StoreError> {
+    async fn event_rows(&self, sql: Sql, max_bytes: usize) -> Result<Vec<Row>, StoreError> {
         self.read(move |c| {
-            let sql = query::events(&q, Style::Question)?;
-            let params = sql.args.iter().map(|a| match a {
-                Arg::Int(i) => rusqlite::types::Value::Integer(*i),
-                Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
-            });
             let mut s = c.prepare_cached(&sql.text).map_err(db_err)?;
             let mut rows = s
-                .query(rusqlite::params_from_iter(params))
+                .query(rusqlite::params_from_iter(params(&sql.args)))
                 .map_err(db_err)?;
             // Rows are read one at a time, and no more once the page holds
             // `max_bytes`.
             let (mut out, mut bytes) = (Vec::new(), 0usize);
-            while bytes < q.max_bytes
+            while bytes < max_bytes
                 && let Some(r) = rows.next().map_err(db_err)?
             {
-                let data = r.get::<_, Vec<u8>>(5).map_err(db_err)?;
-                bytes = bytes.saturating_add(data.len());
-                out.push(query::frame(
-                    r.get::<_, i64>(0).map_err(db_err)?,
-                    &r.get::<_, String>(1).map_err(db_err)?,
-                    r.get::<_, Option<String>>(2).map_err(db_err)?.as_deref(),
-                    r.get::<_, Option<String>>(3).map_err(db_err)?.as_deref(),
-                    r.get::<_, i64>(4).map_err(db_err)?,
-                    data,
-                    r.get::<_, Option<Vec<u8>>>(6).map_err(db_err)?,
-                ));
+                let row = row_of(r).map_err(db_err)?;
+                bytes = bytes.saturating_add(row.bytes(5).map_or(0, <[u8]>::len));
+                out.push(row);
             }
             Ok(out)
         })
         .await
     }
 
-    /// A page of events, oldest first.
-    pub async fn events(self: &Arc<Self>, q: EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.frame_rows(q)
-            .await?
-            .into_iter()
-            .map(|f| decode_event(&f?.data))
-            .collect()
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.read(|c| head(c)).await
     }
-}
-
-/// Runs a listing query and maps its rows.
-fn rows<T>(
-    c: &Connection,
-    sql: &str,
-    args: &[Arg],
-    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Vec<T>, StoreError> {
-    let params = args.iter().map(|a| match a {
-        Arg::Int(i) => rusqlite::types::Value::Integer(*i),
-        Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
-    });
-    let mut s = c.prepare_cached(sql).map_err(db_err)?;
-    s.query_map(rusqlite::params_from_iter(params), f)
-        .map_err(db_err)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err)
 }
 
 fn head(c: &Connection) -> Result<u64, StoreError> {
