@@ -1,0 +1,312 @@
+//! The writer's transaction: [`WriteTx`] on the embedded store.
+
+use super::*;
+
+/// A write transaction (or savepoint) on the writer's connection, with the
+/// writer's cache; or, for reads, a plain connection without one.
+pub(super) struct Tx<'c> {
+    pub(super) conn: &'c Connection,
+    pub(super) cache: Option<&'c mut Cache>,
+}
+
+pub(super) fn encode<T: prost::Message>(m: T) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+pub(super) fn i64_of(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(corrupt)
+}
+
+impl WriteTx for Tx<'_> {
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
+        let b: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT data FROM parties WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        b.map(|b| decode_party(&b)).transpose()
+    }
+
+    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    t.token_id.to_string(),
+                    t.party_id.as_str(),
+                    &t.secret_hash[..],
+                    t.create_time.0,
+                    t.read_only,
+                    t.expire_time.map(|e| e.0)
+                ])
+            })
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE tokens SET last_use_time = MAX(COALESCE(last_use_time, 0), ?2) WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError> {
+        let revoked: Option<Option<i64>> = self
+            .conn
+            .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        Ok(revoked.map(|t| t.is_some()))
+    }
+
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError> {
+        if let Some(c) = self.cache.as_ref().and_then(|m| m.channels.get(&id)) {
+            return Ok(Some(c.clone()));
+        }
+        let b: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT data FROM channels WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        let c = b.map(|b| decode_channel(&b)).transpose()?;
+        if let (Some(c), Some(m)) = (&c, self.cache.as_mut()) {
+            m.channels.insert(id, c.clone());
+        }
+        Ok(c)
+    }
+
+    fn save_channel(&mut self, c: &Channel, insert_seq: Option<u64>) -> Result<(), StoreError> {
+        if let Some(m) = self.cache.as_mut() {
+            m.channels.insert(c.id, c.clone());
+        }
+        let data = encode(pb::Channel::from(c));
+        let state = convert::channel_state_pb(c.state) as i32;
+        match insert_seq {
+            Some(seq) => {
+                let seq = i64_of(seq)?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO channels (seq, id, state, data) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut s| s.execute(params![seq, c.id.to_string(), state, data]))
+                    .map_err(db_err)?;
+                let mut s = self
+            .conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO channel_members (party_id, channel_id) VALUES (?1, ?2)",
+                    )
+                    .map_err(db_err)?;
+                for p in c.members() {
+                    s.execute(params![p.as_str(), c.id.to_string()])
+                        .map_err(db_err)?;
+                }
+            }
+            None => {
+                self.conn
+                    .prepare_cached("UPDATE channels SET state = ?2, data = ?3 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![c.id.to_string(), state, data]))
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, id: Id) -> Result<Option<Message>, StoreError> {
+        if let Some(m) = self.cache.as_ref().and_then(|c| c.messages.get(&id)) {
+            return Ok(Some(m.clone()));
+        }
+        let b: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT data FROM messages WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        let m = b.map(|b| decode_message(&b)).transpose()?;
+        if let (Some(m), Some(c)) = (&m, self.cache.as_mut()) {
+            c.messages.insert(id, m.clone());
+        }
+        Ok(m)
+    }
+
+    fn save_message(&mut self, m: &Message, insert_seq: Option<u64>) -> Result<(), StoreError> {
+        if let Some(c) = self.cache.as_mut() {
+            c.messages.insert(m.id, m.clone());
+        }
+        let data = encode(pb::Message::from(m));
+        let state = convert::message_state_pb(m.state) as i32;
+        match insert_seq {
+            Some(seq) => {
+                let seq = i64_of(seq)?;
+                self.conn
+                .prepare_cached(
+                    "INSERT INTO messages (seq, id, channel_id, thread_id, state, respond_by, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        seq,
+                        m.id.to_string(),
+                        m.channel_id.to_string(),
+                        m.thread_id.to_string(),
+                        state,
+                        m.respond_by.map(|t| t.0),
+                        data
+                    ])
+                })
+            }
+            None => self
+                .conn
+                .prepare_cached("UPDATE messages SET state = ?2, data = ?3 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![m.id.to_string(), state, data])),
+        }
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn overdue(&mut self, now: Time, limit: usize) -> Result<Vec<Id>, StoreError> {
+        let mut s = self
+            .conn
+            .prepare_cached(query::overdue(Style::Question))
+            .map_err(db_err)?;
+        let ids = s
+            .query_map(params![now.0, i64_of(limit as u64)?], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        ids.iter().map(|s| Id::parse(s).map_err(corrupt)).collect()
+    }
+
+    fn request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+    ) -> Result<Option<([u8; 32], Id)>, StoreError> {
+        if let Some(r) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.requests.get(caller, method, request_id))
+        {
+            return Ok(Some((r.fingerprint, r.resource)));
+        }
+        if self
+            .cache
+            .as_ref()
+            .is_some_and(|c| !c.requests.may_be_indexed(caller, method, request_id))
+        {
+            return Ok(None);
+        }
+        let id = request_id.to_string();
+        let row = match self.cache.as_ref() {
+            Some(c) => runs::find(self.conn, c.runs.live(), caller, method, &id),
+            None => runs::listed(self.conn)
+                .and_then(|live| runs::find(self.conn, live.into_iter(), caller, method, &id)),
+        }
+        .map_err(db_err)?;
+        match row {
+            None => Ok(None),
+            Some((fp, id)) => Ok(Some((
+                fp.try_into().map_err(|_| corrupt("bad fingerprint"))?,
+                Id::parse(&id).map_err(corrupt)?,
+            ))),
+        }
+    }
+
+    /// Appends the record to `requests_recent` (see [`recent`]).
+    fn insert_request(
+        &mut self,
+        caller: &str,
+        method: &str,
+        request_id: Id,
+        fingerprint: &[u8; 32],
+        resource: Id,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO requests_recent (caller, method, request_id, fingerprint, resource_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    caller,
+                    method,
+                    request_id.to_string(),
+                    &fingerprint[..],
+                    resource.to_string()
+                ])
+            })
+            .map_err(db_err)?;
+        let row = self.conn.last_insert_rowid();
+        if let Some(c) = self.cache.as_mut() {
+            c.requests.insert(
+                caller,
+                method,
+                request_id,
+                recent::Record {
+                    fingerprint: *fingerprint,
+                    resource,
+                    row,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn probe(&mut self, now: Time) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute([now.0]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let m = e.message();
+        let seq = i64_of(e.sequence)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (seq, channel_id, message_id, thread_id, type, data, leaf_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    seq,
+                    e.channel_id.to_string(),
+                    m.map(|m| m.id.to_string()),
+                    m.map(|m| m.thread_id.to_string()),
+                    convert::event_type_pb(e.kind) as i32,
+                    data,
+                    &leaf_hash[..]
+                ])
+            })
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
