@@ -28,8 +28,16 @@ pub fn code(class: Class) -> Code {
     }
 }
 
-/// The status a client receives for `r`.
+/// The status a client receives for `r`. An `INTERNAL` refusal is a bug
+/// of ours, logged here.
 pub fn status(r: &Rejection) -> Status {
+    if r.reason == Reason::INTERNAL {
+        tracing::error!(message = %r.message, "internal error");
+    }
+    details(r)
+}
+
+fn details(r: &Rejection) -> Status {
     let mut details = ErrorDetails::with_error_info(
         r.reason.as_str(),
         ERROR_DOMAIN,
@@ -57,7 +65,7 @@ pub fn status(r: &Rejection) -> Status {
 /// for the client.
 pub fn internal(message: &'static str, cause: &dyn std::fmt::Debug) -> Status {
     tracing::error!(?cause, "{message}");
-    status(&Rejection::new(Reason::INTERNAL, message))
+    details(&Rejection::new(Reason::INTERNAL, message))
 }
 
 impl From<Rejection> for Status {
@@ -87,7 +95,7 @@ pub fn store_status(e: &StoreError) -> Status {
     match e.fault {
         Fault::Internal => {
             tracing::error!(error = %e, source = ?e.source, "store error");
-            status(&Rejection::new(reason, "internal store error"))
+            details(&Rejection::new(reason, "internal store error"))
         }
         Fault::Corrupt => {
             tracing::error!(error = %e, source = ?e.source, "the store is damaged");

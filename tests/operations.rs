@@ -349,6 +349,117 @@ async fn health_says_not_serving_while_the_database_is_unreachable_and_serving_a
         .expect("recovered by itself");
 }
 
+/// A database that takes connections and reads but refuses writes (a
+/// standby, or `default_transaction_read_only`) is a store that cannot
+/// commit: the health probe must write to find that out, and writes are
+/// refused with `STORE_READ_ONLY` until it clears.
+#[tokio::test]
+async fn health_says_not_serving_while_the_database_refuses_writes() {
+    if !postgres_available() {
+        return;
+    }
+    let server = Server::start_postgres_replicas(1).await.remove(0);
+    let db = server.database().expect("postgres").name.clone();
+    let mut health = HealthClient::new(server.connect().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+
+    let read_only = |on: bool| {
+        let name = db.clone();
+        with_admin_db(move |c| {
+            c.batch_execute(&format!(
+                "ALTER DATABASE {name} SET default_transaction_read_only = {on}"
+            ))
+            .unwrap();
+            // Sessions take the setting when they start.
+            c.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&name],
+            )
+            .unwrap();
+        })
+    };
+    read_only(true);
+    assert_eq!(
+        next_status(&mut watch).await,
+        ServingStatus::NotServing as i32
+    );
+    let admin = server.admin().await;
+    let refused = eventually("a write refused as read-only", || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .parties
+                .create_party(pb::CreatePartyRequest {
+                    party_id: "iran".into(),
+                    display_name: "Iran".into(),
+                    kind: pb::party::Kind::State as i32,
+                })
+                .await
+                .err()
+                .filter(|s| reason(s) == "STORE_READ_ONLY")
+        }
+    })
+    .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Several probes later (a probe and two expiry checks a second, each a
+    // transaction of this database), the store is still not serving: a
+    // probe that wrote nothing would have found it healthy.
+    let commits = |name: String| {
+        with_admin_db(move |c| {
+            c.query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+        })
+    };
+    let start = commits(db.clone());
+    eventually("a few probes", || {
+        let name = db.clone();
+        async move { (commits(name) >= start + 12).then_some(()) }
+    })
+    .await;
+    let now = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("check")
+        .into_inner()
+        .status;
+    assert_eq!(
+        now,
+        ServingStatus::NotServing as i32,
+        "serving while read-only"
+    );
+
+    read_only(false);
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+    eventually("writes again", || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .parties
+                .create_party(pb::CreatePartyRequest {
+                    party_id: "iran".into(),
+                    display_name: "Iran".into(),
+                    kind: pb::party::Kind::State as i32,
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn subscriptions_beyond_the_cap_are_resource_exhausted() {
     let server = Server::start_with(Options {

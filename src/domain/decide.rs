@@ -347,10 +347,14 @@ fn send(
         None => None,
         Some(_) => Some(visible_message(loaded, caller)?),
     };
-    if m.channel_id.is_none() && original.is_none() {
+    // The channel given, or for a reply without one, the original's.
+    let Some(channel_id) = m.channel_id.or(original.map(|o| o.channel_id)) else {
         return Err(Rejection::field("channel_id", "is required"));
-    }
+    };
     let channel = visible_channel(loaded, caller)?;
+    if channel.id != channel_id {
+        return Err(rules::channel_not_found());
+    }
     if let Some(o) = original {
         rules::authorize(MessageAction::Answer, rules::role(o, caller))?;
     }

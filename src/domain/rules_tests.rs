@@ -531,14 +531,14 @@ fn attempt(
     Ok(step)
 }
 
-/// The open channel from `msg`'s recipient back to its sender, on the same
-/// route reversed.
+/// The open channel `msg` travelled on, which a reply without a channel
+/// takes back: its two principals, its mediators in the sender's order.
 fn reply_channel(msg: &Message) -> Channel {
     Channel {
-        id: Id::new(),
-        display_name: "the way back".to_owned(),
-        parties: [msg.recipient.clone(), msg.sender.clone()],
-        mediators: msg.hops.iter().rev().map(|h| h.mediator.clone()).collect(),
+        id: msg.channel_id,
+        display_name: "the way there and back".to_owned(),
+        parties: [msg.sender.clone(), msg.recipient.clone()],
+        mediators: msg.hops.iter().map(|h| h.mediator.clone()).collect(),
         state: ChannelState::Open,
         version: 1,
         create_time: at(0),

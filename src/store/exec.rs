@@ -117,6 +117,7 @@ fn load<T: WriteTx>(
             if let Some(id) = m.in_reply_to {
                 l.message = tx.message(id)?;
             }
+            // The channel `decide` will ask for (it checks it is that one).
             if let Some(id) = m.channel_id.or(l.message.as_ref().map(|o| o.channel_id)) {
                 l.channel = tx.channel(id)?;
             }

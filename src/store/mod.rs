@@ -429,7 +429,10 @@ impl Store {
     /// A page of events as stored, oldest first: `RECORD_CORRUPT` if any
     /// of them is damaged.
     pub async fn frames(&self, q: EventQuery) -> Result<Vec<Frame>, StoreError> {
-        read!(self.frame_rows(q))?.into_iter().collect()
+        read!(self.frame_rows(q))?
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .inspect_err(count_failure)
     }
 
     /// A page of a subscriber's replay, oldest first, and whether it was cut
@@ -437,7 +440,11 @@ impl Store {
     /// still streamed, and the next page (which starts at the damaged
     /// event) is `RECORD_CORRUPT`.
     pub async fn replay(&self, q: EventQuery) -> Result<(Vec<Frame>, bool), StoreError> {
-        query::intact(read!(self.frame_rows(q))?)
+        let rows = read!(self.frame_rows(q))?;
+        if let Some(Err(e)) = rows.iter().find(|f| f.is_err()) {
+            count_failure(e);
+        }
+        query::intact(rows)
     }
 
     /// A page of events, oldest first.

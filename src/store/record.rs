@@ -30,7 +30,6 @@ pub fn check_leaf(sequence: u64, data: &[u8], stored: &[u8]) -> Result<(), Store
         "event failed its integrity check (leaf hash mismatch): it is not served; \
          restore the store from a backup"
     );
-    metrics::counter!(crate::observe::STORE_ERRORS, "reason" => "RECORD_CORRUPT").increment(1);
     Err(damaged(sequence))
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Writes: each replica has one writer thread with its own connection that
 //! commits whatever has queued in one transaction (group commit). Every
-//! writing transaction first locks the one-row `log_head` table and holds
-//! the lock until it commits, so sequences are handed out in commit order
+//! writing transaction (but a batch of health probes alone, which appends
+//! nothing) first locks the one-row `log_head` table and holds the lock
+//! until it commits, so sequences are handed out in commit order
 //! across all replicas and a reader of "everything after N" cannot skip an
 //! event that commits late. The transaction also sends a `NOTIFY` so other
 //! replicas wake up; the log stays the source of truth, so a lost

@@ -429,8 +429,14 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn probe(&mut self, _now: Time) -> Result<(), StoreError> {
-        // The writer's transaction commits: that is the probe.
+    fn probe(&mut self, now: Time) -> Result<(), StoreError> {
+        // A real write, so that a database that refuses writes (read-only,
+        // out of disk) fails the probe; a row no other batch locks.
+        self.exec(
+            "INSERT INTO meta (key, value) VALUES ('write_probe', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&now.0.to_be_bytes().to_vec()],
+        )?;
         Ok(())
     }
 

@@ -66,12 +66,12 @@ pub(super) fn commit_batch(
     events: &mut Vec<crate::store::Committed>,
 ) -> Result<(), StoreError> {
     let mut tx = client.transaction().map_err(pg_err)?;
-    // A batch that only probes the store or stores token uses (which only
-    // ever move forward) appends nothing and decides nothing on what it
-    // reads: it leaves the other replicas' lock alone.
-    let ordered = jobs
-        .iter()
-        .any(|j| !matches!(j.command, Command::Probe | Command::TouchTokens(_)));
+    // A batch of health probes appends nothing and decides nothing on what
+    // it reads: it leaves the other replicas' lock alone (its one row,
+    // `meta.write_probe`, is locked by nothing else, so it cannot deadlock
+    // with an ordered batch). Every other batch takes the lock first, so
+    // the writers of all replicas lock rows in one order.
+    let ordered = jobs.iter().any(|j| !matches!(j.command, Command::Probe));
     let mut head = 0;
     if ordered {
         let h: i64 = tx
@@ -89,6 +89,9 @@ pub(super) fn commit_batch(
     };
     wt.load_requests(jobs)?;
     run_batch(&mut wt, jobs, &mut head, now, results, events)?;
+    if !ordered && !events.is_empty() {
+        return Err(StoreError::internal("an unordered batch appended events"));
+    }
     wt.flush()?;
     let tokens_changed = results.iter().any(|r| {
         matches!(
