@@ -14,15 +14,7 @@ use crate::store::Outcome;
 /// The `PartyService` handlers.
 pub struct PartyApi(pub Arc<Ctx>);
 
-fn admin_only(caller: &Caller) -> Result<(), Rejection> {
-    match caller {
-        Caller::Admin => Ok(()),
-        Caller::Party(_) => Err(Rejection::new(
-            Reason::ADMIN_ONLY,
-            "only the admin may manage parties and tokens",
-        )),
-    }
-}
+use crate::domain::decide::admin_only;
 
 /// Writes a token change and applies it to the token cache in a task of its
 /// own, so that a call cancelled after the commit still updates the cache

@@ -545,7 +545,8 @@ fn remember(cmd: &Command, resource: Id) -> Option<Write> {
     })
 }
 
-fn admin_only(caller: &Caller) -> Result<(), Rejection> {
+/// `ADMIN_ONLY` unless the admin asks (parties and tokens).
+pub fn admin_only(caller: &Caller) -> Result<(), Rejection> {
     match caller {
         Caller::Admin => Ok(()),
         Caller::Party(_) => Err(Rejection::new(
