@@ -292,11 +292,14 @@ async fn next_status(w: &mut tonic::Streaming<tonic_health::pb::HealthCheckRespo
         .status
 }
 
-#[tokio::test]
-async fn health_says_not_serving_while_the_database_is_unreachable_and_serving_after() {
-    if !postgres_available() {
-        return;
-    }
+/// A server on a fresh PostgreSQL database, its database's name, a health
+/// client, and a watch of the overall status, once it has said SERVING.
+async fn serving_on_postgres() -> (
+    Server,
+    String,
+    HealthClient<tonic::transport::Channel>,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) {
     let server = Server::start_postgres_replicas(1).await.remove(0);
     let db = server.database().expect("postgres").name.clone();
     let mut health = HealthClient::new(server.connect().await);
@@ -308,6 +311,15 @@ async fn health_says_not_serving_while_the_database_is_unreachable_and_serving_a
         .unwrap()
         .into_inner();
     assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+    (server, db, health, watch)
+}
+
+#[tokio::test]
+async fn health_says_not_serving_while_the_database_is_unreachable_and_serving_after() {
+    if !postgres_available() {
+        return;
+    }
+    let (server, db, _health, mut watch) = serving_on_postgres().await;
 
     // The database stops taking connections and drops the ones it had.
     let name = db.clone();
@@ -358,17 +370,7 @@ async fn health_says_not_serving_while_the_database_refuses_writes() {
     if !postgres_available() {
         return;
     }
-    let server = Server::start_postgres_replicas(1).await.remove(0);
-    let db = server.database().expect("postgres").name.clone();
-    let mut health = HealthClient::new(server.connect().await);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+    let (server, db, mut health, mut watch) = serving_on_postgres().await;
 
     let read_only = |on: bool| {
         let name = db.clone();
