@@ -7,22 +7,101 @@ use crate::domain::decide::{self, Context, Draft, EXPIRE_BATCH, Loaded, Prior, R
 use crate::domain::{
     Caller, Channel, Command, Event, Id, Message, Outcome, Party, PartyId, Rejection, Subject, Time,
 };
+use crate::pb;
 use crate::store::error::StoreError;
+use crate::store::query::{Arg, Sql, Style};
+use crate::store::read::Row;
+use crate::store::record::decode_party;
+use prost::Message as _;
 
-/// What the writer needs from a backend inside one transaction.
-pub trait WriteTx {
+/// What the statements written here need from a backend's transaction:
+/// one statement in the backend's placeholder style, run inside it.
+pub trait Statements {
+    /// The backend's placeholder style.
+    const STYLE: Style;
+    /// Runs a statement that returns no rows.
+    fn execute(&mut self, sql: &Sql) -> Result<(), StoreError>;
+    /// The first row a query returns, if any.
+    fn first_row(&mut self, sql: &Sql) -> Result<Option<Row>, StoreError>;
+}
+
+/// What the writer needs from a backend inside one transaction. Parties
+/// and tokens are the same few statements on every backend and are written
+/// here; the hot rows (channels, messages, events, idempotency records) are
+/// each backend's, cached or deferred as it can.
+pub trait WriteTx: Statements {
     /// Loads a party.
-    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError>;
+    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
+        let sql = Sql::with(
+            Self::STYLE,
+            "SELECT data FROM parties WHERE id = {1}",
+            vec![Arg::Text(id.as_str().to_owned())],
+        );
+        self.first_row(&sql)?
+            .map(|mut r| decode_party(&r.take_bytes(0)?))
+            .transpose()
+    }
+
     /// Inserts a party (its id is not taken).
-    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError>;
+    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError> {
+        self.execute(&Sql::with(
+            Self::STYLE,
+            "INSERT INTO parties (id, data) VALUES ({1}, {2})",
+            vec![
+                Arg::Text(p.id.as_str().to_owned()),
+                Arg::Bytes(pb::Party::from(p).encode_to_vec()),
+            ],
+        ))
+    }
+
     /// Inserts a token.
-    fn insert_token(&mut self, t: &super::TokenRecord) -> Result<(), StoreError>;
+    fn insert_token(&mut self, t: &super::TokenRecord) -> Result<(), StoreError> {
+        self.execute(&Sql::with(
+            Self::STYLE,
+            "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
+             VALUES ({1}, {2}, {3}, {4}, {5}, {6})",
+            vec![
+                Arg::Text(t.token_id.to_string()),
+                Arg::Text(t.party_id.as_str().to_owned()),
+                Arg::Bytes(t.secret_hash.to_vec()),
+                Arg::Int(t.create_time.0),
+                Arg::Bool(t.read_only),
+                Arg::OptInt(t.expire_time.map(|e| e.0)),
+            ],
+        ))
+    }
+
     /// Moves a token's stored last use forward to `at` (never back).
-    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError>;
+    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
+        self.execute(&Sql::with(
+            Self::STYLE,
+            "UPDATE tokens SET last_use_time = {2}
+             WHERE id = {1} AND (last_use_time IS NULL OR last_use_time < {2})",
+            vec![Arg::Text(id.to_string()), Arg::Int(at.0)],
+        ))
+    }
+
     /// Whether a token is revoked; `None` if there is no such token.
-    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError>;
+    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError> {
+        let sql = Sql::with(
+            Self::STYLE,
+            "SELECT revoke_time FROM tokens WHERE id = {1}",
+            vec![Arg::Text(id.to_string())],
+        );
+        self.first_row(&sql)?
+            .map(|r| Ok(r.opt_int(0)?.is_some()))
+            .transpose()
+    }
+
     /// Marks a token revoked at `at`.
-    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError>;
+    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
+        self.execute(&Sql::with(
+            Self::STYLE,
+            "UPDATE tokens SET revoke_time = {2} WHERE id = {1}",
+            vec![Arg::Text(id.to_string()), Arg::Int(at.0)],
+        ))
+    }
+
     /// Loads a channel.
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError>;
     /// Inserts (`seq` = its CHANNEL_OPENED sequence) or updates a channel.

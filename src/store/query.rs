@@ -13,6 +13,12 @@ pub enum Arg {
     Int(i64),
     /// Text.
     Text(String),
+    /// A 64-bit integer or NULL.
+    OptInt(Option<i64>),
+    /// A boolean (an integer on SQLite).
+    Bool(bool),
+    /// Bytes.
+    Bytes(Vec<u8>),
 }
 
 /// How a backend writes its placeholders.

@@ -26,13 +26,13 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::exec::{WriteTx, run_batch};
+use super::exec::{Statements, WriteTx, run_batch};
 use super::query::{self, Arg, Sql, Style, int};
 use super::read::{Reads, Row, Value};
-use super::record::{corrupt, decode_channel, decode_message, decode_party};
-use super::{Job, Publish, TokenRecord, WriterState};
+use super::record::{corrupt, decode_channel, decode_message};
+use super::{Job, Publish, WriterState};
 use crate::convert;
-use crate::domain::{Channel, Command, Event, Id, Message, Party, PartyId, Time};
+use crate::domain::{Channel, Command, Event, Id, Message, Time};
 use crate::domain::{Outcome, Rejection};
 use crate::pb;
 

@@ -8,6 +8,9 @@ pub(super) fn bind(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
         .map(|a| match a {
             Arg::Int(i) => i as &(dyn ToSql + Sync),
             Arg::Text(t) => t as &(dyn ToSql + Sync),
+            Arg::OptInt(i) => i as &(dyn ToSql + Sync),
+            Arg::Bool(b) => b as &(dyn ToSql + Sync),
+            Arg::Bytes(b) => b as &(dyn ToSql + Sync),
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use super::*;
 /// writer's prepared statements.
 pub(super) struct PgTx<'a, 'b> {
     pub(super) tx: &'a mut postgres::Transaction<'b>,
-    pub(super) stmts: &'a mut HashMap<&'static str, postgres::Statement>,
+    pub(super) stmts: &'a mut HashMap<String, postgres::Statement>,
     /// Channels read or written in this batch. While the batch holds the
     /// log-head lock no other replica can commit, so they stay current for
     /// the batch (and only for it).
@@ -54,12 +54,12 @@ pub(super) struct DeferredEvent {
 }
 
 impl PgTx<'_, '_> {
-    pub(super) fn st(&mut self, sql: &'static str) -> Result<postgres::Statement, StoreError> {
+    pub(super) fn st(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
         let s = self.tx.prepare(sql).map_err(pg_err)?;
-        self.stmts.insert(sql, s.clone());
+        self.stmts.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 
@@ -244,60 +244,28 @@ pub(super) fn message_state(m: &Message) -> i64 {
     i64::from(convert::message_state_pb(m.state) as i32)
 }
 
+impl Statements for PgTx<'_, '_> {
+    const STYLE: Style = Style::Dollar;
+
+    fn execute(&mut self, sql: &Sql) -> Result<(), StoreError> {
+        let st = self.st(&sql.text)?;
+        self.tx
+            .execute(&st, &read::bind(&sql.args))
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    fn first_row(&mut self, sql: &Sql) -> Result<Option<Row>, StoreError> {
+        let st = self.st(&sql.text)?;
+        let row = self
+            .tx
+            .query_opt(&st, &read::bind(&sql.args))
+            .map_err(pg_err)?;
+        row.as_ref().map(read::row_of).transpose()
+    }
+}
+
 impl WriteTx for PgTx<'_, '_> {
-    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
-        self.opt_bytes("SELECT data FROM parties WHERE id = $1", &[&id.as_str()])?
-            .map(|b| decode_party(&b))
-            .transpose()
-    }
-
-    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError> {
-        let data = pb::Party::from(p).encode_to_vec();
-        self.exec(
-            "INSERT INTO parties (id, data) VALUES ($1, $2)",
-            &[&p.id.as_str(), &data],
-        )?;
-        Ok(())
-    }
-
-    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &t.token_id.to_string(),
-                &t.party_id.as_str(),
-                &&t.secret_hash[..],
-                &t.create_time.0,
-                &t.read_only,
-                &t.expire_time.map(|e| e.0),
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE tokens SET last_use_time = GREATEST(COALESCE(last_use_time, 0), $2) WHERE id = $1",
-            &[&id.to_string(), &at.0],
-        )?;
-        Ok(())
-    }
-
-    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError> {
-        let st = self.st("SELECT revoke_time FROM tokens WHERE id = $1")?;
-        let row = self.tx.query_opt(&st, &[&id.to_string()]).map_err(pg_err)?;
-        Ok(row.map(|r| r.get::<_, Option<i64>>(0).is_some()))
-    }
-
-    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE tokens SET revoke_time = $2 WHERE id = $1",
-            &[&id.to_string(), &at.0],
-        )?;
-        Ok(())
-    }
-
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError> {
         if let Some(c) = self.channels.get(&id) {
             return Ok(Some(c.clone()));

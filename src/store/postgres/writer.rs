@@ -9,7 +9,7 @@ use super::*;
 pub(super) struct PgWriter {
     pub(super) cfg: postgres::Config,
     pub(super) conn: Option<postgres::Client>,
-    pub(super) stmts: HashMap<&'static str, postgres::Statement>,
+    pub(super) stmts: HashMap<String, postgres::Statement>,
 }
 
 impl crate::store::writer::Commit for PgWriter {
@@ -59,7 +59,7 @@ pub(super) fn keyed_plans(mut c: postgres::Client) -> Result<postgres::Client, p
 
 pub(super) fn commit_batch(
     client: &mut postgres::Client,
-    stmts: &mut HashMap<&'static str, postgres::Statement>,
+    stmts: &mut HashMap<String, postgres::Statement>,
     jobs: &[Job],
     now: Time,
     results: &mut Vec<Result<Outcome, Rejection>>,

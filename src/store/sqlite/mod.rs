@@ -14,15 +14,15 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
 use super::disk::DataDir;
-use super::exec::{WriteTx, run_batch};
+use super::exec::{Statements, WriteTx, run_batch};
 use super::query::{self, Arg, Sql, Style};
 use super::read::{Reads, Row, Value};
 use super::recent::{self, Recent};
-use super::record::{corrupt, decode_channel, decode_message, decode_party, leaf_hash};
+use super::record::{corrupt, decode_channel, decode_message, leaf_hash};
 use super::runs::{self, Runs};
-use super::{Job, Publish, TokenRecord, WriterState};
+use super::{Job, Publish, WriterState};
 use crate::convert;
-use crate::domain::{Channel, Event, Id, Message, Party, PartyId, Time};
+use crate::domain::{Channel, Event, Id, Message, Time};
 use crate::domain::{Outcome, Rejection};
 use crate::pb;
 

@@ -56,6 +56,10 @@ pub(super) fn params(args: &[Arg]) -> impl Iterator<Item = rusqlite::types::Valu
     args.iter().map(|a| match a {
         Arg::Int(i) => rusqlite::types::Value::Integer(*i),
         Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        Arg::OptInt(Some(i)) => rusqlite::types::Value::Integer(*i),
+        Arg::OptInt(None) => rusqlite::types::Value::Null,
+        Arg::Bool(b) => rusqlite::types::Value::Integer(i64::from(*b)),
+        Arg::Bytes(b) => rusqlite::types::Value::Blob(b.clone()),
     })
 }
 

@@ -17,71 +17,32 @@ pub(super) fn i64_of(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(corrupt)
 }
 
-impl WriteTx for Tx<'_> {
-    fn party(&mut self, id: &PartyId) -> Result<Option<Party>, StoreError> {
-        let b: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT data FROM parties WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
-            .map_err(db_err)?;
-        b.map(|b| decode_party(&b)).transpose()
-    }
+impl Statements for Tx<'_> {
+    const STYLE: Style = Style::Question;
 
-    fn insert_party(&mut self, p: &Party) -> Result<(), StoreError> {
+    fn execute(&mut self, sql: &Sql) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("INSERT INTO parties (id, data) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![p.id.as_str(), encode(pb::Party::from(p))]))
+            .prepare_cached(&sql.text)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(read::params(&sql.args))))
             .map_err(db_err)?;
         Ok(())
     }
 
-    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+    fn first_row(&mut self, sql: &Sql) -> Result<Option<Row>, StoreError> {
         self.conn
-            .prepare_cached(
-                "INSERT INTO tokens (id, party_id, secret_hash, create_time, read_only, expire_time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
+            .prepare_cached(&sql.text)
             .and_then(|mut s| {
-                s.execute(params![
-                    t.token_id.to_string(),
-                    t.party_id.as_str(),
-                    &t.secret_hash[..],
-                    t.create_time.0,
-                    t.read_only,
-                    t.expire_time.map(|e| e.0)
-                ])
+                s.query_row(
+                    rusqlite::params_from_iter(read::params(&sql.args)),
+                    read::row_of,
+                )
+                .optional()
             })
-            .map_err(db_err)?;
-        Ok(())
+            .map_err(db_err)
     }
+}
 
-    fn touch_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE tokens SET last_use_time = MAX(COALESCE(last_use_time, 0), ?2) WHERE id = ?1",
-            )
-            .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    fn token_revoked(&mut self, id: Id) -> Result<Option<bool>, StoreError> {
-        let revoked: Option<Option<i64>> = self
-            .conn
-            .prepare_cached("SELECT revoke_time FROM tokens WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
-            .map_err(db_err)?;
-        Ok(revoked.map(|t| t.is_some()))
-    }
-
-    fn revoke_token(&mut self, id: Id, at: Time) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("UPDATE tokens SET revoke_time = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![id.to_string(), at.0]))
-            .map_err(db_err)?;
-        Ok(())
-    }
-
+impl WriteTx for Tx<'_> {
     fn channel(&mut self, id: Id) -> Result<Option<Channel>, StoreError> {
         if let Some(c) = self.cache.as_ref().and_then(|m| m.channels.get(&id)) {
             return Ok(Some(c.clone()));
