@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 
 use crate::domain::validate::{self, Limits};
 
@@ -35,54 +35,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 /// Default seconds a connection may stay open with no stream.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
-/// Commands other than serving.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum Subcommand {
-    /// Asks a running server's gRPC health service (plaintext); exits 0 when
-    /// it is SERVING and 1 otherwise. For container health checks.
-    Health {
-        /// The server's address.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        addr: String,
-        /// The service to ask about; empty means the whole server.
-        #[arg(long, default_value = "")]
-        service: String,
-    },
-    /// Copies the embedded store, while the server runs, into DEST: a
-    /// consistent snapshot that is a complete data directory (to restore,
-    /// stop the server and put DEST in place of its data directory).
-    Backup {
-        /// The directory to create (or an empty one) for the backup.
-        dest: PathBuf,
-        /// The data directory to copy [default: the server's --data-dir,
-        /// BACKCHANNEL_DATA_DIR or ./backchannel-data].
-        #[arg(long, value_name = "D")]
-        data_dir: Option<PathBuf>,
-        /// Refused: a record in PostgreSQL is backed up with pg_dump.
-        #[arg(long, hide = true)]
-        database_url: Option<String>,
-        /// Pages copied per step; the copy pauses briefly between steps.
-        #[arg(
-            long,
-            default_value_t = crate::backup::DEFAULT_STEP_PAGES,
-            value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)),
-        )]
-        step_pages: u32,
-    },
-}
-
-/// Command-line and environment settings of the `backchannel` binary.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "backchannel",
-    version,
-    about = "The record of mediated messages, over gRPC"
-)]
+/// The server's settings, from flags and the environment: those of
+/// `backchannel serve`, and of `backchannel` with no subcommand.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// What to do instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Subcommand>,
-
     /// Address to serve gRPC on (port 0 picks a free port; the log says which).
     #[arg(long, env = "BACKCHANNEL_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,

@@ -119,3 +119,12 @@ impl From<WriteError> for Status {
         }
     }
 }
+
+/// The status of a call to a method no service here serves.
+pub fn unknown_method(path: &str) -> Status {
+    let path: String = path.chars().take(200).collect();
+    Status::unimplemented(format!(
+        "no method {path} here: this server serves backchannel.v1 (PartyService, \
+         ChannelService, MessageService), grpc.health.v1.Health and server reflection"
+    ))
+}

@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Caller, Command};
-use crate::server::BoxError;
 use crate::store::Store;
 
 /// The services whose health is reported (`""` is the whole server).
@@ -74,27 +73,27 @@ pub async fn probe_store(
     }
 }
 
-/// The `health` subcommand: asks a running server over plaintext.
-pub async fn health_check(addr: &str, service: &str) -> std::process::ExitCode {
+/// The `health` subcommand: asks a running server (no token needed), over
+/// TLS when the client options say so.
+pub async fn health_check(args: &crate::cli::ClientArgs, service: &str) -> std::process::ExitCode {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
+    let url = crate::cli::url_of(args);
     let asked = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
+        let channel = crate::cli::endpoint(args)
+            .map_err(|e| e.line())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(3))
             .connect()
-            .await?;
+            .await
+            .map_err(|e| crate::cli::chain(&e))?;
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let r = client
             .check(HealthCheckRequest {
                 service: service.to_owned(),
             })
-            .await?;
-        Ok::<_, BoxError>(r.into_inner().status)
+            .await
+            .map_err(|s| format!("{}: {}", crate::cli::code_name(s.code()), s.message()))?;
+        Ok::<_, String>(r.into_inner().status)
     };
     match asked.await {
         Ok(s) if s == ServingStatus::Serving as i32 => {
@@ -109,7 +108,7 @@ pub async fn health_check(addr: &str, service: &str) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("health check failed: {e}");
+            eprintln!("error: health check of {url} failed: {e}");
             std::process::ExitCode::FAILURE
         }
     }

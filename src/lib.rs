@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod cli;
 pub mod clock;
 pub mod codec;
 pub mod config;

@@ -1,8 +1,9 @@
-//! The `backchannel` binary: parse settings, start logging, serve.
+//! The `backchannel` binary: serve, or run one client subcommand.
 
 use clap::Parser;
 
-use backchannel::config::{Config, LogFormat, Subcommand};
+use backchannel::cli::{Cli, Command};
+use backchannel::config::LogFormat;
 
 // jemalloc gives freed memory back to the system (glibc's malloc kept the
 // pages of closed streams, on PostgreSQL all of them), with a thread of its
@@ -30,13 +31,19 @@ fn init_tracing(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    if let Some(Subcommand::Health { addr, service }) = &config.command {
-        return backchannel::health::health_check(addr, service).await;
-    }
-    if let Some(request) = backchannel::backup::Request::from_config(&config) {
-        return backchannel::backup::command(request).await;
-    }
+    let cli = Cli::parse();
+    let config = match cli.command {
+        None => cli.serve,
+        Some(Command::Serve(config)) => *config,
+        Some(Command::Health(h)) => {
+            return backchannel::health::health_check(&cli.client, &h.service).await;
+        }
+        Some(Command::Backup(b)) => {
+            let request = backchannel::backup::Request::new(&b, &cli.serve);
+            return backchannel::backup::command(request).await;
+        }
+        Some(client) => return backchannel::cli::run(cli.client, client).await,
+    };
     init_tracing(config.log_format);
     purge_in_background();
     match backchannel::server::run(config, backchannel::server::shutdown_signal()).await {

@@ -273,19 +273,35 @@ struct Call {
 }
 
 impl Call {
-    fn finish(self, code: &'static str) {
+    /// Counts and logs the call, which ended with `code`; `status` holds
+    /// the headers or trailers it came in, whose message and details (a
+    /// refusal's reason) the log names.
+    fn finish(self, code: &'static str, status: Option<&http::HeaderMap>) {
         let elapsed = self.start.elapsed();
         metrics::counter!(RPC_REQUESTS, "method" => self.method, "code" => code).increment(1);
         metrics::histogram!(RPC_DURATION, "method" => self.method).record(elapsed.as_secs_f64());
         self.span.record("code", code);
         let ms = elapsed.as_secs_f64() * 1000.0;
         let _g = self.span.enter();
+        if code == "OK" {
+            tracing::debug!(elapsed_ms = ms, "rpc");
+            return;
+        }
+        // A refusal's reason and message, as the client gets them.
+        let refusal = status.and_then(tonic::Status::from_header_map);
+        let message = refusal.as_ref().map_or("", |s| s.message());
+        let reason = refusal.as_ref().and_then(|s| {
+            use tonic_types::StatusExt;
+            s.get_details_error_info().map(|i| i.reason)
+        });
+        let reason = reason.as_deref().unwrap_or("");
         match code {
-            "OK" => tracing::debug!(elapsed_ms = ms, "rpc"),
-            "INTERNAL" | "UNKNOWN" | "DATA_LOSS" => tracing::warn!(elapsed_ms = ms, "rpc"),
+            "INTERNAL" | "UNKNOWN" | "DATA_LOSS" => {
+                tracing::warn!(elapsed_ms = ms, reason, message, "rpc")
+            }
             // A store fault refuses every write while it lasts; the writer
             // logs the fault once, so each refusal is only `info`.
-            _ => tracing::info!(elapsed_ms = ms, "rpc"),
+            _ => tracing::info!(elapsed_ms = ms, reason, message, "rpc"),
         }
     }
 }
@@ -331,7 +347,7 @@ where
                 // A status in the headers is a trailers-only response.
                 let call = match parts.headers.get("grpc-status") {
                     Some(code) => {
-                        call.finish(code_name(code.as_bytes()));
+                        call.finish(code_name(code.as_bytes()), Some(&parts.headers));
                         None
                     }
                     None => Some(call),
@@ -358,7 +374,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before its status: the client went away.
             if let Some(call) = this.project().call.take() {
-                call.finish("CANCELLED");
+                call.finish("CANCELLED", None);
             }
         }
     }
@@ -382,12 +398,12 @@ impl<B: Body> Body for ObservedBody<B> {
                     let code = trailers
                         .get("grpc-status")
                         .map_or("UNKNOWN", |c| code_name(c.as_bytes()));
-                    call.finish(code);
+                    call.finish(code, Some(trailers));
                 }
             }
             Poll::Ready(None) => {
                 if let Some(call) = this.call.take() {
-                    call.finish("UNKNOWN");
+                    call.finish("UNKNOWN", None);
                 }
             }
             _ => {}

@@ -82,7 +82,9 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
 
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
 
     let feed = Feed::new(0, config.window_bytes);
@@ -191,7 +193,14 @@ pub async fn run(
     .add_service(crate::codec::ReflectionFaults(reflection_v1alpha))
     .add_service(crate::codec::RequestFaults(party))
     .add_service(crate::codec::RequestFaults(channel))
-    .add_service(crate::codec::RequestFaults(message))
+    .add_service(crate::codec::RequestFaults(message));
+    // A method no service serves is UNIMPLEMENTED with a message that says
+    // so (tonic's own fallback answers with an empty one).
+    let routes = tonic::service::Routes::from(routes.into_axum_router().fallback(
+        |uri: tonic::codegen::http::Uri| async move {
+            crate::error::unknown_method(uri.path()).into_http::<tonic::body::Body>()
+        },
+    ))
     .prepare();
     let request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
     let service = tower::ServiceBuilder::new()

@@ -316,7 +316,14 @@ impl pb::message_service_server::MessageService for MessageApi {
                 .filter(|m| m.visible_to(&caller))
                 .ok_or_else(message_not_found)?;
         }
-        let events = self
+        // The head the first page was read at bounds the whole listing, so
+        // that listing every page and then subscribing after it misses and
+        // repeats nothing (events committed meanwhile come from Subscribe).
+        let head = match &cursor {
+            Some(c) => c.head,
+            None => self.0.store.head().await?,
+        };
+        let mut events = self
             .0
             .store
             .events(EventQuery {
@@ -336,19 +343,24 @@ impl pb::message_service_server::MessageService for MessageApi {
                 limit: limit + 1,
             })
             .await?;
+        if let Some(i) = events.iter().position(|e| e.sequence > head) {
+            events.truncate(i);
+        }
         let (events, next) = paging::page(&events, limit, pb::Event::from);
         let next_page_token = next.map_or_else(String::new, |e| {
             self.0.pager.issue(
                 &scope,
                 &Cursor {
                     position: e.sequence,
-                    ..Cursor::default()
+                    head,
+                    key: String::new(),
                 },
             )
         });
         Ok(Response::new(pb::ListEventsResponse {
             events,
             next_page_token,
+            head_sequence: head,
         }))
     }
 
@@ -376,6 +388,7 @@ impl pb::message_service_server::MessageService for MessageApi {
                     Reason::START_AFTER_BEYOND_HEAD,
                     format!("start_after {n} is beyond the last recorded sequence {head}"),
                 )
+                .with("head_sequence", head)
                 .into());
             }
             Some(n) => n,

@@ -186,7 +186,7 @@ impl pb::party_service_server::PartyService for PartyApi {
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let who = self.0.identify(&req)?;
-        Ok(Response::new(match who.caller {
+        let mut response = Response::new(match who.caller {
             Caller::Admin => pb::WhoAmIResponse {
                 party_id: String::new(),
                 admin: true,
@@ -197,7 +197,22 @@ impl pb::party_service_server::PartyService for PartyApi {
                 admin: false,
                 read_only: who.read_only,
             },
-        }))
+        });
+        // What `backchannel status` shows of the server besides the caller.
+        let meta = response.metadata_mut();
+        meta.insert(
+            "backchannel-version",
+            tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")),
+        );
+        meta.insert(
+            "backchannel-store",
+            tonic::metadata::MetadataValue::from_static(if self.0.store.is_shared() {
+                "postgresql"
+            } else {
+                "embedded"
+            }),
+        );
+        Ok(response)
     }
 
     async fn list_tokens(

@@ -24,7 +24,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::auth::ADMIN_TOKEN_FILE;
-use crate::config::{Config, Subcommand};
+use crate::cli::BackupArgs;
+use crate::config::Config;
 use crate::store::sqlite::DB_FILE;
 
 mod check;
@@ -76,25 +77,22 @@ pub struct Request {
 }
 
 impl Request {
-    /// The request `backchannel backup` was given, if that is the command:
-    /// its own `--data-dir` and `--database-url`, else the server's settings
-    /// (flags before the subcommand, environment, defaults).
-    pub fn from_config(config: &Config) -> Option<Request> {
-        let Some(Subcommand::Backup {
-            dest,
-            data_dir,
-            database_url,
-            step_pages,
-        }) = &config.command
-        else {
-            return None;
-        };
-        Some(Request {
-            data_dir: data_dir.clone().unwrap_or_else(|| config.data_dir.clone()),
-            dest: dest.clone(),
-            database_url: database_url.clone().or_else(|| config.database_url.clone()),
-            step_pages: *step_pages,
-        })
+    /// The request `backchannel backup` was given: its own `--data-dir`
+    /// and `--database-url`, else the server's settings (flags before the
+    /// subcommand, environment, defaults).
+    pub fn new(args: &BackupArgs, config: &Config) -> Request {
+        Request {
+            data_dir: args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.clone()),
+            dest: args.dest.clone(),
+            database_url: args
+                .database_url
+                .clone()
+                .or_else(|| config.database_url.clone()),
+            step_pages: args.step_pages,
+        }
     }
 }
 

@@ -153,8 +153,8 @@ impl Rejection {
         Rejection {
             reason: Reason::INVALID_FIELD,
             message: format!("{field}: {description}"),
+            metadata: vec![("field", field.clone())],
             fields: vec![FieldViolation { field, description }],
-            metadata: Vec::new(),
             retry_after: None,
         }
     }
@@ -235,11 +235,18 @@ impl Violations {
         if self.1 > 0 {
             message += &format!("; and {} more", self.1);
         }
+        // `field` names the first bad field; BadRequest lists them all.
+        let metadata = self
+            .0
+            .first()
+            .map(|v| ("field", v.field.clone()))
+            .into_iter()
+            .collect();
         Rejection {
             reason: Reason::INVALID_FIELD,
             message,
             fields: self.0,
-            metadata: Vec::new(),
+            metadata,
             retry_after: None,
         }
     }

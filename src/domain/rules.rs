@@ -2,8 +2,8 @@
 //! allowed moves (DESIGN §2–3).
 
 use super::{
-    Caller, Channel, ChannelAction, ChannelState, EventType, Hop, HopState, Message, MessageAction,
-    MessageState, PartyId, Reason, Rejection, Time,
+    Caller, Channel, ChannelAction, ChannelState, Class, EventType, Hop, HopState, Message,
+    MessageAction, MessageState, PartyId, Reason, Rejection, Time,
 };
 
 /// The caller's role with respect to one message.
@@ -78,7 +78,8 @@ pub fn check_version(expected: u64, actual: u64) -> Result<(), Rejection> {
         return Err(Rejection::new(
             Reason::VERSION_MISMATCH,
             format!("expected version {expected}, but the current version is {actual}"),
-        ));
+        )
+        .with("current_version", actual));
     }
     Ok(())
 }
@@ -95,8 +96,36 @@ pub struct Step {
 }
 
 /// Applies an authorized step (`FAILED_PRECONDITION` checks and the move).
-/// `occur` is the reported time of the step, `now` the recording time.
+/// `occur` is the reported time of the step, `now` the recording time. A
+/// refusal carries the message's `current_state` and `current_version` in
+/// its metadata (and `current_mediator` for `NOT_CURRENT_MEDIATOR`), so a
+/// client need not parse the message to learn them.
 pub fn apply(
+    msg: &Message,
+    action: MessageAction,
+    role: Role,
+    note: &str,
+    occur: Time,
+    now: Time,
+) -> Result<Step, Rejection> {
+    apply_step(msg, action, role, note, occur, now).map_err(|r| {
+        if r.class() != Class::FailedPrecondition {
+            return r;
+        }
+        let mut r = r.with("current_version", msg.version);
+        if r.reason != Reason::MESSAGE_EXPIRED {
+            r = r.with("current_state", msg.state.name());
+        }
+        if r.reason == Reason::NOT_CURRENT_MEDIATOR
+            && let Some(h) = msg.current_hop().and_then(|i| msg.hops.get(i))
+        {
+            r = r.with("current_mediator", &h.mediator);
+        }
+        r
+    })
+}
+
+fn apply_step(
     msg: &Message,
     action: MessageAction,
     role: Role,
@@ -299,6 +328,13 @@ pub fn authorize_send<'c>(channel: &'c Channel, caller: &Caller) -> Result<&'c P
 
 /// `FAILED_PRECONDITION` if the channel takes no new messages.
 pub fn channel_accepts_messages(channel: &Channel) -> Result<(), Rejection> {
+    channel_open(channel).map_err(|r| {
+        r.with("current_state", channel.state.name())
+            .with("current_version", channel.version)
+    })
+}
+
+fn channel_open(channel: &Channel) -> Result<(), Rejection> {
     match channel.state {
         ChannelState::Open => Ok(()),
         ChannelState::Suspended => Err(Rejection::new(
@@ -342,8 +378,20 @@ pub fn authorize_channel_change(channel: &Channel, caller: &Caller) -> Result<()
     }
 }
 
-/// Applies a channel change, or `FAILED_PRECONDITION`.
+/// Applies a channel change, or `FAILED_PRECONDITION` with the channel's
+/// `current_state` and `current_version`.
 pub fn change_channel(
+    channel: &Channel,
+    action: ChannelAction,
+    now: Time,
+) -> Result<(Channel, EventType), Rejection> {
+    channel_change(channel, action, now).map_err(|r| {
+        r.with("current_state", channel.state.name())
+            .with("current_version", channel.version)
+    })
+}
+
+fn channel_change(
     channel: &Channel,
     action: ChannelAction,
     now: Time,
