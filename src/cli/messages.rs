@@ -330,7 +330,7 @@ fn timed(e: &pb::Event, sentence: String) -> String {
     if let Some(d) = between(e.occur_time.as_ref(), e.record_time.as_ref())
         && d.num_seconds() > 60
     {
-        text += &format!("  (recorded {} later)", human(d));
+        text += &format!("  (recorded +{})", human(d));
     }
     text
 }
@@ -366,11 +366,16 @@ pub fn sentence(e: &pb::Event, it: Option<&str>) -> String {
                     } else {
                         " (a reply)"
                     };
+                    // Named by its subject, the line ends with the id to act on.
+                    let id = if it.is_some() {
+                        String::new()
+                    } else {
+                        format!("  [{}]", m.id)
+                    };
                     format!(
-                        "{actor} sent {s}{reply} to {} via {}  [{}]",
+                        "{actor} sent {s}{reply} to {} via {}{id}",
                         m.recipient,
-                        via.join(", "),
-                        m.id
+                        via.join(", ")
                     )
                 }
                 Type::MessageAccepted => format!("{actor} accepted {s}{note}"),

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -110,6 +111,7 @@ async fn follow(
     a: &WatchArgs,
     types: &[i32],
     pos: &mut Position<'_>,
+    stop: &CancellationToken,
 ) -> Result<End, CliError> {
     let req = pb::SubscribeRequest {
         start_after: pos.at,
@@ -127,7 +129,7 @@ async fn follow(
     loop {
         let item = tokio::select! {
             item = stream.message() => item,
-            () = stop_signal() => return Ok(End::Done),
+            () = stop.cancelled() => return Ok(End::Done),
         };
         match item {
             Ok(Some(r)) => match r.kind {
@@ -157,19 +159,25 @@ async fn follow(
     }
 }
 
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
+/// Cancelled at the first SIGINT or SIGTERM. The handlers are installed
+/// once, before the watch starts, so that a signal between two events is
+/// never missed.
+fn stop_on_signal() -> Result<CancellationToken, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let installed =
+        |kind| signal(kind).map_err(|e| CliError::Local(format!("cannot handle signals: {e}")));
+    let mut term = installed(SignalKind::terminate())?;
+    let mut int = installed(SignalKind::interrupt())?;
+    let stop = CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+        cancel.cancel();
+    });
+    Ok(stop)
 }
 
 /// `backchannel watch`.
@@ -183,10 +191,11 @@ pub async fn watch(args: &ClientArgs, out: &Out, a: WatchArgs) -> Result<(), Cli
     let saved = file.map(read_position).transpose()?.flatten();
     let start = saved.or(a.after).or(a.from_start.then_some(0));
     let mut pos = Position { at: start, file };
+    let stop = stop_on_signal()?;
     let mut c = connect(args).await?;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let why = match follow(&mut c, out, &a, &types, &mut pos).await? {
+        let why = match follow(&mut c, out, &a, &types, &mut pos, &stop).await? {
             End::Done => return Ok(()),
             End::Lost(why) => why,
         };
@@ -198,7 +207,7 @@ pub async fn watch(args: &ClientArgs, out: &Out, a: WatchArgs) -> Result<(), Cli
         loop {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = stop_signal() => return Ok(()),
+                () = stop.cancelled() => return Ok(()),
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
             match connect(args).await {

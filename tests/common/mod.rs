@@ -130,9 +130,18 @@ impl Server {
         tmp: Option<Arc<tempfile::TempDir>>,
         opts: Options,
     ) -> Server {
+        Server::spawn_at(data_dir, tmp, opts, "127.0.0.1:0").await
+    }
+
+    async fn spawn_at(
+        data_dir: PathBuf,
+        tmp: Option<Arc<tempfile::TempDir>>,
+        opts: Options,
+        listen: &str,
+    ) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--log-format")
@@ -251,7 +260,18 @@ impl Server {
 
     /// Stops this server (unless [`Server::stop`] or [`Server::kill`]
     /// already did) and starts a new one on the same data directory.
-    pub async fn restart(mut self) -> Server {
+    pub async fn restart(self) -> Server {
+        self.restart_at("127.0.0.1:0").await
+    }
+
+    /// Like [`Server::restart`], on the same address, so that a client
+    /// that knows only the address (the command line) finds it again.
+    pub async fn restart_on_same_address(self) -> Server {
+        let addr = self.addr.to_string();
+        self.restart_at(&addr).await
+    }
+
+    async fn restart_at(mut self, listen: &str) -> Server {
         if self.child.is_some() {
             let code = self.stop().await;
             assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
@@ -262,7 +282,7 @@ impl Server {
             no_admin_env: false,
             fd_limit: self.fd_limit,
         };
-        let mut s = Server::spawn(self.data_dir.clone(), self._tmp.clone(), opts).await;
+        let mut s = Server::spawn_at(self.data_dir.clone(), self._tmp.clone(), opts, listen).await;
         s.db = self.db.clone();
         s
     }
