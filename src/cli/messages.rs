@@ -191,6 +191,14 @@ pub fn holder(m: &pb::Message) -> String {
     }
 }
 
+/// The state and who has the message: `IN_TRANSIT with france`.
+fn with_holder(m: &pb::Message) -> String {
+    match holder(m).as_str() {
+        "-" => state_name(m.state).to_owned(),
+        h => format!("{} with {h}", state_name(m.state)),
+    }
+}
+
 /// One message, briefly: after a send or a step.
 fn print_message(out: &Out, m: &pb::Message) -> Result<(), CliError> {
     if out.is_json() {
@@ -199,9 +207,8 @@ fn print_message(out: &Out, m: &pb::Message) -> Result<(), CliError> {
     line(&format!("message   {}", m.id))?;
     line(&format!("subject   {}", m.subject))?;
     line(&format!(
-        "state     {} with {}  (version {})",
-        state_name(m.state),
-        holder(m),
+        "state     {}  (version {})",
+        with_holder(m),
         m.version
     ))
 }
@@ -317,9 +324,16 @@ pub async fn history(args: &ClientArgs, out: &Out, a: HistoryArgs) -> Result<(),
 
 /// An event as one line: its sequence, when it happened, and a sentence.
 pub fn event_line(e: &pb::Event) -> String {
-    timed(e, sentence(e, None))
+    format!(
+        "{:>6}  {}  {}",
+        e.sequence,
+        local(e.occur_time.as_ref()),
+        sentence(e, None)
+    )
 }
 
+/// An event as a line of a message's timeline, noting when it was
+/// recorded if that was more than a minute after it happened.
 fn timed(e: &pb::Event, sentence: String) -> String {
     let mut text = format!(
         "{:>6}  {}  {}",
@@ -427,9 +441,8 @@ pub async fn show(args: &ClientArgs, out: &Out, a: ShowArgs) -> Result<(), CliEr
     stops.push(&m.recipient);
     line(&format!("route       {}", stops.join(" → ")))?;
     line(&format!(
-        "state       {} with {}  (version {})",
-        state_name(m.state),
-        holder(&m),
+        "state       {}  (version {})",
+        with_holder(&m),
         m.version
     ))?;
     line(&format!(
