@@ -135,6 +135,20 @@ fi
 echo "hadolint: $HADOLINT ($("$HADOLINT" --version 2>&1))"
 echo "kubernetes-validate: $KUBERNETES_VALIDATE ($("$KUBERNETES_VALIDATE" --version 2>&1))"
 echo "check-jsonschema: $CHECK_JSONSCHEMA ($("$CHECK_JSONSCHEMA" --version 2>&1))"
+# The Python client example (examples/python/, tests/python_client.rs) runs
+# with grpcio, in a virtual environment of its own under target/tools:
+# BACKCHANNEL_PYTHON is its interpreter.
+PYTHON_PACKAGES=(grpcio==1.76.0 grpcio-tools==1.76.0 grpcio-status==1.76.0
+  googleapis-common-protos==1.76.0 protobuf==6.33.6)
+venv="$tools/python-venv"
+if ! "$venv/bin/python" -c 'import grpc, grpc_tools, grpc_status' >/dev/null 2>&1; then
+  echo "installing ${PYTHON_PACKAGES[*]} into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+fi
+export BACKCHANNEL_PYTHON="$venv/bin/python"
+echo "python client: $BACKCHANNEL_PYTHON ($("$BACKCHANNEL_PYTHON" -c 'import grpc; print("grpcio", grpc.__version__)'))"
 export BACKCHANNEL_REQUIRE_TOOLS=1
 
 for component in rustfmt clippy; do
