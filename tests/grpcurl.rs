@@ -20,14 +20,6 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// The address the README's tour calls; the tests put the test server's there.
-const README_ADDR: &str = "127.0.0.1:50051";
-/// The data directory the README's tour reads the admin token from.
-const README_DATA_DIR: &str = "backchannel-data";
-/// The marks around the README's tour.
-const TOUR_START: &str = "<!-- tour:start -->";
-const TOUR_END: &str = "<!-- tour:end -->";
-
 /// The grpcurl to run. Panics, saying how to install it, when there is none.
 fn find_grpcurl() -> Option<&'static Path> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -281,7 +273,7 @@ async fn error_details_resolve_through_reflection() {
     );
     for want in [
         "Code: InvalidArgument",
-        r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"backchannel.v1","reason":"INVALID_FIELD"}"#,
+        r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"backchannel.v1","metadata":{"field":"party_id"},"reason":"INVALID_FIELD"}"#,
         r#""@type":"type.googleapis.com/google.rpc.BadRequest""#,
         r#""field":"party_id""#,
     ] {
@@ -420,61 +412,6 @@ async fn grpcurl_follows_the_live_feed() {
     child.kill().await.expect("stop grpcurl");
 }
 
-/// The shell code of the README's tour, pointed at `server`.
-fn readme_tour(server: &Server) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-    let readme =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let start = readme
-        .find(TOUR_START)
-        .unwrap_or_else(|| panic!("README.md has no {TOUR_START}"));
-    let end = readme[start..]
-        .find(TOUR_END)
-        .map(|i| start + i)
-        .unwrap_or_else(|| panic!("README.md has no {TOUR_END} after {TOUR_START}"));
-    let mut script = String::new();
-    let mut in_block = false;
-    for line in readme[start..end].lines() {
-        if in_block {
-            if line.trim_start().starts_with("```") {
-                in_block = false;
-            } else {
-                script.push_str(line);
-                script.push('\n');
-            }
-        } else if line.trim_start().starts_with("```") {
-            let lang = line.trim_start().trim_start_matches('`').trim();
-            assert!(
-                matches!(lang, "sh" | "bash"),
-                "the tour's code blocks must be ```sh, found {line:?}"
-            );
-            in_block = true;
-        }
-    }
-    assert!(!in_block, "the README's tour has an unclosed code block");
-    assert!(
-        script.contains(README_ADDR),
-        "the tour does not call {README_ADDR}"
-    );
-    assert!(
-        script.contains(&format!("{README_DATA_DIR}/admin.token")),
-        "the tour does not read {README_DATA_DIR}/admin.token"
-    );
-    let data_dir = server.data_path().to_str().expect("UTF-8 data dir");
-    assert!(
-        !data_dir.contains(char::is_whitespace),
-        "data dir {data_dir:?}"
-    );
-    let script = script
-        .replace(README_ADDR, &server.addr.to_string())
-        .replace(README_DATA_DIR, data_dir);
-    assert!(
-        !script.contains(":50051"),
-        "the tour still names port 50051:\n{script}"
-    );
-    script
-}
-
 #[tokio::test]
 async fn readme_tour_runs_as_written() {
     // The tour's blocks use python3 to pick fields out of replies.
@@ -488,7 +425,7 @@ async fn readme_tour_runs_as_written() {
         return;
     }
     let (server, admin_token) = server_with_token_file().await;
-    let script = readme_tour(&server);
+    let script = readme_tour("tour", &server);
     // Run it somewhere with no backchannel-data of its own.
     let cwd = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new("bash");

@@ -29,22 +29,29 @@ pub enum Command {
     Channel(ChannelCommand),
     /// Sends a message on a channel (as the token's party).
     Send(SendArgs),
-    /// Replies to a message (its recipient, while it is delivered or
-    /// acknowledged), on the same channel unless --channel names another.
+    /// Replies to a message, as its recipient.
+    ///
+    /// While the message is delivered or acknowledged; on the same channel
+    /// unless --channel names another between the same two parties.
     Reply(ReplyArgs),
     /// Takes a message as the mediator of its current hop.
     Accept(StepArgs),
     /// Hands a message on, as the mediator of its current hop (accepting it
     /// first if need be); the last mediator delivers it.
     Forward(StepArgs),
-    /// Refuses to carry a message, as the mediator of its current hop (--note
-    /// says why).
+    /// Refuses to carry a message, as the mediator of its current hop.
+    ///
+    /// --note says why.
     Decline(StepArgs),
     /// Confirms receipt of a delivered message (its recipient).
     Acknowledge(StepArgs),
-    /// Refuses a delivered message (its recipient; --note says why).
+    /// Refuses a delivered message, as its recipient.
+    ///
+    /// --note says why.
     Reject(StepArgs),
-    /// Takes a message back before delivery (its sender; --note says why).
+    /// Takes a message back before delivery, as its sender.
+    ///
+    /// --note says why.
     Withdraw(StepArgs),
     /// Lists messages, newest first.
     Messages(MessagesArgs),

@@ -201,8 +201,8 @@ fn with_holder(m: &pb::Message) -> String {
 
 /// One message, briefly: after a send or a step.
 fn print_message(out: &Out, m: &pb::Message) -> Result<(), CliError> {
-    if out.is_json() {
-        return out.json(m, "backchannel.v1.Message");
+    if out.machine(m, "backchannel.v1.Message", &m.id)? {
+        return Ok(());
     }
     line(&format!("message   {}", m.id))?;
     line(&format!("subject   {}", m.subject))?;
@@ -251,7 +251,7 @@ pub async fn list(args: &ClientArgs, out: &Out, a: MessagesArgs) -> Result<(), C
     all.truncate(a.limit);
     if out.is_json() {
         for m in &all {
-            out.json(m, "backchannel.v1.Message")?;
+            out.machine(m, "backchannel.v1.Message", &m.id)?;
         }
         return Ok(());
     }
@@ -309,7 +309,7 @@ pub async fn history(args: &ClientArgs, out: &Out, a: HistoryArgs) -> Result<(),
     .await?;
     if out.is_json() {
         for e in &all {
-            out.json(e, "backchannel.v1.Event")?;
+            out.machine(e, "backchannel.v1.Event", &e.sequence.to_string())?;
         }
         return Ok(());
     }
@@ -429,8 +429,8 @@ pub async fn show(args: &ClientArgs, out: &Out, a: ShowArgs) -> Result<(), CliEr
         })
         .await?
         .into_inner();
-    if out.is_json() {
-        return out.json(&m, "backchannel.v1.Message");
+    if out.machine(&m, "backchannel.v1.Message", &m.id)? {
+        return Ok(());
     }
     let history = events(&mut c, String::new(), a.message, 0).await?;
     let sent = m.send_time.or(m.create_time);

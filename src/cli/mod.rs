@@ -59,6 +59,9 @@ pub enum Output {
     Table,
     /// For programs: one proto3-JSON object per line (the names grpcurl prints).
     Json,
+    /// For scripts: only each record's id (an event's sequence; for `token
+    /// issue`, the token), one per line.
+    Id,
 }
 
 /// The options of every client subcommand.
@@ -109,7 +112,7 @@ pub struct ClientArgs {
         global = true
     )]
     pub client_key: Option<PathBuf>,
-    /// Output format.
+    /// Output format: table, json, or id (only the ids, for scripts).
     #[arg(
         short = 'o',
         long,

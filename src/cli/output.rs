@@ -44,9 +44,24 @@ impl Out {
         Out { format }
     }
 
-    /// Whether JSON is asked for.
+    /// Whether a machine format (JSON, ids) is asked for.
     pub fn is_json(&self) -> bool {
-        self.format == Output::Json
+        self.format != Output::Table
+    }
+
+    /// Prints one record in the machine format asked for (its JSON, or
+    /// `id`); false when a table is asked for, which the caller prints.
+    pub fn machine<M: prost::Message>(
+        &self,
+        message: &M,
+        name: &str,
+        id: &str,
+    ) -> Result<bool, CliError> {
+        match self.format {
+            Output::Table => Ok(false),
+            Output::Json => self.json(message, name).map(|()| true),
+            Output::Id => line(id).map(|()| true),
+        }
     }
 
     /// Prints one record as a JSON line.

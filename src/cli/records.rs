@@ -4,7 +4,7 @@ use super::connect::{Client, connect};
 use super::output::{Out, Table, line};
 use super::time::{local, parse_expiry};
 use super::{ChannelCommand, ChannelState, ChannelStepArgs, CliError, ClientArgs, Kind};
-use super::{PartyCommand, TokenCommand};
+use super::{Output, PartyCommand, TokenCommand};
 use crate::pb;
 
 /// `backchannel status`.
@@ -62,7 +62,7 @@ fn kind_name(k: i32) -> &'static str {
 fn print_parties(out: &Out, parties: &[pb::Party]) -> Result<(), CliError> {
     if out.is_json() {
         for p in parties {
-            out.json(p, "backchannel.v1.Party")?;
+            out.machine(p, "backchannel.v1.Party", &p.id)?;
         }
         return Ok(());
     }
@@ -149,14 +149,15 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
                 })
                 .await?
                 .into_inner();
-            if out.is_json() {
-                return out.json(&r, "backchannel.v1.IssueTokenResponse");
+            if out.machine(&r, "backchannel.v1.IssueTokenResponse", &r.token_id)? {
+                return Ok(());
             }
-            line(&format!("token id  {}", r.token_id))?;
-            line(&format!("token     {}", r.token))?;
+            // The secret alone on stdout (`backchannel token issue P > P.token`).
+            line(&r.token)?;
             eprintln!(
-                "The token for {party} is shown only this once: keep it in a file \
-                 (mode 0600) and pass it with --token-file or BACKCHANNEL_TOKEN."
+                "token {} for {party}: shown only this once; keep it in a file (mode 0600) \
+                 and pass it with --token-file or BACKCHANNEL_TOKEN",
+                r.token_id
             );
             Ok(())
         }
@@ -181,7 +182,7 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
             }
             if out.is_json() {
                 for t in &all {
-                    out.json(t, "backchannel.v1.TokenInfo")?;
+                    out.machine(t, "backchannel.v1.TokenInfo", &t.token_id)?;
                 }
                 return Ok(());
             }
@@ -219,10 +220,13 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
                     token_id: token_id.clone(),
                 })
                 .await?;
-            if out.is_json() {
-                return line(
-                    &serde_json::json!({ "tokenId": token_id, "revoked": true }).to_string(),
-                );
+            match out.format {
+                Output::Json => {
+                    let revoked = serde_json::json!({ "tokenId": token_id, "revoked": true });
+                    return line(&revoked.to_string());
+                }
+                Output::Id => return line(&token_id),
+                Output::Table => {}
             }
             line(&format!("token {token_id} revoked"))
         }
@@ -247,8 +251,8 @@ fn channel_state(s: i32) -> &'static str {
 }
 
 fn print_channel(out: &Out, ch: &pb::Channel) -> Result<(), CliError> {
-    if out.is_json() {
-        return out.json(ch, "backchannel.v1.Channel");
+    if out.machine(ch, "backchannel.v1.Channel", &ch.id)? {
+        return Ok(());
     }
     line(&format!("channel   {}", ch.id))?;
     line(&format!("name      {}", ch.display_name))?;
@@ -265,7 +269,7 @@ fn print_channel(out: &Out, ch: &pb::Channel) -> Result<(), CliError> {
 fn print_channel_list(out: &Out, channels: &[pb::Channel]) -> Result<(), CliError> {
     if out.is_json() {
         for ch in channels {
-            out.json(ch, "backchannel.v1.Channel")?;
+            out.machine(ch, "backchannel.v1.Channel", &ch.id)?;
         }
         return Ok(());
     }

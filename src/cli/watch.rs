@@ -137,9 +137,7 @@ async fn follow(
                     if pos.at.is_some_and(|p| e.sequence <= p) {
                         continue;
                     }
-                    if out.is_json() {
-                        out.json(&e, "backchannel.v1.Event")?;
-                    } else {
+                    if !out.machine(&e, "backchannel.v1.Event", &e.sequence.to_string())? {
                         line(&event_line(&e))?;
                     }
                     pos.advance(e.sequence)?;

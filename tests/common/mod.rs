@@ -626,3 +626,68 @@ pub fn metric_sample(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The address the README's tours call; the tests put the test server's there.
+pub const README_ADDR: &str = "127.0.0.1:50051";
+/// The data directory the README's tours read the admin token from.
+pub const README_DATA_DIR: &str = "backchannel-data";
+
+/// The shell code of the README's tour between `<!-- NAME:start -->` and
+/// `<!-- NAME:end -->`, pointed at `server`.
+pub fn readme_tour(name: &str, server: &Server) -> String {
+    let (start_mark, end_mark) = (
+        format!("<!-- {name}:start -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let start = readme
+        .find(&start_mark)
+        .unwrap_or_else(|| panic!("README.md has no {start_mark}"));
+    let end = readme[start..]
+        .find(&end_mark)
+        .map(|i| start + i)
+        .unwrap_or_else(|| panic!("README.md has no {end_mark} after {start_mark}"));
+    let mut script = String::new();
+    let mut in_block = false;
+    for line in readme[start..end].lines() {
+        if in_block {
+            if line.trim_start().starts_with("```") {
+                in_block = false;
+            } else {
+                script.push_str(line);
+                script.push('\n');
+            }
+        } else if line.trim_start().starts_with("```") {
+            let lang = line.trim_start().trim_start_matches('`').trim();
+            assert!(
+                matches!(lang, "sh" | "bash"),
+                "the tour's code blocks must be ```sh, found {line:?}"
+            );
+            in_block = true;
+        }
+    }
+    assert!(!in_block, "the README's tour has an unclosed code block");
+    assert!(
+        script.contains(README_ADDR),
+        "the tour does not call {README_ADDR}"
+    );
+    assert!(
+        script.contains(&format!("{README_DATA_DIR}/admin.token")),
+        "the tour does not read {README_DATA_DIR}/admin.token"
+    );
+    let data_dir = server.data_path().to_str().expect("UTF-8 data dir");
+    assert!(
+        !data_dir.contains(char::is_whitespace),
+        "data dir {data_dir:?}"
+    );
+    let script = script
+        .replace(README_ADDR, &server.addr.to_string())
+        .replace(README_DATA_DIR, data_dir);
+    assert!(
+        !script.contains(":50051"),
+        "the tour still names port 50051:\n{script}"
+    );
+    script
+}
