@@ -172,9 +172,16 @@ where
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
         let fut = self.0.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
+            // A method the service does not have: tonic's generated code
+            // answers UNIMPLEMENTED with no message; say which method.
+            let h = res.headers();
+            if h.get("grpc-status").is_some_and(|c| c == "12") && !h.contains_key("grpc-message") {
+                let _ = crate::error::unknown_method(&path).add_header(res.headers_mut());
+            }
             if res
                 .headers_mut()
                 .remove(crate::quota::TARPIT_HEADER)

@@ -42,7 +42,16 @@ async fn main() -> std::process::ExitCode {
             let request = backchannel::backup::Request::new(&b, &cli.serve);
             return backchannel::backup::command(request).await;
         }
-        Some(client) => return backchannel::cli::run(cli.client, client).await,
+        Some(client) => {
+            // A client logs only when asked to (RUST_LOG), on stderr.
+            if std::env::var_os("RUST_LOG").is_some() {
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
+            return backchannel::cli::run(cli.client, client).await;
+        }
     };
     init_tracing(config.log_format);
     purge_in_background();

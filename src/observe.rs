@@ -289,7 +289,7 @@ impl Call {
         }
         // A refusal's reason and message, as the client gets them.
         let refusal = status.and_then(tonic::Status::from_header_map);
-        let message = refusal.as_ref().map_or("", |s| s.message());
+        let status_message = refusal.as_ref().map_or("", |s| s.message());
         let reason = refusal.as_ref().and_then(|s| {
             use tonic_types::StatusExt;
             s.get_details_error_info().map(|i| i.reason)
@@ -297,11 +297,11 @@ impl Call {
         let reason = reason.as_deref().unwrap_or("");
         match code {
             "INTERNAL" | "UNKNOWN" | "DATA_LOSS" => {
-                tracing::warn!(elapsed_ms = ms, reason, message, "rpc")
+                tracing::warn!(elapsed_ms = ms, reason, status_message, "rpc")
             }
             // A store fault refuses every write while it lasts; the writer
             // logs the fault once, so each refusal is only `info`.
-            _ => tracing::info!(elapsed_ms = ms, reason, message, "rpc"),
+            _ => tracing::info!(elapsed_ms = ms, reason, status_message, "rpc"),
         }
     }
 }

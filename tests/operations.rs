@@ -228,8 +228,12 @@ async fn who_am_i_over_tls(
     c.parties
         .who_am_i(pb::WhoAmIRequest {})
         .await
+        .map_err(|e| format!("call: {e}"))?;
+    c.parties
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
         .map(|r| r.into_inner().admin)
-        .map_err(|e| format!("call: {e}"))
+        .map_err(|e| format!("second call: {e}"))
 }
 
 #[tokio::test]
@@ -507,4 +511,180 @@ async fn the_health_subcommand_exits_zero_for_a_serving_server() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+/// `backchannel` (the command line) against `server`, with these args.
+async fn cli(args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
+            .args(args)
+            .env_remove("BACKCHANNEL_ADDR")
+            .env_remove("BACKCHANNEL_TOKEN")
+            .env_remove("BACKCHANNEL_TOKEN_FILE")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("in time")
+    .expect("run backchannel")
+}
+
+#[tokio::test]
+async fn the_command_line_calls_over_tls_with_a_client_certificate() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let server = Server::start_with(Options {
+        args: vec![
+            "--tls-cert".into(),
+            file("server.pem", &p.server_cert),
+            "--tls-key".into(),
+            file("server.key", &p.server_key),
+            "--tls-client-ca".into(),
+            file("ca.pem", &p.ca),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let addr = format!("https://localhost:{}", server.addr.port());
+    let (ca, cert, key) = (
+        file("ca.pem", &p.ca),
+        file("client.pem", &p.client_cert),
+        file("client.key", &p.client_key),
+    );
+    let tls = [
+        "--addr",
+        &addr,
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+    ];
+    let out = cli(&[&tls[..], &["--token", ADMIN_TOKEN, "status"]].concat()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("you are   the admin"), "{stdout}");
+    let out = cli(&[&tls[..], &["health"]].concat()).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+
+    // Without its certificate the server ends the handshake (under TLS 1.3,
+    // at the first call), and the error says where and why.
+    let out = cli(&[
+        "--addr",
+        &addr,
+        "--ca-cert",
+        &ca,
+        "--token",
+        ADMIN_TOKEN,
+        "status",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: UNAVAILABLE: cannot reach the server at {addr}"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_port_and_a_dead_server_are_named_by_their_address() {
+    let server = Server::start().await;
+    let busy = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&[
+        "--listen",
+        &busy,
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--admin-token",
+        ADMIN_TOKEN,
+    ])
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains(&format!("cannot listen on {busy}")), "{log}");
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = cli(&["health", "--addr", &closed.to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("http://{closed}")) && err.contains("refused"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_request_log_names_a_refusals_reason_and_an_unknown_method_is_named() {
+    let server = Server::start().await;
+    let mut w = world(&server).await;
+    let m = w
+        .iran
+        .messages
+        .send_message(send_req(&w.channel.id, "s"))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused =
+        w.us.messages
+            .accept_message(move_req!(AcceptMessageRequest, m.id))
+            .await;
+    assert_err(refused, Code::PermissionDenied, "NOT_A_MEDIATOR");
+    let line = eventually("the refusal in the request log", || async {
+        server.log.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "rpc" && v["reason"] == "NOT_A_MEDIATOR").then(|| v.clone())
+        })
+    })
+    .await;
+    assert!(
+        line["status_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("only a mediator on the route")),
+        "the refusal's message is logged too: {line}"
+    );
+
+    // A method no service serves, or a service does not have:
+    // UNIMPLEMENTED, saying which.
+    for path in [
+        "/backchannel.v1.MessageService/Teleport",
+        "/backchannel.v2.MessageService/SendMessage",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(server.connect().await);
+        grpc.ready().await.unwrap();
+        let mut req = tonic::Request::new(());
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+        );
+        let got = grpc
+            .unary(
+                req,
+                path.parse::<tonic::codegen::http::uri::PathAndQuery>()
+                    .unwrap(),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(got.code(), Code::Unimplemented, "{path}: {got:?}");
+        assert!(got.message().contains(path), "{path}: {got:?}");
+    }
 }

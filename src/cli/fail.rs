@@ -29,6 +29,24 @@ impl CliError {
         CliError::Usage(message.into())
     }
 
+    /// This error, with a call that failed in the connection rather than
+    /// at the server (a TLS alert, a reset) told as the server being out of
+    /// reach at `addr`, with its causes.
+    pub fn on_connection_to(self, addr: &str) -> CliError {
+        match self {
+            CliError::Refused(status)
+                if status.get_details_error_info().is_none()
+                    && std::error::Error::source(&*status).is_some() =>
+            {
+                CliError::Unreachable {
+                    addr: addr.to_owned(),
+                    cause: chain(&*status),
+                }
+            }
+            e => e,
+        }
+    }
+
     /// The status code name (`NOT_FOUND`) of a refusal, if it is one.
     pub fn code(&self) -> Option<Code> {
         match self {

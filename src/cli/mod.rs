@@ -152,6 +152,6 @@ pub async fn run(client: ClientArgs, command: Command) -> std::process::ExitCode
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => e.report(),
+        Err(e) => e.on_connection_to(&url_of(&client)).report(),
     }
 }
