@@ -1,7 +1,5 @@
 //! The `backchannel` binary: serve, or run one client subcommand.
 
-use clap::Parser;
-
 use backchannel::cli::{Cli, Command};
 use backchannel::config::LogFormat;
 
@@ -31,7 +29,7 @@ fn init_tracing(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_env();
     let config = match cli.command {
         None => cli.serve,
         Some(Command::Serve(config)) => *config,

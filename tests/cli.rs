@@ -1060,3 +1060,126 @@ async fn watch_prints_one_readable_line_per_event() {
         "START_AFTER_BEYOND_HEAD",
     );
 }
+
+#[tokio::test]
+async fn reject_and_withdraw_end_a_message_for_a_reason() {
+    let server = Server::start().await;
+    let (t, channel) = biarritz(&server).await;
+    let tok = |p: &str| Some(t[p].clone());
+    let send = async |subject: &str| {
+        let m = json_one(
+            bc(
+                &server,
+                tok("iran").as_deref(),
+                &["send", &channel, "--subject", subject, "-o", "json"],
+            )
+            .await,
+        );
+        m["id"].as_str().expect("id").to_owned()
+    };
+    let a = send("to be withdrawn").await;
+    let w = json_one(
+        bc(
+            &server,
+            tok("iran").as_deref(),
+            &[
+                "withdraw",
+                &a,
+                "--note",
+                "overtaken by events",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(w["state"], "WITHDRAWN");
+    assert_eq!(w["hops"][0]["state"], "CANCELLED");
+    refused(
+        bc(&server, tok("france").as_deref(), &["accept", &a]).await,
+        "FAILED_PRECONDITION",
+        "MESSAGE_NOT_IN_TRANSIT",
+    );
+
+    let b = send("to be rejected").await;
+    for m in ["france", "japan"] {
+        ok(bc(&server, tok(m).as_deref(), &["forward", &b]).await);
+    }
+    refused(
+        bc(&server, tok("united-states").as_deref(), &["reject", &b]).await,
+        "INVALID_ARGUMENT",
+        "INVALID_FIELD",
+    );
+    let r = json_one(
+        bc(
+            &server,
+            tok("united-states").as_deref(),
+            &["reject", &b, "--note", "unacceptable terms", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(r["state"], "REJECTED");
+    let line = ok(bc(
+        &server,
+        tok("iran").as_deref(),
+        &["history", "--message", &b],
+    )
+    .await);
+    assert!(
+        line.contains("united-states rejected \"to be rejected\": unacceptable terms"),
+        "{line}"
+    );
+    let ids = ok(bc(
+        &server,
+        tok("iran").as_deref(),
+        &["messages", "--state", "WITHDRAWN", "-o", "id"],
+    )
+    .await);
+    assert_eq!(ids.trim(), a);
+}
+
+#[tokio::test]
+async fn serve_runs_the_server_and_wants_its_options_after_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("BACKCHANNEL_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            let v: Value = serde_json::from_str(&l).unwrap_or_default();
+            if v["message"] == "serving" {
+                return v["addr"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+        panic!("serve ended without serving");
+    })
+    .await
+    .expect("serving in time");
+    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token");
+    let out = ok(bc_at(&addr, Some(token.trim()), &["status"]).await);
+    assert!(out.contains("you are   the admin"), "{out}");
+    child.kill().await.expect("stop");
+
+    // Before `serve`, a server option would be ignored: refused instead.
+    let o = bc_at(&addr, None, &["--listen", "127.0.0.1:0", "serve"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("put the server options after it"),
+        "{}",
+        stderr(&o)
+    );
+}

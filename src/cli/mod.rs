@@ -52,6 +52,35 @@ pub struct Cli {
     pub serve: Config,
 }
 
+impl Cli {
+    /// The command line of this process; exits with a usage error (2) when
+    /// it does not parse, or when server options come before `serve`
+    /// (where they would be ignored: they go after it).
+    pub fn from_env() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if matches!(cli.command, Some(Command::Serve(_))) {
+            let server_args = <Config as clap::Args>::augment_args(clap::Command::new("serve"));
+            for arg in server_args.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+                    Cli::command()
+                        .error(
+                            clap::error::ErrorKind::ArgumentConflict,
+                            format!(
+                                "--{} comes before `serve`: put the server options after it",
+                                arg.get_long().unwrap_or(id)
+                            ),
+                        )
+                        .exit();
+                }
+            }
+        }
+        cli
+    }
+}
+
 /// How the client subcommands print what they get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
