@@ -96,67 +96,26 @@ pub async fn step(args: &ClientArgs, out: &Out, step: Step, a: StepArgs) -> Resu
     );
     let mut c = connect(args).await?;
     let m = &mut c.messages;
+    // The six steps' requests have the same fields.
+    macro_rules! call {
+        ($method:ident, $request:ident) => {
+            m.$method(pb::$request {
+                message_id,
+                note,
+                occur_time,
+                expected_version,
+                request_id,
+            })
+            .await
+        };
+    }
     let m = match step {
-        Step::Accept => {
-            m.accept_message(pb::AcceptMessageRequest {
-                message_id,
-                note,
-                occur_time,
-                expected_version,
-                request_id,
-            })
-            .await
-        }
-        Step::Forward => {
-            m.forward_message(pb::ForwardMessageRequest {
-                message_id,
-                note,
-                occur_time,
-                expected_version,
-                request_id,
-            })
-            .await
-        }
-        Step::Decline => {
-            m.decline_message(pb::DeclineMessageRequest {
-                message_id,
-                note,
-                occur_time,
-                expected_version,
-                request_id,
-            })
-            .await
-        }
-        Step::Acknowledge => {
-            m.acknowledge_message(pb::AcknowledgeMessageRequest {
-                message_id,
-                note,
-                occur_time,
-                expected_version,
-                request_id,
-            })
-            .await
-        }
-        Step::Reject => {
-            m.reject_message(pb::RejectMessageRequest {
-                message_id,
-                note,
-                occur_time,
-                expected_version,
-                request_id,
-            })
-            .await
-        }
-        Step::Withdraw => {
-            m.withdraw_message(pb::WithdrawMessageRequest {
-                message_id,
-                note,
-                occur_time,
-                expected_version,
-                request_id,
-            })
-            .await
-        }
+        Step::Accept => call!(accept_message, AcceptMessageRequest),
+        Step::Forward => call!(forward_message, ForwardMessageRequest),
+        Step::Decline => call!(decline_message, DeclineMessageRequest),
+        Step::Acknowledge => call!(acknowledge_message, AcknowledgeMessageRequest),
+        Step::Reject => call!(reject_message, RejectMessageRequest),
+        Step::Withdraw => call!(withdraw_message, WithdrawMessageRequest),
     }?
     .into_inner();
     print_message(out, &m)

@@ -288,6 +288,23 @@ fn print_channel_list(out: &Out, channels: &[pb::Channel]) -> Result<(), CliErro
 /// `backchannel channel …`.
 pub async fn channel(args: &ClientArgs, out: &Out, cmd: ChannelCommand) -> Result<(), CliError> {
     let mut c = connect(args).await?;
+    // Suspend, resume and close take the same fields.
+    macro_rules! change {
+        ($args:expr, $method:ident, $request:ident) => {{
+            let ChannelStepArgs {
+                id,
+                note,
+                expect_version,
+            } = $args;
+            c.channels
+                .$method(pb::$request {
+                    channel_id: id,
+                    note: note.unwrap_or_default(),
+                    expected_version: expect_version.unwrap_or(0),
+                })
+                .await?
+        }};
+    }
     let ch = match cmd {
         ChannelCommand::Open {
             a,
@@ -313,48 +330,9 @@ pub async fn channel(args: &ClientArgs, out: &Out, cmd: ChannelCommand) -> Resul
         ChannelCommand::List { party, state } => {
             return list_channels(&mut c, out, party, state).await;
         }
-        ChannelCommand::Suspend(s) => {
-            let ChannelStepArgs {
-                id,
-                note,
-                expect_version,
-            } = s;
-            c.channels
-                .suspend_channel(pb::SuspendChannelRequest {
-                    channel_id: id,
-                    note: note.unwrap_or_default(),
-                    expected_version: expect_version.unwrap_or(0),
-                })
-                .await?
-        }
-        ChannelCommand::Resume(s) => {
-            let ChannelStepArgs {
-                id,
-                note,
-                expect_version,
-            } = s;
-            c.channels
-                .resume_channel(pb::ResumeChannelRequest {
-                    channel_id: id,
-                    note: note.unwrap_or_default(),
-                    expected_version: expect_version.unwrap_or(0),
-                })
-                .await?
-        }
-        ChannelCommand::Close(s) => {
-            let ChannelStepArgs {
-                id,
-                note,
-                expect_version,
-            } = s;
-            c.channels
-                .close_channel(pb::CloseChannelRequest {
-                    channel_id: id,
-                    note: note.unwrap_or_default(),
-                    expected_version: expect_version.unwrap_or(0),
-                })
-                .await?
-        }
+        ChannelCommand::Suspend(s) => change!(s, suspend_channel, SuspendChannelRequest),
+        ChannelCommand::Resume(s) => change!(s, resume_channel, ResumeChannelRequest),
+        ChannelCommand::Close(s) => change!(s, close_channel, CloseChannelRequest),
     };
     print_channel(out, &ch.into_inner())
 }
