@@ -50,7 +50,13 @@ say() { printf '\n== %s\n' "$*"; }
 
 # The record must be empty, so the story is the whole of it.
 if ! status=$(bc "$ADMIN" status -o json 2>&1); then
-  echo "error: no Backchannel server answers at $BACKCHANNEL_ADDR ($status); start one with 'cargo run --release'" >&2
+  first=$(printf '%s\n' "$status" | head -n 1)
+  case "$first" in
+    *"UNAVAILABLE: cannot reach"*)
+      echo "error: no Backchannel server answers at $BACKCHANNEL_ADDR; start one with 'cargo run --release'" >&2 ;;
+    *)
+      echo "error: the server at $BACKCHANNEL_ADDR refused the admin token (${first#error: }); set BACKCHANNEL_TOKEN to its admin token" >&2 ;;
+  esac
   exit 1
 fi
 head=$(printf '%s' "$status" | json_field headSequence)

@@ -172,7 +172,8 @@ where
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
+        // A reference to the request's bytes, not a copy.
+        let uri = req.uri().clone();
         let fut = self.0.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
@@ -180,7 +181,7 @@ where
             // answers UNIMPLEMENTED with no message; say which method.
             let h = res.headers();
             if h.get("grpc-status").is_some_and(|c| c == "12") && !h.contains_key("grpc-message") {
-                let _ = crate::error::unknown_method(&path).add_header(res.headers_mut());
+                let _ = crate::error::unknown_method(uri.path()).add_header(res.headers_mut());
             }
             if res
                 .headers_mut()

@@ -79,21 +79,23 @@ pub async fn health_check(args: &crate::cli::ClientArgs, service: &str) -> std::
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let url = crate::cli::url_of(args);
     let asked = async {
-        let channel = crate::cli::endpoint(args)
-            .map_err(|e| e.line())?
+        let channel = crate::cli::endpoint(args)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(3))
             .connect()
             .await
-            .map_err(|e| crate::cli::chain(&e))?;
+            .map_err(|e| crate::cli::CliError::Unreachable {
+                addr: url.clone(),
+                cause: crate::cli::chain(&e),
+            })?;
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let r = client
             .check(HealthCheckRequest {
                 service: service.to_owned(),
             })
             .await
-            .map_err(|s| format!("{}: {}", crate::cli::code_name(s.code()), s.message()))?;
-        Ok::<_, String>(r.into_inner().status)
+            .map_err(|s| crate::cli::CliError::from(s).on_connection_to(&url))?;
+        Ok::<_, crate::cli::CliError>(r.into_inner().status)
     };
     match asked.await {
         Ok(s) if s == ServingStatus::Serving as i32 => {
@@ -108,7 +110,7 @@ pub async fn health_check(args: &crate::cli::ClientArgs, service: &str) -> std::
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: health check of {url} failed: {e}");
+            eprintln!("{}", e.line());
             std::process::ExitCode::FAILURE
         }
     }

@@ -1183,3 +1183,132 @@ async fn serve_runs_the_server_and_wants_its_options_after_it() {
         stderr(&o)
     );
 }
+
+#[tokio::test]
+async fn a_token_flag_wins_over_the_environment_and_bad_inputs_are_refused_before_any_call() {
+    let server = Server::start().await;
+    let (t, channel) = biarritz(&server).await;
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("iran.token");
+    std::fs::write(&file, &t["iran"]).expect("write");
+    let file_s = file.to_str().expect("path");
+
+    // The admin's token in the environment, iran's file on the command line.
+    let o = command(
+        &addr,
+        Some(ADMIN_TOKEN),
+        &["--token-file", file_s, "status"],
+    )
+    .output()
+    .await
+    .expect("run");
+    assert!(ok(o).contains("you are   iran"));
+    // An empty variable is unset: the file variable is used.
+    let o = command(&addr, None, &["status"])
+        .env("BACKCHANNEL_TOKEN", "")
+        .env("BACKCHANNEL_TOKEN_FILE", file_s)
+        .output()
+        .await
+        .expect("run");
+    assert!(ok(o).contains("you are   iran"));
+    // A token file that is not text.
+    let bad = dir.path().join("bad.token");
+    std::fs::write(&bad, b"\xff\xfeabc").expect("write");
+    let o = bc(
+        &server,
+        None,
+        &["--token-file", bad.to_str().expect("path"), "status"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not text"), "{}", stderr(&o));
+    // A wrong token: one line, no hint about giving one.
+    let o = bc(&server, Some("bc_wrong"), &["status"]).await;
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+    // `-o id` of a new token is the secret itself.
+    let secret = ok(bc(
+        &server,
+        Some(ADMIN_TOKEN),
+        &["token", "issue", "france", "-o", "id"],
+    )
+    .await);
+    assert!(secret.trim().starts_with("bc_"), "{secret}");
+    assert!(ok(bc(&server, Some(secret.trim()), &["status"]).await).contains("you are   france"));
+
+    // Durations too large for a time, a limit of 0, a server option given
+    // to a client: usage errors (exit 2), never a panic.
+    for args in [
+        vec![
+            "send",
+            channel.as_str(),
+            "--subject",
+            "s",
+            "--respond-by=+500000000000y",
+        ],
+        vec!["token", "issue", "iran", "--expires", "500000000000y"],
+        vec!["messages", "--limit", "0"],
+        vec!["--listen", "127.0.0.1:0", "status"],
+    ] {
+        let o = bc(&server, Some(ADMIN_TOKEN), &args).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    // A bare duration is a deadline from now.
+    let m = json_one(
+        bc(
+            &server,
+            Some(&t["iran"]),
+            &[
+                "send",
+                &channel,
+                "--subject",
+                "s",
+                "--respond-by",
+                "2h",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert!(m["respondBy"].is_string(), "{m}");
+
+    // A position file that cannot be written: refused before anything is printed.
+    let o = bc(
+        &server,
+        Some(&t["iran"]),
+        &[
+            "watch",
+            "--from-start",
+            "--position-file",
+            "/nonexistent/dir/pos",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "", "nothing printed");
+    assert!(
+        stderr(&o).contains("cannot write the position file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test]
+async fn watch_gives_up_on_a_subscription_limit_instead_of_retrying() {
+    let server = Server::start_with(Options {
+        args: vec!["--max-subscriptions-per-party".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (t, channel) = biarritz(&server).await;
+    let addr = server.addr.to_string();
+    let mut first = Watch::start(&addr, &t["iran"], &["watch", "--from-start", "-o", "json"]);
+    let head = send(&server, &t["iran"], &channel, 1).await;
+    first.until(head).await;
+    let o = bc(&server, Some(&t["iran"]), &["watch"]).await;
+    refused(o, "RESOURCE_EXHAUSTED", "TOO_MANY_SUBSCRIPTIONS");
+    first.signal(libc::SIGTERM);
+    let _ = first.child.wait().await;
+}

@@ -236,7 +236,8 @@ pub struct Content {
     /// A label (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
-    /// The deadline for an answer: an RFC 3339 time or +DURATION.
+    /// The deadline for an answer: an RFC 3339 time, or a duration from
+    /// now (+3d, or 3d).
     #[arg(long, value_name = "TIME|+DURATION")]
     pub respond_by: Option<String>,
     /// When it really happened, if earlier than now: an RFC 3339 time, or
@@ -331,8 +332,9 @@ pub struct MessagesArgs {
     #[arg(long, value_enum, value_name = "S", ignore_case = true)]
     pub state: Option<MessageState>,
     /// At most this many (the newest).
-    #[arg(long, value_name = "N", default_value_t = 50)]
-    pub limit: usize,
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
 }
 
 /// `backchannel show`.

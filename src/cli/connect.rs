@@ -59,18 +59,36 @@ fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, CliError> {
         .map_err(|e| CliError::Local(format!("cannot read the {what} {}: {e}", path.display())))
 }
 
-/// The token the options give, if any.
-fn token(args: &ClientArgs) -> Result<Token, CliError> {
-    let secret = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(f)) => Some(
-            String::from_utf8_lossy(&read(f, "token file")?)
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
+/// The token the options give, if any: `--token`, `--token-file`, then
+/// `BACKCHANNEL_TOKEN` and `BACKCHANNEL_TOKEN_FILE` (an empty variable is
+/// unset).
+pub fn token_given(args: &ClientArgs) -> Result<Option<String>, CliError> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let from_file = |f: &std::path::Path| {
+        String::from_utf8(read(f, "token file")?)
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| CliError::Local(format!("the token file {} is not text", f.display())))
     };
-    match secret {
+    if let Some(t) = &args.token {
+        return Ok(Some(t.trim().to_owned()));
+    }
+    if let Some(f) = &args.token_file {
+        return from_file(f).map(Some);
+    }
+    if let Some(t) = var("BACKCHANNEL_TOKEN") {
+        return t
+            .into_string()
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|_| CliError::usage("BACKCHANNEL_TOKEN is not text"));
+    }
+    match var("BACKCHANNEL_TOKEN_FILE") {
+        Some(f) => from_file(std::path::Path::new(&f)).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn token(args: &ClientArgs) -> Result<Token, CliError> {
+    match token_given(args)? {
         None => Ok(Token(None)),
         Some(s) if s.is_empty() => Err(CliError::usage("the token is empty")),
         Some(s) => format!("Bearer {s}")

@@ -38,9 +38,13 @@ impl CliError {
                 if status.get_details_error_info().is_none()
                     && std::error::Error::source(&*status).is_some() =>
             {
+                let cause = match std::error::Error::source(&*status) {
+                    Some(source) => format!("{}: {}", status.message(), chain(source)),
+                    None => status.message().to_owned(),
+                };
                 CliError::Unreachable {
                     addr: addr.to_owned(),
-                    cause: chain(&*status),
+                    cause,
                 }
             }
             e => e,
@@ -71,17 +75,21 @@ impl CliError {
                 }
             }
             CliError::Unreachable { addr, cause } => {
-                format!("error: UNAVAILABLE: cannot reach the server at {addr}: {cause}")
+                format!(
+                    "error: UNAVAILABLE: cannot reach the server at {addr}: {cause}{}",
+                    tls_hint(addr, cause)
+                )
             }
             CliError::Usage(m) => format!("error: {m}"),
             CliError::Local(m) => format!("error: {m}"),
         }
     }
 
-    /// Prints the line (and a hint where one helps) and gives the exit status.
-    pub fn report(&self) -> ExitCode {
+    /// Prints the line (and, for a call made with no token, how to give
+    /// one) and gives the exit status.
+    pub fn report(&self, token_given: bool) -> ExitCode {
         eprintln!("{}", self.line());
-        if self.code() == Some(Code::Unauthenticated) {
+        if self.code() == Some(Code::Unauthenticated) && !token_given {
             eprintln!(
                 "hint: give a token with --token-file FILE, BACKCHANNEL_TOKEN or --token \
                  (the admin's is in the data directory's admin.token)"
@@ -97,6 +105,28 @@ impl CliError {
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> CliError {
         CliError::Refused(Box::new(status))
+    }
+}
+
+/// A hint when the failure looks like TLS on one side only.
+fn tls_hint(addr: &str, cause: &str) -> &'static str {
+    let tls = addr.starts_with("https://");
+    let lower = cause.to_ascii_lowercase();
+    if tls && lower.contains("invalidcontenttype") {
+        "; the server does not seem to speak TLS: try an http:// address"
+    } else if !tls
+        && [
+            "broken pipe",
+            "canceled",
+            "connection reset",
+            "frame with invalid size",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        "; if the server serves TLS, use an https:// address (and --ca-cert)"
+    } else {
+        ""
     }
 }
 

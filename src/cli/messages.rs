@@ -6,7 +6,7 @@ use std::io::Read;
 use super::connect::{Client, connect};
 use super::output::{Out, Table, line};
 use super::records::route;
-use super::time::{between, human, local, now, parse};
+use super::time::{between, human, local, now, parse, parse_expiry};
 use super::{CliError, ClientArgs, Content, HistoryArgs, MessageState, MessagesArgs, ReplyArgs};
 use super::{SendArgs, ShowArgs, StepArgs};
 use crate::pb;
@@ -62,7 +62,7 @@ fn request(
         labels,
         respond_by: content
             .respond_by
-            .map(|t| parse("--respond-by", &t))
+            .map(|t| parse_expiry("--respond-by", &t))
             .transpose()?,
         in_reply_to,
         occur_time: content.at.map(|t| parse("--at", &t)).transpose()?,
@@ -188,7 +188,8 @@ pub async fn list(args: &ClientArgs, out: &Out, a: MessagesArgs) -> Result<(), C
     let mut c = connect(args).await?;
     let mut all = Vec::new();
     let mut page_token = String::new();
-    while all.len() < a.limit {
+    let limit = a.limit as usize;
+    while all.len() < limit {
         let r = c
             .messages
             .list_messages(pb::ListMessagesRequest {
@@ -196,7 +197,7 @@ pub async fn list(args: &ClientArgs, out: &Out, a: MessagesArgs) -> Result<(), C
                 party_id: a.party.clone().unwrap_or_default(),
                 thread_id: a.thread.clone().unwrap_or_default(),
                 state,
-                page_size: i32::try_from(a.limit - all.len()).unwrap_or(1000).min(1000),
+                page_size: i32::try_from(limit - all.len()).unwrap_or(1000).min(1000),
                 page_token,
             })
             .await?
@@ -207,20 +208,20 @@ pub async fn list(args: &ClientArgs, out: &Out, a: MessagesArgs) -> Result<(), C
         }
         page_token = r.next_page_token;
     }
-    all.truncate(a.limit);
+    all.truncate(limit);
     if out.is_json() {
         for m in &all {
             out.machine(m, "backchannel.v1.Message", &m.id)?;
         }
         return Ok(());
     }
-    let mut t = Table::new(&["ID", "STATE", "WITH", "SENT", "SUBJECT"]);
+    // `show` has the times; the list stays narrow.
+    let mut t = Table::new(&["ID", "STATE", "WITH", "SUBJECT"]);
     for m in &all {
         t.row(vec![
             m.id.clone(),
             state_name(m.state).to_owned(),
             holder(m),
-            local(m.send_time.as_ref().or(m.create_time.as_ref())),
             m.subject.clone(),
         ]);
     }
@@ -466,13 +467,7 @@ fn custody(
             }
         })
     };
-    let fmt = |t: Option<&prost_types::Timestamp>| match t.and_then(super::time::of) {
-        Some(t) => t
-            .with_timezone(&chrono::Local)
-            .format("%Y-%m-%d %H:%M")
-            .to_string(),
-        None => "-".to_owned(),
-    };
+    let fmt = super::time::local_minute;
     let mut t = Table::new(&["HOP", "MEDIATOR", "STATE", "RECEIVED", "PASSED ON", "HELD"]);
     let mut received = sent.cloned();
     for (i, h) in m.hops.iter().enumerate() {

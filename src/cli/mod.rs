@@ -60,21 +60,28 @@ impl Cli {
         use clap::{CommandFactory, FromArgMatches};
         let matches = Cli::command().get_matches();
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        if matches!(cli.command, Some(Command::Serve(_))) {
+        // Server options before a subcommand would be ignored by it
+        // (`backup` alone reads --data-dir there).
+        let serve = matches!(cli.command, Some(Command::Serve(_)));
+        if cli.command.is_some() && !matches!(cli.command, Some(Command::Backup(_))) {
             let server_args = <Config as clap::Args>::augment_args(clap::Command::new("serve"));
             for arg in server_args.get_arguments() {
                 let id = arg.get_id().as_str();
-                if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
-                    Cli::command()
-                        .error(
-                            clap::error::ErrorKind::ArgumentConflict,
-                            format!(
-                                "--{} comes before `serve`: put the server options after it",
-                                arg.get_long().unwrap_or(id)
-                            ),
-                        )
-                        .exit();
+                if matches.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+                    continue;
                 }
+                let flag = arg.get_long().unwrap_or(id);
+                let why = if serve {
+                    format!("--{flag} comes before `serve`: put the server options after it")
+                } else {
+                    format!(
+                        "--{flag} is an option of the server; a client subcommand takes \
+                         --addr, --token, --token-file, --ca-cert, -o …"
+                    )
+                };
+                Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, why)
+                    .exit();
             }
         }
         cli
@@ -107,17 +114,13 @@ pub struct ClientArgs {
     )]
     pub addr: String,
     /// The token to call with. On the command line it is visible to other
-    /// users of this machine (in `ps`): prefer BACKCHANNEL_TOKEN or
-    /// --token-file.
-    #[arg(long, env = "BACKCHANNEL_TOKEN", hide_env_values = true, global = true)]
+    /// users of this machine (in `ps`): prefer --token-file or the
+    /// environment. Without either flag: BACKCHANNEL_TOKEN, else the file
+    /// BACKCHANNEL_TOKEN_FILE names (a flag always wins over a variable).
+    #[arg(long, global = true)]
     pub token: Option<String>,
     /// A file holding the token (e.g. a data directory's `admin.token`).
-    #[arg(
-        long,
-        env = "BACKCHANNEL_TOKEN_FILE",
-        value_name = "FILE",
-        global = true
-    )]
+    #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// PEM CA certificates to check the server's certificate with (TLS;
     /// implies https). Default: the system's roots.
@@ -181,6 +184,9 @@ pub async fn run(client: ClientArgs, command: Command) -> std::process::ExitCode
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => e.on_connection_to(&url_of(&client)).report(),
+        Err(e) => {
+            let token_given = connect::token_given(&client).is_ok_and(|t| t.is_some());
+            e.on_connection_to(&url_of(&client)).report(token_given)
+        }
     }
 }

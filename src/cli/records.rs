@@ -2,7 +2,7 @@
 
 use super::connect::{Client, connect};
 use super::output::{Out, Table, line};
-use super::time::{local, parse_expiry};
+use super::time::{local, local_minute, parse_expiry};
 use super::{ChannelCommand, ChannelState, ChannelStepArgs, CliError, ClientArgs, Kind};
 use super::{Output, PartyCommand, TokenCommand};
 use crate::pb;
@@ -149,7 +149,7 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
                 })
                 .await?
                 .into_inner();
-            if out.machine(&r, "backchannel.v1.IssueTokenResponse", &r.token_id)? {
+            if out.machine(&r, "backchannel.v1.IssueTokenResponse", &r.token)? {
                 return Ok(());
             }
             // The secret alone on stdout (`backchannel token issue P > P.token`).
@@ -186,7 +186,7 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
                 }
                 return Ok(());
             }
-            let mut t = Table::new(&["TOKEN ID", "PARTY", "ACCESS", "STATUS", "LAST USED"]);
+            let mut t = Table::new(&["TOKEN ID", "PARTY", "MAY", "STATUS", "LAST USED"]);
             for k in &all {
                 let status = if k.revoke_time.is_some() {
                     "revoked".to_owned()
@@ -194,7 +194,7 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
                     if e.seconds <= super::time::now().seconds {
                         "expired".to_owned()
                     } else {
-                        format!("until {}", local(Some(e)))
+                        format!("until {}", local_minute(Some(e)))
                     }
                 } else {
                     "active".to_owned()
@@ -202,14 +202,9 @@ pub async fn token(args: &ClientArgs, out: &Out, cmd: TokenCommand) -> Result<()
                 t.row(vec![
                     k.token_id.clone(),
                     k.party_id.clone(),
-                    if k.read_only {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    }
-                    .to_owned(),
+                    if k.read_only { "read" } else { "write" }.to_owned(),
                     status,
-                    local(k.last_use_time.as_ref()),
+                    local_minute(k.last_use_time.as_ref()),
                 ]);
             }
             t.print("no tokens")

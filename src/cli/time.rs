@@ -24,6 +24,14 @@ pub fn local(t: Option<&Timestamp>) -> String {
     }
 }
 
+/// A timestamp in the local zone, to the minute (`2019-08-25 14:02`).
+pub fn local_minute(t: Option<&Timestamp>) -> String {
+    match t.and_then(of) {
+        Some(t) => t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string(),
+        None => "-".to_owned(),
+    }
+}
+
 /// A duration as `3d4h`, `2h13m`, `5m30s` or `45s`: its two largest units.
 pub fn human(d: chrono::TimeDelta) -> String {
     let secs = d.num_seconds();
@@ -66,7 +74,7 @@ fn rfc3339(flag: &str, s: &str) -> Result<Timestamp, CliError> {
         .map_err(|_| {
             CliError::usage(format!(
                 "{flag}: '{s}' is neither an RFC 3339 time (2019-08-25T14:00:00+02:00) \
-                 nor a duration"
+                 nor +DURATION (from now) or -DURATION (ago), like +2h or -30m"
             ))
         })
 }
@@ -75,7 +83,10 @@ fn rfc3339(flag: &str, s: &str) -> Result<Timestamp, CliError> {
 pub fn parse(flag: &str, s: &str) -> Result<Timestamp, CliError> {
     let now = SystemTime::now();
     if let Some(d) = s.strip_prefix('+') {
-        return Ok(Timestamp::from(now + duration(flag, d)?));
+        let at = now
+            .checked_add(duration(flag, d)?)
+            .ok_or_else(|| CliError::usage(format!("{flag}: '{s}' is too far ahead")))?;
+        return Ok(Timestamp::from(at));
     }
     if let Some(d) = s.strip_prefix('-') {
         let back = duration(flag, d)?;
@@ -87,10 +98,10 @@ pub fn parse(flag: &str, s: &str) -> Result<Timestamp, CliError> {
     rfc3339(flag, s)
 }
 
-/// A time given as a duration from now (`30d`) or RFC 3339.
+/// A time in the future: a duration from now (`30d`, `+30d`) or RFC 3339.
 pub fn parse_expiry(flag: &str, s: &str) -> Result<Timestamp, CliError> {
     if s.starts_with(|c: char| c.is_ascii_digit()) && humantime::parse_duration(s).is_ok() {
-        return Ok(Timestamp::from(SystemTime::now() + duration(flag, s)?));
+        return parse(flag, &format!("+{s}"));
     }
     parse(flag, s)
 }

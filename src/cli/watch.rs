@@ -68,9 +68,12 @@ fn save_position(path: &Path, sequence: u64) -> Result<(), CliError> {
 /// went away, or a limit said to come back later. A refusal of the request
 /// itself (a bad filter, a revoked token, beyond the head) is final.
 fn transient(status: &tonic::Status) -> bool {
+    let reason = status.get_details_error_info().map(|i| i.reason);
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
-        Code::ResourceExhausted => true,
+        // A rate limit passes; too many open subscriptions is for the
+        // user to fix.
+        Code::ResourceExhausted => reason.as_deref() == Some("RATE_LIMITED"),
         // From the transport (a reset stream), not a refusal of ours,
         // which always carries an ErrorInfo.
         Code::Internal => status.get_details_error_info().is_none(),
@@ -101,9 +104,16 @@ impl Position<'_> {
 enum End {
     /// Caught up, with `--until-caught-up`; or stopped by a signal.
     Done,
-    /// The connection or the server went away.
-    Lost(String),
+    /// The connection or the server went away; `bool`: after it had
+    /// delivered something (so the next attempt starts with a short wait).
+    Lost(String, bool),
 }
+
+/// Seconds between the heartbeats asked for on a quiet stream.
+const HEARTBEAT_SECONDS: u32 = 5;
+/// A stream silent this long (three heartbeats missed) is taken as lost:
+/// a server or network that froze without closing the connection.
+const SILENCE: Duration = Duration::from_secs(3 * HEARTBEAT_SECONDS as u64);
 
 async fn follow(
     c: &mut Client,
@@ -119,18 +129,26 @@ async fn follow(
         message_ids: a.messages.clone(),
         thread_ids: a.threads.clone(),
         types: types.to_vec(),
-        heartbeat_seconds: 0,
+        heartbeat_seconds: HEARTBEAT_SECONDS,
     };
     let mut stream = match c.messages.subscribe(req).await {
         Ok(r) => r.into_inner(),
-        Err(s) if transient(&s) => return Ok(End::Lost(s.message().to_owned())),
+        Err(s) if transient(&s) => return Ok(End::Lost(s.message().to_owned(), false)),
         Err(s) => return Err(s.into()),
     };
+    let mut delivered = false;
     loop {
         let item = tokio::select! {
-            item = stream.message() => item,
+            item = tokio::time::timeout(SILENCE, stream.message()) => item,
             () = stop.cancelled() => return Ok(End::Done),
         };
+        let Ok(item) = item else {
+            let why = format!("nothing, not even a heartbeat, for {} s", SILENCE.as_secs());
+            return Ok(End::Lost(why, delivered));
+        };
+        if matches!(item, Ok(Some(_))) {
+            delivered = true;
+        }
         match item {
             Ok(Some(r)) => match r.kind {
                 Some(Kind::Event(e)) => {
@@ -150,8 +168,13 @@ async fn follow(
                 }
                 None => {}
             },
-            Ok(None) => return Ok(End::Lost("the server ended the stream".to_owned())),
-            Err(s) if transient(&s) => return Ok(End::Lost(s.message().to_owned())),
+            Ok(None) => {
+                return Ok(End::Lost(
+                    "the server ended the stream".to_owned(),
+                    delivered,
+                ));
+            }
+            Err(s) if transient(&s) => return Ok(End::Lost(s.message().to_owned(), delivered)),
             Err(s) => return Err(s.into()),
         }
     }
@@ -188,6 +211,24 @@ pub async fn watch(args: &ClientArgs, out: &Out, a: WatchArgs) -> Result<(), Cli
     let file = a.position_file.as_deref();
     let saved = file.map(read_position).transpose()?.flatten();
     let start = saved.or(a.after).or(a.from_start.then_some(0));
+    if let Some(f) = file {
+        // Fail now, not after the first event is printed.
+        let at = start.unwrap_or(0);
+        if saved.is_some() || start.is_some() {
+            save_position(f, at)?;
+        } else {
+            let mut probe = f.as_os_str().to_owned();
+            probe.push(".tmp");
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|e| {
+                    CliError::Local(format!(
+                        "cannot write the position file {}: {e}",
+                        f.display()
+                    ))
+                })?;
+        }
+    }
     let mut pos = Position { at: start, file };
     let stop = stop_on_signal()?;
     let mut c = connect(args).await?;
@@ -195,7 +236,14 @@ pub async fn watch(args: &ClientArgs, out: &Out, a: WatchArgs) -> Result<(), Cli
     loop {
         let why = match follow(&mut c, out, &a, &types, &mut pos, &stop).await? {
             End::Done => return Ok(()),
-            End::Lost(why) => why,
+            End::Lost(why, delivered) => {
+                // Only a stream that worked resets the wait: a server that
+                // answers but refuses is asked less and less often.
+                if delivered {
+                    backoff = Duration::from_millis(100);
+                }
+                why
+            }
         };
         let from = pos
             .at
@@ -211,7 +259,6 @@ pub async fn watch(args: &ClientArgs, out: &Out, a: WatchArgs) -> Result<(), Cli
             match connect(args).await {
                 Ok(new) => {
                     c = new;
-                    backoff = Duration::from_millis(100);
                     break;
                 }
                 Err(CliError::Unreachable { cause, .. }) => {
