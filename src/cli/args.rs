@@ -292,28 +292,17 @@ pub struct StepArgs {
     pub request_id: Option<String>,
 }
 
-/// A message's state, as a filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[value(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MessageState {
-    /// Waiting for the first mediator.
-    Submitted,
-    /// With a mediator.
-    InTransit,
-    /// Handed to the recipient.
-    Delivered,
-    /// Receipt confirmed.
-    Acknowledged,
-    /// Replied to.
-    Answered,
-    /// A mediator refused to carry it.
-    Declined,
-    /// The recipient refused it.
-    Rejected,
-    /// The sender took it back.
-    Withdrawn,
-    /// Its deadline passed.
-    Expired,
+/// A message's state as a filter (`IN_TRANSIT`, or `in_transit`), as its
+/// proto enum number.
+fn message_state(s: &str) -> Result<i32, String> {
+    crate::pb::message::State::from_str_name(&s.to_ascii_uppercase())
+        .filter(|v| *v != crate::pb::message::State::Unspecified)
+        .map(|v| v as i32)
+        .ok_or_else(|| {
+            "not a message state: SUBMITTED, IN_TRANSIT, DELIVERED, ACKNOWLEDGED, ANSWERED, \
+             DECLINED, REJECTED, WITHDRAWN or EXPIRED"
+                .to_owned()
+        })
 }
 
 /// `backchannel messages`.
@@ -328,9 +317,10 @@ pub struct MessagesArgs {
     /// Only messages of this thread.
     #[arg(long, value_name = "T")]
     pub thread: Option<String>,
-    /// Only messages in this state.
-    #[arg(long, value_enum, value_name = "S", ignore_case = true)]
-    pub state: Option<MessageState>,
+    /// Only messages in this state (SUBMITTED, IN_TRANSIT, DELIVERED,
+    /// ACKNOWLEDGED, ANSWERED, DECLINED, REJECTED, WITHDRAWN, EXPIRED).
+    #[arg(long, value_name = "S", value_parser = message_state)]
+    pub state: Option<i32>,
     /// At most this many (the newest).
     #[arg(long, value_name = "N", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -7,7 +7,7 @@ use super::connect::{Client, connect};
 use super::output::{Out, Table, line};
 use super::records::route;
 use super::time::{between, human, local, now, parse, parse_expiry};
-use super::{CliError, ClientArgs, Content, HistoryArgs, MessageState, MessagesArgs, ReplyArgs};
+use super::{CliError, ClientArgs, Content, HistoryArgs, MessagesArgs, ReplyArgs};
 use super::{SendArgs, ShowArgs, StepArgs};
 use crate::pb;
 use crate::pb::event::Type;
@@ -174,17 +174,7 @@ fn print_message(out: &Out, m: &pb::Message) -> Result<(), CliError> {
 
 /// `backchannel messages`.
 pub async fn list(args: &ClientArgs, out: &Out, a: MessagesArgs) -> Result<(), CliError> {
-    let state = a.state.map_or(0, |s| match s {
-        MessageState::Submitted => pb::message::State::Submitted,
-        MessageState::InTransit => pb::message::State::InTransit,
-        MessageState::Delivered => pb::message::State::Delivered,
-        MessageState::Acknowledged => pb::message::State::Acknowledged,
-        MessageState::Answered => pb::message::State::Answered,
-        MessageState::Declined => pb::message::State::Declined,
-        MessageState::Rejected => pb::message::State::Rejected,
-        MessageState::Withdrawn => pb::message::State::Withdrawn,
-        MessageState::Expired => pb::message::State::Expired,
-    } as i32);
+    let state = a.state.unwrap_or(0);
     let mut c = connect(args).await?;
     let mut all = Vec::new();
     let mut page_token = String::new();
