@@ -8,6 +8,7 @@
 //! statuses; [`backup`] copies the embedded store while it serves.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod cli;
