@@ -5,12 +5,13 @@
 # whose record is empty. After each day of the story it prints the events
 # that day recorded, one line each, as `backchannel watch` shows them.
 #
-#   cargo run --release               # in another terminal: a fresh server
-#   examples/biarritz.sh              # in this one
+#   cargo run --release               # in another terminal: a fresh server;
+#   examples/biarritz.sh              # in this one, once it logs `serving`
 #
 # Settings (environment):
 #   BACKCHANNEL_ADDR        the server (default http://127.0.0.1:50051)
-#   BACKCHANNEL_TOKEN       the admin token (default: the server's
+#   BACKCHANNEL_TOKEN       the admin token (default: the file
+#                           BACKCHANNEL_TOKEN_FILE names, else the server's
 #                           ./backchannel-data/admin.token, or
 #                           $BACKCHANNEL_DATA_DIR/admin.token)
 #   BACKCHANNEL_BIN         the backchannel binary (default: on PATH, else
@@ -32,9 +33,9 @@ fi
 export BACKCHANNEL_ADDR=${BACKCHANNEL_ADDR:-http://127.0.0.1:50051}
 DEADLINE_SECONDS=${DEADLINE_SECONDS:-6}
 if [ -z "${BACKCHANNEL_TOKEN:-}" ]; then
-  token_file=${BACKCHANNEL_DATA_DIR:-./backchannel-data}/admin.token
+  token_file=${BACKCHANNEL_TOKEN_FILE:-${BACKCHANNEL_DATA_DIR:-./backchannel-data}/admin.token}
   if [ ! -r "$token_file" ]; then
-    echo "error: no admin token: set BACKCHANNEL_TOKEN, or run this where the server keeps $token_file" >&2
+    echo "error: no admin token in $token_file: set BACKCHANNEL_TOKEN, or run this where the server keeps it (a server still starting has not written it yet)" >&2
     exit 1
   fi
   BACKCHANNEL_TOKEN=$(cat "$token_file")

@@ -52,6 +52,12 @@ async fn the_command_line_tour_runs_as_written() {
     for f in ["iran.token", "us.token", "france.token"] {
         let t = std::fs::read_to_string(cwd.path().join(f)).expect("token file");
         assert!(t.starts_with("bc_") && t.lines().count() == 1, "{f}: {t:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cwd.path().join(f))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
     }
     assert!(
         stdout.contains("route     iran → france → united-states"),
