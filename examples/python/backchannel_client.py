@@ -102,13 +102,25 @@ class Client:
             raise Refused(e) from None
 
 
+_say_lock = threading.Lock()
+
+
+def say(line, file=None):
+    """Prints one line in a single write: the watcher thread and the main
+    thread both print, and print() writes the text and its newline apart."""
+    out = file or sys.stdout
+    with _say_lock:
+        out.write(line + "\n")
+        out.flush()
+
+
 def event_line(e):
     kind = pb.Event.Type.Name(e.type)
     subject = e.message.subject if e.HasField("message") else e.channel.display_name
     return f"#{e.sequence} {kind} by {e.actor}: {subject}"
 
 
-def watch(client, after=None, until_caught_up=False, stop=None, out=print):
+def watch(client, after=None, until_caught_up=False, stop=None, out=say):
     """Prints every event after `after` (None: from now on), then live;
     resumes from the last sequence seen when the stream is lost."""
     position = after
@@ -137,8 +149,8 @@ def watch(client, after=None, until_caught_up=False, stop=None, out=print):
             if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
                                 grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
                 raise refused from None
-            print(f"watch: stream lost ({refused.message}); resuming after {position}",
-                  file=sys.stderr)
+            say(f"watch: stream lost ({refused.message}); resuming after {position}",
+                file=sys.stderr)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     return position
@@ -162,7 +174,7 @@ def demo(addr, admin_token):
     channel = iran.call(iran.channels.CreateChannel, pb.CreateChannelRequest(
         display_name="Python channel", parties=["iran", "united-states"],
         mediators=["france"], request_id=str(uuid.uuid4())))
-    print(f"channel {channel.id}: iran -> france -> united-states")
+    say(f"channel {channel.id}: iran -> france -> united-states")
 
     # The watcher starts at the log's head, as a list-then-subscribe client would.
     head = iran.call(iran.messages.ListEvents,
@@ -170,7 +182,7 @@ def demo(addr, admin_token):
     seen = []
     done = threading.Event()
     watcher = threading.Thread(target=watch, kwargs=dict(
-        client=iran, after=head, stop=done, out=lambda line: (seen.append(line), print(line))))
+        client=iran, after=head, stop=done, out=lambda line: (seen.append(line), say(line))))
     watcher.start()
 
     message = iran.call(iran.messages.SendMessage, pb.SendMessageRequest(
@@ -183,7 +195,7 @@ def demo(addr, admin_token):
         france.call(france.messages.ForwardMessage, pb.ForwardMessageRequest(
             message_id=message.id, expected_version=1))
     except Refused as r:
-        print(f"refused: {r.code.name} {r.reason}, current_version={r.metadata.get('current_version')}")
+        say(f"refused: {r.code.name} {r.reason}, current_version={r.metadata.get('current_version')}")
         current = int(r.metadata["current_version"])
         france.call(france.messages.ForwardMessage, pb.ForwardMessageRequest(
             message_id=message.id, expected_version=current, note="handed over"))
@@ -191,7 +203,7 @@ def demo(addr, admin_token):
     try:
         us.call(us.messages.AcceptMessage, pb.AcceptMessageRequest(message_id=message.id))
     except Refused as r:
-        print(f"refused: {r.code.name} {r.reason}")
+        say(f"refused: {r.code.name} {r.reason}")
     us.call(us.messages.AcknowledgeMessage, pb.AcknowledgeMessageRequest(message_id=message.id))
 
     deadline = time.monotonic() + 20
@@ -200,7 +212,7 @@ def demo(addr, admin_token):
     done.set()
     watcher.join(timeout=5)
     final = iran.call(iran.messages.GetMessage, pb.GetMessageRequest(message_id=message.id))
-    print(f"message {message.id} is {pb.Message.State.Name(final.state)}")
+    say(f"message {message.id} is {pb.Message.State.Name(final.state)}")
     return 0 if len(seen) >= 4 else 1
 
 
@@ -222,7 +234,7 @@ def main():
         watch(Client(addr, token), after=args.after, until_caught_up=args.until_caught_up)
         return 0
     except Refused as r:
-        print(f"error: {r}", file=sys.stderr)
+        say(f"error: {r}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
