@@ -43,7 +43,7 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Directory of the embedded store and the generated admin token.
+    /// Directory of the embedded store and the generated admin token and signing key.
     #[arg(long, env = "BACKCHANNEL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
@@ -63,6 +63,18 @@ pub struct Config {
     /// The admin token. Unset: generated once into `<data-dir>/admin.token`.
     #[arg(long, env = "BACKCHANNEL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// The file holding the key that signs the log's checkpoints, in Go's
+    /// sumdb/note form (`PRIVATE+KEY+<name>+<id>+<key>`). Unset: generated
+    /// once into `<data-dir>/signing.key`. Replicas sharing a database must
+    /// share one key.
+    #[arg(long, env = "BACKCHANNEL_SIGNING_KEY_FILE")]
+    pub signing_key: Option<PathBuf>,
+
+    /// The log's name in its checkpoints (and its key's name). Unset:
+    /// `backchannel/<log id>`, the log id being a UUID made with the store.
+    #[arg(long, env = "BACKCHANNEL_LOG_ORIGIN")]
+    pub log_origin: Option<String>,
 
     /// Address to serve Prometheus metrics on (`GET /metrics`); off when unset.
     #[arg(long, env = "BACKCHANNEL_METRICS_LISTEN")]

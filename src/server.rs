@@ -11,7 +11,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::api::{Ctx, Pager, channel::ChannelApi, message::MessageApi, party::PartyApi};
+use crate::api::{
+    Ctx, Pager, audit::AuditApi, channel::ChannelApi, message::MessageApi, party::PartyApi,
+};
 use crate::auth::{self, Authenticator};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -95,6 +97,7 @@ pub async fn run(
     let shutdown_token = CancellationToken::new();
 
     let auth = Arc::new(authenticator(&config, &store).await?);
+    let log = Arc::new(signing_log(&config, &store).await?);
     let quotas = Arc::new(crate::quota::Quotas::new(
         config.rate_limit,
         config.max_subscriptions_per_party,
@@ -154,6 +157,12 @@ pub async fn run(
         pb::message_service_server::MessageServiceServer::new(MessageApi(ctx.clone()))
             .accept_compressed(gzip)
             .max_decoding_message_size(max_decoding),
+        require_token.clone(),
+    );
+    let audit = InterceptedService::new(
+        pb::audit_service_server::AuditServiceServer::new(AuditApi::new(ctx.clone(), log))
+            .accept_compressed(gzip)
+            .max_decoding_message_size(max_decoding),
         require_token,
     );
 
@@ -193,7 +202,8 @@ pub async fn run(
     .add_service(crate::codec::ReflectionFaults(reflection_v1alpha))
     .add_service(crate::codec::RequestFaults(party))
     .add_service(crate::codec::RequestFaults(channel))
-    .add_service(crate::codec::RequestFaults(message));
+    .add_service(crate::codec::RequestFaults(message))
+    .add_service(crate::codec::RequestFaults(audit));
     // A method no service serves is UNIMPLEMENTED with a message that says
     // so (tonic's own fallback answers with an empty one).
     let routes = tonic::service::Routes::from(routes.into_axum_router().fallback(
@@ -270,6 +280,43 @@ fn max_connections(config: &Config) -> usize {
             max
         }
     }
+}
+
+/// The log's origin and signing key (given, or the data directory's,
+/// generated on the first start); the verifier key is logged.
+async fn signing_log(config: &Config, store: &Store) -> Result<crate::audit::Log, BoxError> {
+    use crate::audit::key::{KeySource, signing_key};
+    let origin = match &config.log_origin {
+        Some(o) => o.clone(),
+        None => format!("backchannel/{}", store.log_id().await?),
+    };
+    let (signer, source) = signing_key(config.signing_key.as_deref(), &config.data_dir, &origin)?;
+    let log = crate::audit::Log::new(signer);
+    let key = log.verifier_key();
+    match source {
+        KeySource::Given(path) => {
+            tracing::info!(path = %path.display(), origin, verifier_key = key, "signing key")
+        }
+        KeySource::Kept(path) | KeySource::Generated(path) if config.database_url.is_some() => {
+            tracing::warn!(
+                path = %path.display(),
+                origin,
+                verifier_key = key,
+                "signing key file of this replica; replicas sharing a database must share one \
+                 key: copy it to each and set BACKCHANNEL_SIGNING_KEY_FILE"
+            )
+        }
+        KeySource::Generated(path) => tracing::info!(
+            path = %path.display(),
+            origin,
+            verifier_key = key,
+            "signing key generated; back it up: it signs the log's checkpoints"
+        ),
+        KeySource::Kept(path) => {
+            tracing::info!(path = %path.display(), origin, verifier_key = key, "signing key")
+        }
+    }
+    Ok(log)
 }
 
 /// The admin token (from the settings, or its file) and the stored tokens.

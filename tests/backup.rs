@@ -231,7 +231,7 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_message() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(names, ["admin.token", "backchannel.db"]);
+    assert_eq!(names, ["admin.token", "backchannel.db", "signing.key"]);
     for n in &names {
         assert_eq!(mode(&dest.join(n)), 0o600, "{n}");
     }

@@ -1,6 +1,7 @@
 //! The gRPC handlers: one file per service. Each handler authenticates,
 //! parses the request into domain values, calls the store, and encodes.
 
+pub mod audit;
 pub mod channel;
 pub mod message;
 pub mod paging;

@@ -3,6 +3,7 @@
 //! events. Runs inside the writer's transaction; a backend provides
 //! [`WriteTx`].
 
+use crate::audit::merkle::{Frontier, Hash};
 use crate::domain::decide::{self, Context, Draft, EXPIRE_BATCH, Loaded, Prior, Resource, Write};
 use crate::domain::{
     Caller, Channel, Command, Event, Id, Message, Outcome, Party, PartyId, Rejection, Subject, Time,
@@ -23,6 +24,8 @@ pub trait Statements {
     fn execute(&mut self, sql: &Sql) -> Result<(), StoreError>;
     /// The first row a query returns, if any.
     fn first_row(&mut self, sql: &Sql) -> Result<Option<Row>, StoreError>;
+    /// Every row a query returns.
+    fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError>;
 }
 
 /// What the writer needs from a backend inside one transaction. Parties
@@ -129,21 +132,29 @@ pub trait WriteTx: Statements {
         resource: Id,
     ) -> Result<(), StoreError>;
     /// Appends an event, encoded as `data`, to the log, with its leaf hash
-    /// (see [`super::record::leaf_hash`]).
-    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// (see [`super::record::leaf_hash`]), and the nodes of the log's
+    /// Merkle tree it completed (`completed`, from [`Frontier::push`]; its
+    /// level-0 entry is the leaf hash, kept with the event).
+    fn append(
+        &mut self,
+        e: &Event,
+        data: &[u8],
+        leaf_hash: &[u8; 32],
+        completed: &[(u32, u64, Hash)],
+    ) -> Result<(), StoreError>;
     /// Writes one small row outside the record (the health probe's write).
     fn probe(&mut self, now: Time) -> Result<(), StoreError>;
 }
 
 /// Runs a batch of jobs in one transaction: appends each job's result to
-/// `results` and the events of the successful ones to `events`, advancing
-/// `head`. A command is decided before it writes, so a refused one has
+/// `results` and the events of the successful ones to `events`, growing
+/// `tree` (the log's Merkle tree, whose size is the head). A command is decided before it writes, so a refused one has
 /// written nothing and the batch goes on without it; a store failure fails
 /// the whole batch, which then commits nothing.
 pub fn run_batch<T: WriteTx>(
     tx: &mut T,
     jobs: &[super::Job],
-    head: &mut u64,
+    tree: &mut Frontier,
     now: Time,
     results: &mut Vec<Result<Outcome, Rejection>>,
     events: &mut Vec<super::Committed>,
@@ -158,7 +169,7 @@ pub fn run_batch<T: WriteTx>(
         match decide::decide(cx, &job.command, &loaded) {
             Ok(d) => {
                 for w in d.writes {
-                    write(tx, &job.caller, w, head, now, events)?;
+                    write(tx, &job.caller, w, tree, now, events)?;
                 }
                 results.push(Ok(d.outcome));
             }
@@ -229,7 +240,7 @@ fn write<T: WriteTx>(
     tx: &mut T,
     caller: &Caller,
     w: Write,
-    head: &mut u64,
+    tree: &mut Frontier,
     now: Time,
     events: &mut Vec<super::Committed>,
 ) -> Result<(), StoreError> {
@@ -240,7 +251,7 @@ fn write<T: WriteTx>(
         Write::RevokeToken { token_id, at } => tx.revoke_token(token_id, at),
         Write::Event(d) => {
             let creates = d.kind.creates();
-            let c = append(tx, d, head, now)?;
+            let c = append(tx, d, tree, now)?;
             let seq = creates.then_some(c.event.sequence);
             match &c.event.subject {
                 Subject::Channel(ch) => tx.save_channel(ch, seq)?,
@@ -259,21 +270,20 @@ fn write<T: WriteTx>(
     }
 }
 
-/// Appends a drafted event to the log, with the next sequence, and returns
-/// it as committed.
+/// Appends a drafted event to the log, with the next sequence, and to the
+/// log's Merkle tree, and returns it as committed.
 fn append<T: WriteTx>(
     tx: &mut T,
     d: Draft,
-    head: &mut u64,
+    tree: &mut Frontier,
     now: Time,
 ) -> Result<super::Committed, StoreError> {
     let channel_id = match &d.subject {
         Subject::Message(m) => m.channel_id,
         Subject::Channel(c) => c.id,
     };
-    *head += 1;
     let event = Event {
-        sequence: *head,
+        sequence: tree.size() + 1,
         event_id: Id::new(),
         kind: d.kind,
         actor: d.actor,
@@ -289,6 +299,7 @@ fn append<T: WriteTx>(
         &event,
     )));
     let hash = super::record::leaf_hash(&data);
-    tx.append(&event, &data, &hash)?;
+    let completed = tree.push(hash);
+    tx.append(&event, &data, &hash, &completed)?;
     Ok(super::Committed { event, data })
 }

@@ -14,6 +14,7 @@ pub mod record;
 pub mod runs;
 pub mod schema;
 pub mod sqlite;
+pub mod tree;
 pub mod writer;
 
 use std::path::Path;
@@ -455,5 +456,35 @@ impl Store {
     /// The last sequence in the log.
     pub async fn head(&self) -> Result<u64, StoreError> {
         read!(self.head())
+    }
+
+    /// The log's id.
+    pub async fn log_id(&self) -> Result<String, StoreError> {
+        read!(self.log_id())
+    }
+
+    /// The head of the log's Merkle tree at `size` (at most the head).
+    pub async fn tree_root(&self, size: u64) -> Result<tree::Hash, StoreError> {
+        read!(self.tree_root(size))
+    }
+
+    /// The inclusion proof of leaf `index` at tree size `size`, and the
+    /// tree's head at that size.
+    pub async fn inclusion(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<(Vec<tree::Hash>, tree::Hash), StoreError> {
+        read!(self.inclusion(index, size))
+    }
+
+    /// The consistency proof between two tree sizes, and the head at the
+    /// second.
+    pub async fn consistency(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<(Vec<tree::Hash>, tree::Hash), StoreError> {
+        read!(self.consistency(first, second))
     }
 }

@@ -12,11 +12,7 @@ use crate::pb;
 /// `SHA-256(0x00 ‖ data)`. Kept beside every event and checked whenever the
 /// event is read; the verifiable log builds its Merkle tree on it.
 pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update([0u8]);
-    h.update(data);
-    h.finalize().into()
+    crate::audit::merkle::leaf_hash(data)
 }
 
 /// `Ok` if `data` matches its stored leaf hash; otherwise the event at

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backchannel::pb;
+use backchannel::pb::audit_service_client::AuditServiceClient;
 use backchannel::pb::channel_service_client::ChannelServiceClient;
 use backchannel::pb::message_service_client::MessageServiceClient;
 use backchannel::pb::party_service_client::PartyServiceClient;
@@ -420,6 +421,8 @@ pub struct Clients {
     pub channels: ChannelServiceClient<Authed>,
     /// MessageService.
     pub messages: MessageServiceClient<Authed>,
+    /// AuditService.
+    pub audit: AuditServiceClient<Authed>,
 }
 
 impl Clients {
@@ -432,7 +435,8 @@ impl Clients {
         Clients {
             parties: PartyServiceClient::with_interceptor(channel.clone(), b.clone()),
             channels: ChannelServiceClient::with_interceptor(channel.clone(), b.clone()),
-            messages: MessageServiceClient::with_interceptor(channel, b),
+            messages: MessageServiceClient::with_interceptor(channel.clone(), b.clone()),
+            audit: AuditServiceClient::with_interceptor(channel, b),
         }
     }
 }

@@ -31,6 +31,7 @@ use super::query::{self, Arg, Sql, Style, int};
 use super::read::{Reads, Row, Value};
 use super::record::{corrupt, decode_channel, decode_message};
 use super::{Job, Publish, WriterState};
+use crate::audit::merkle::{Frontier, Hash};
 use crate::convert;
 use crate::domain::{Channel, Command, Event, Id, Message, Time};
 use crate::domain::{Outcome, Rejection};
@@ -49,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_leaf_hash.sql"),
     include_str!("../../../migrations/postgres/0003_token_scopes.sql"),
+    include_str!("../../../migrations/postgres/0004_merkle_tree.sql"),
 ];
 
 /// Most commands committed in one transaction.
@@ -240,6 +242,7 @@ pub async fn start(
                 cfg: writer_cfg,
                 conn: None,
                 stmts: HashMap::new(),
+                tree: None,
             };
             super::writer::run(writer, rx, publish, state, clock, MAX_BATCH)
         })
@@ -290,6 +293,16 @@ async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), StoreError> {
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('page_key', $1) ON CONFLICT DO NOTHING",
                 &[&&key[..]],
+            )
+            .await
+            .map_err(pg_err)?;
+        // The log's id, made once with the store (it names the log in
+        // checkpoints by default).
+        let log_id = crate::domain::Id::new().to_string().into_bytes();
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('log_id', $1) ON CONFLICT DO NOTHING",
+                &[&log_id],
             )
             .await
             .map_err(pg_err)?;

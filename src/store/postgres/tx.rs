@@ -38,6 +38,8 @@ pub(super) struct Deferred {
     pub(super) updated: HashMap<Id, Message>,
     /// Idempotency records, by key: (fingerprint, resource).
     pub(super) requests: HashMap<RequestKey, ([u8; 32], Id)>,
+    /// Nodes of the log's Merkle tree: (last leaf, level, hash).
+    pub(super) nodes: Vec<(i64, i16, Vec<u8>)>,
 }
 
 /// An idempotency record's key: caller, method, request id.
@@ -159,6 +161,19 @@ impl PgTx<'_, '_> {
                 ],
             )?;
         }
+        for chunk in in_chunks(d.nodes) {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for (last, level, hash) in chunk {
+                cols.0.push(last);
+                cols.1.push(level);
+                cols.2.push(hash);
+            }
+            self.exec(
+                "INSERT INTO tree_nodes (last_leaf, level, hash)
+                 SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bytea[])",
+                &[&cols.0, &cols.1, &cols.2],
+            )?;
+        }
         let mut inserted: Vec<(u64, Message)> = d.inserted.into_values().collect();
         inserted.sort_by_key(|(seq, _)| *seq);
         for chunk in in_chunks(inserted) {
@@ -262,6 +277,12 @@ impl Statements for PgTx<'_, '_> {
             .query_opt(&st, &read::bind(&sql.args))
             .map_err(pg_err)?;
         row.as_ref().map(read::row_of).transpose()
+    }
+
+    fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        let st = self.st(&sql.text)?;
+        let rows = self.tx.query(&st, &read::bind(&sql.args)).map_err(pg_err)?;
+        rows.iter().map(read::row_of).collect()
     }
 }
 
@@ -408,7 +429,18 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError> {
+    fn append(
+        &mut self,
+        e: &Event,
+        data: &[u8],
+        leaf_hash: &[u8; 32],
+        completed: &[(u32, u64, Hash)],
+    ) -> Result<(), StoreError> {
+        for (last, level, hash) in crate::store::tree::rows_of(completed) {
+            self.deferred
+                .nodes
+                .push((int(last)?, level as i16, hash.to_vec()));
+        }
         let m = e.message();
         self.deferred.events.push(DeferredEvent {
             seq: int(e.sequence)?,

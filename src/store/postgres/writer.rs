@@ -10,6 +10,10 @@ pub(super) struct PgWriter {
     pub(super) cfg: postgres::Config,
     pub(super) conn: Option<postgres::Client>,
     pub(super) stmts: HashMap<String, postgres::Statement>,
+    /// The log's Merkle tree as this writer last committed it: still the
+    /// right edge while no other replica has appended since (the head under
+    /// the lock is its size), else read again.
+    pub(super) tree: Option<Frontier>,
 }
 
 impl crate::store::writer::Commit for PgWriter {
@@ -34,7 +38,17 @@ impl crate::store::writer::Commit for PgWriter {
                 self.conn.insert(c)
             }
         };
-        commit_batch(client, &mut self.stmts, jobs, now, results, events)
+        let tree = commit_batch(
+            client,
+            &mut self.stmts,
+            self.tree.take(),
+            jobs,
+            now,
+            results,
+            events,
+        )?;
+        self.tree = tree;
+        Ok(())
     }
 
     fn failed(&mut self, e: &StoreError) {
@@ -57,14 +71,18 @@ pub(super) fn keyed_plans(mut c: postgres::Client) -> Result<postgres::Client, p
     Ok(c)
 }
 
+/// Commits `jobs` in one transaction, appending to `tree` if it is still
+/// the log's right edge; returns the tree as committed (`None` for a batch
+/// of probes alone, which appends nothing and takes no lock).
 pub(super) fn commit_batch(
     client: &mut postgres::Client,
     stmts: &mut HashMap<String, postgres::Statement>,
+    tree: Option<Frontier>,
     jobs: &[Job],
     now: Time,
     results: &mut Vec<Result<Outcome, Rejection>>,
     events: &mut Vec<crate::store::Committed>,
-) -> Result<(), StoreError> {
+) -> Result<Option<Frontier>, StoreError> {
     let mut tx = client.transaction().map_err(pg_err)?;
     // A batch of health probes appends nothing and decides nothing on what
     // it reads: it leaves the other replicas' lock alone (its one row,
@@ -87,8 +105,13 @@ pub(super) fn commit_batch(
         deferred: Deferred::default(),
         known_requests: HashMap::new(),
     };
+    let mut tree = match tree {
+        Some(t) if t.size() == head => t,
+        _ if !ordered => Frontier::default(),
+        _ => crate::store::tree::frontier(&mut wt, head)?,
+    };
     wt.load_requests(jobs)?;
-    run_batch(&mut wt, jobs, &mut head, now, results, events)?;
+    run_batch(&mut wt, jobs, &mut tree, now, results, events)?;
     if !ordered && !events.is_empty() {
         return Err(StoreError::internal("an unordered batch appended events"));
     }
@@ -100,7 +123,7 @@ pub(super) fn commit_batch(
         )
     });
     if !events.is_empty() {
-        let h = int(head)?;
+        let h = int(tree.size())?;
         // The new head, and the notification of it, in one round trip.
         tx.execute(
             "WITH moved AS (UPDATE log_head SET head = $1 RETURNING head)
@@ -113,5 +136,6 @@ pub(super) fn commit_batch(
         tx.execute("SELECT pg_notify($1, '')", &[&TOKENS_CHANNEL])
             .map_err(pg_err)?;
     }
-    tx.commit().map_err(pg_err)
+    tx.commit().map_err(pg_err)?;
+    Ok(ordered.then_some(tree))
 }

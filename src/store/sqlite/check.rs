@@ -99,6 +99,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 tx.execute_batch(sql).map_err(db_err)?;
                 fill_leaf_hashes(&tx)?;
             }
+            Migration::Tree(sql) => {
+                tx.execute_batch(sql).map_err(db_err)?;
+                build_tree(&tx)?;
+            }
         }
         tx.pragma_update(None, "user_version", i + 1)
             .map_err(db_err)?;
@@ -118,6 +122,64 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             [&k[..]],
         )
         .map_err(db_err)?;
+    }
+    // The log's id, made once with the store (it names the log in
+    // checkpoints by default).
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('log_id', ?1) ON CONFLICT (key) DO NOTHING",
+        [crate::domain::Id::new().to_string().into_bytes()],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Builds the log's Merkle tree over the events stored before schema
+/// version 6, with a progress line every 100,000 events.
+pub(super) fn build_tree(tx: &Connection) -> Result<(), StoreError> {
+    let total = super::head(tx)?;
+    if total == 0 {
+        return Ok(());
+    }
+    tracing::info!(events = total, "building the log's Merkle tree");
+    let mut tree = crate::audit::merkle::Frontier::default();
+    loop {
+        let after = tx::i64_of(tree.size())?;
+        let batch: Vec<(i64, Option<Vec<u8>>)> = tx
+            .prepare_cached(
+                "SELECT seq, leaf_hash FROM events WHERE seq > ?1 ORDER BY seq LIMIT 10000",
+            )
+            .and_then(|mut s| {
+                s.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(db_err)?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut insert = tx
+            .prepare_cached("INSERT INTO tree_nodes (last_leaf, level, hash) VALUES (?1, ?2, ?3)")
+            .map_err(db_err)?;
+        for (seq, hash) in batch {
+            if u64::try_from(seq).ok() != Some(tree.size() + 1) {
+                return Err(corrupt(format!(
+                    "the log has no event {} (the next is {seq})",
+                    tree.size() + 1
+                )));
+            }
+            let hash: [u8; 32] = hash
+                .as_deref()
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| corrupt(format!("event {seq} has no leaf hash")))?;
+            let done = tree.push(hash);
+            for (last, level, h) in crate::store::tree::rows_of(&done) {
+                insert
+                    .execute(params![tx::i64_of(last)?, level, &h[..]])
+                    .map_err(db_err)?;
+            }
+        }
+        if tree.size() % 100_000 < 10_000 {
+            tracing::info!(done = tree.size(), total, "building the log's Merkle tree");
+        }
     }
     Ok(())
 }

@@ -20,7 +20,9 @@ use super::read::{Reads, Row, Value};
 use super::recent::{self, Recent};
 use super::record::{corrupt, decode_channel, decode_message, leaf_hash};
 use super::runs::{self, Runs};
+use super::tree;
 use super::{Job, Publish, WriterState};
+use crate::audit::merkle::{Frontier, Hash};
 use crate::convert;
 use crate::domain::{Channel, Event, Id, Message, Time};
 use crate::domain::{Outcome, Rejection};
@@ -43,6 +45,8 @@ enum Migration {
     Sql(&'static str),
     /// A script, then the leaf hash of every event stored before it.
     LeafHashes(&'static str),
+    /// A script, then the Merkle tree of the events stored before it.
+    Tree(&'static str),
 }
 
 /// The schema migrations, in order; `PRAGMA user_version` counts those applied.
@@ -59,6 +63,9 @@ const MIGRATIONS: &[Migration] = &[
     )),
     Migration::Sql(include_str!(
         "../../../migrations/sqlite/0005_request_runs.sql"
+    )),
+    Migration::Tree(include_str!(
+        "../../../migrations/sqlite/0006_merkle_tree.sql"
     )),
 ];
 
@@ -210,6 +217,13 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
     migrate(&mut conn)?;
     let head = head(&conn)?;
     integrity_check(&conn, head, options.check_events)?;
+    let tree = tree::frontier(
+        &mut Tx {
+            conn: &conn,
+            cache: None,
+        },
+        head,
+    )?;
     // The writer checkpoints on its own terms (see `Writer::bound_wal`).
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(db_err)?;
@@ -249,7 +263,7 @@ pub fn start(dir: &Path, publish: Publish, options: Options) -> Result<Started, 
                 next_checkpoint: std::time::Instant::now(),
                 filter_build: None,
                 page_size,
-                head,
+                tree,
             };
             writer.start();
             super::writer::run(writer, rx, publish, writer_state, clock, MAX_BATCH)

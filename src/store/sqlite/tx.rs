@@ -40,6 +40,19 @@ impl Statements for Tx<'_> {
             })
             .map_err(db_err)
     }
+
+    fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        self.conn
+            .prepare_cached(&sql.text)
+            .and_then(|mut s| {
+                s.query_map(
+                    rusqlite::params_from_iter(read::params(&sql.args)),
+                    read::row_of,
+                )?
+                .collect()
+            })
+            .map_err(db_err)
+    }
 }
 
 impl WriteTx for Tx<'_> {
@@ -248,7 +261,13 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn append(&mut self, e: &Event, data: &[u8], leaf_hash: &[u8; 32]) -> Result<(), StoreError> {
+    fn append(
+        &mut self,
+        e: &Event,
+        data: &[u8],
+        leaf_hash: &[u8; 32],
+        completed: &[(u32, u64, Hash)],
+    ) -> Result<(), StoreError> {
         let m = e.message();
         let seq = i64_of(e.sequence)?;
         self.conn
@@ -268,6 +287,15 @@ impl WriteTx for Tx<'_> {
                 ])
             })
             .map_err(db_err)?;
+        for (last, level, hash) in tree::rows_of(completed) {
+            let last = i64_of(last)?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO tree_nodes (last_leaf, level, hash) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![last, level, &hash[..]]))
+                .map_err(db_err)?;
+        }
         Ok(())
     }
 }

@@ -56,8 +56,8 @@ pub(super) struct Writer {
     pub(super) filter_build: Option<FilterBuild>,
     /// The database's page size: a WAL frame holds one page.
     pub(super) page_size: u64,
-    /// The last sequence committed.
-    pub(super) head: u64,
+    /// The log's Merkle tree as last committed (its size is the head).
+    pub(super) tree: Frontier,
 }
 
 /// The bytes of a WAL frame's header, before its page.
@@ -102,7 +102,7 @@ impl Writer {
     pub(super) fn commit_batch(
         &mut self,
         jobs: &[Job],
-        head: &mut u64,
+        tree: &mut Frontier,
         now: Time,
         results: &mut Vec<Result<Outcome, Rejection>>,
         events: &mut Vec<crate::store::Committed>,
@@ -117,7 +117,7 @@ impl Writer {
             conn: &tx,
             cache: Some(&mut self.cache),
         };
-        run_batch(&mut wt, jobs, head, now, results, events)?;
+        run_batch(&mut wt, jobs, tree, now, results, events)?;
         let budget = recent::move_budget(jobs.len());
         let step = move_step(&tx, &mut self.cache.requests, budget)?;
         let runs_done = self
@@ -280,12 +280,12 @@ impl crate::store::writer::Commit for Writer {
         events: &mut Vec<crate::store::Committed>,
     ) -> Result<Self::Done, StoreError> {
         self.cache.trim();
-        // The head moves only with a commit.
-        let mut head = self.head;
+        // The head (the tree's size) moves only with a commit.
+        let mut tree = self.tree.clone();
         let done = self
-            .commit_batch(jobs, &mut head, now, results, events)
+            .commit_batch(jobs, &mut tree, now, results, events)
             .map_err(|e| refine(e, &self.dir))?;
-        self.head = head;
+        self.tree = tree;
         Ok(done)
     }
 
