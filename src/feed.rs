@@ -332,6 +332,7 @@ impl Follow {
                         channel: sub.filter.only_channel(),
                         message: sub.filter.only_message(),
                         after: last,
+                        through: None,
                         limit: REPLAY_PAGE,
                         max_bytes: REPLAY_PAGE_BYTES,
                     };

@@ -56,6 +56,7 @@ pub async fn tail(
                     channel: None,
                     message: None,
                     after: feed.head(),
+                    through: None,
                     limit: crate::feed::REPLAY_PAGE,
                     max_bytes: usize::MAX,
                 })

@@ -52,9 +52,12 @@ enum Rpc {
     WithdrawMessage,
     ListEvents,
     Subscribe,
+    GetCheckpoint,
+    GetInclusionProof,
+    GetConsistencyProof,
 }
 
-const ALL: [Rpc; 24] = [
+const ALL: [Rpc; 27] = [
     Rpc::CreateParty,
     Rpc::GetParty,
     Rpc::ListParties,
@@ -79,6 +82,9 @@ const ALL: [Rpc; 24] = [
     Rpc::WithdrawMessage,
     Rpc::ListEvents,
     Rpc::Subscribe,
+    Rpc::GetCheckpoint,
+    Rpc::GetInclusionProof,
+    Rpc::GetConsistencyProof,
 ];
 
 impl Rpc {
@@ -110,6 +116,9 @@ impl Rpc {
             WithdrawMessage => "/backchannel.v1.MessageService/WithdrawMessage",
             ListEvents => "/backchannel.v1.MessageService/ListEvents",
             Subscribe => "/backchannel.v1.MessageService/Subscribe",
+            GetCheckpoint => "/backchannel.v1.AuditService/GetCheckpoint",
+            GetInclusionProof => "/backchannel.v1.AuditService/GetInclusionProof",
+            GetConsistencyProof => "/backchannel.v1.AuditService/GetConsistencyProof",
         }
     }
 }
@@ -141,6 +150,9 @@ enum Req {
     WithdrawMessage(pb::WithdrawMessageRequest),
     ListEvents(pb::ListEventsRequest),
     Subscribe(pb::SubscribeRequest),
+    GetCheckpoint(pb::GetCheckpointRequest),
+    GetInclusionProof(pb::GetInclusionProofRequest),
+    GetConsistencyProof(pb::GetConsistencyProofRequest),
 }
 
 impl Req {
@@ -170,6 +182,9 @@ impl Req {
             Req::WithdrawMessage(_) => Rpc::WithdrawMessage,
             Req::ListEvents(_) => Rpc::ListEvents,
             Req::Subscribe(_) => Rpc::Subscribe,
+            Req::GetCheckpoint(_) => Rpc::GetCheckpoint,
+            Req::GetInclusionProof(_) => Rpc::GetInclusionProof,
+            Req::GetConsistencyProof(_) => Rpc::GetConsistencyProof,
         }
     }
 }
@@ -202,6 +217,9 @@ async fn call(c: &Clients, req: Req) -> Result<(), Status> {
         Req::WithdrawMessage(r) => c.messages.withdraw_message(r).await.map(drop),
         Req::ListEvents(r) => c.messages.list_events(r).await.map(drop),
         Req::Subscribe(r) => c.messages.subscribe(r).await.map(drop),
+        Req::GetCheckpoint(r) => c.audit.get_checkpoint(r).await.map(drop),
+        Req::GetInclusionProof(r) => c.audit.get_inclusion_proof(r).await.map(drop),
+        Req::GetConsistencyProof(r) => c.audit.get_consistency_proof(r).await.map(drop),
     }
 }
 
@@ -289,6 +307,16 @@ fn request(rpc: Rpc, t: &Target) -> Req {
             start_after: Some(0),
             channel_ids: vec![t.channel.clone()],
             ..Default::default()
+        }),
+        Rpc::GetCheckpoint => Req::GetCheckpoint(pb::GetCheckpointRequest { tree_size: 0 }),
+        // Event 1 opened channel A: every party on it may see it.
+        Rpc::GetInclusionProof => Req::GetInclusionProof(pb::GetInclusionProofRequest {
+            sequence: 1,
+            tree_size: 0,
+        }),
+        Rpc::GetConsistencyProof => Req::GetConsistencyProof(pb::GetConsistencyProofRequest {
+            first_size: 1,
+            second_size: 0,
         }),
     }
 }
@@ -383,6 +411,18 @@ fn malformed(rpc: Rpc) -> Req {
             channel_ids: vec![bad()],
             types: vec![pb::event::Type::Unspecified as i32, 999],
             ..Default::default()
+        }),
+        // Every size is well formed by itself (past the head is
+        // OUT_OF_RANGE, checked against the log): like WhoAmI, its
+        // malformed form is only the undecodable body.
+        Rpc::GetCheckpoint => Req::GetCheckpoint(pb::GetCheckpointRequest { tree_size: 0 }),
+        Rpc::GetInclusionProof => Req::GetInclusionProof(pb::GetInclusionProofRequest {
+            sequence: 0,
+            tree_size: u64::MAX,
+        }),
+        Rpc::GetConsistencyProof => Req::GetConsistencyProof(pb::GetConsistencyProofRequest {
+            first_size: 0,
+            second_size: u64::MAX,
         }),
     }
 }
@@ -682,7 +722,7 @@ async fn malformed_requests_without_a_valid_token_are_unauthenticated() {
                 failures.push(format!("{label} {rpc:?}: {m}"));
             }
         }
-        if rpc == Rpc::WhoAmI {
+        if rpc == Rpc::WhoAmI || rpc == Rpc::GetCheckpoint {
             continue;
         }
         // The same requests, authenticated, are INVALID_ARGUMENT — for the
@@ -1086,9 +1126,18 @@ async fn a_caller_in_the_wrong_role_is_refused_with_the_specific_reason() {
         rows.len(),
         failures.join("\n")
     );
-    // Subscribe has no role to get wrong (it filters instead): the rest of
-    // the RPCs all appear.
-    let all_but_subscribe: Vec<Rpc> = ALL.into_iter().filter(|r| *r != Subscribe).collect();
+    // Subscribe has no role to get wrong (it filters instead), nor have the
+    // audit RPCs (any caller may check the log; an inclusion proof follows
+    // visibility, tests/audit.rs): the rest of the RPCs all appear.
+    let all_but_subscribe: Vec<Rpc> = ALL
+        .into_iter()
+        .filter(|r| {
+            !matches!(
+                r,
+                Subscribe | GetCheckpoint | GetInclusionProof | GetConsistencyProof
+            )
+        })
+        .collect();
     assert_covers("(e)", &seen, &all_but_subscribe);
 
     // No refusal changed anything.
@@ -1575,6 +1624,9 @@ async fn a_read_only_token_reads_what_its_party_may_and_writes_nothing() {
         ListMessages,
         ListEvents,
         Subscribe,
+        GetCheckpoint,
+        GetInclusionProof,
+        GetConsistencyProof,
     ];
     let before = fx.log_len().await;
     let mut failures = Vec::new();

@@ -107,6 +107,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 channel: None,
                 message: None,
                 after: r.sequence - 1,
+                through: Some(r.sequence),
                 limit: 1,
                 max_bytes: usize::MAX,
             })

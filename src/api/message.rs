@@ -340,6 +340,7 @@ impl pb::message_service_server::MessageService for MessageApi {
                 after: cursor
                     .map_or(r.after_sequence, |c| c.position)
                     .min(i64::MAX as u64),
+                through: None,
                 limit: limit + 1,
             })
             .await?;

@@ -238,6 +238,9 @@ pub struct EventQuery {
     pub message: Option<Id>,
     /// Only events after this sequence.
     pub after: u64,
+    /// Only events up to this sequence (a read of one event looks no
+    /// further than it, however little of the log the viewer may see).
+    pub through: Option<u64>,
     /// Most items.
     pub limit: usize,
     /// Stop after the event that brings the page's stored bytes to this

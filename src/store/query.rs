@@ -162,6 +162,10 @@ pub fn events(q: &EventQuery, style: Style) -> Result<Sql, StoreError> {
     );
     let p = s.arg(Arg::Int(int(q.after)?));
     s.text += &p;
+    if let Some(t) = q.through {
+        let p = s.arg(Arg::Int(int(t)?));
+        s.text += &format!(" AND seq <= {p}");
+    }
     if let Some(v) = &q.viewer {
         s.member_of("events.channel_id", v.as_str());
     }

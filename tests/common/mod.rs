@@ -93,6 +93,12 @@ impl Server {
         Server::start_replicas_with(n, Options::default(), true).await
     }
 
+    /// Starts `n` replicas with options on one fresh PostgreSQL database,
+    /// whatever the suite's backend.
+    pub async fn start_postgres_replicas_with(n: usize, opts: Options) -> Vec<Server> {
+        Server::start_replicas_with(n, opts, true).await
+    }
+
     /// Starts one server with options on a fresh PostgreSQL database,
     /// whatever the suite's backend.
     pub async fn start_postgres_with(opts: Options) -> Server {
