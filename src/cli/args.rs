@@ -16,7 +16,8 @@ pub enum Command {
     /// consistent snapshot that is a complete data directory (to restore,
     /// stop the server and put DEST in place of its data directory).
     Backup(BackupArgs),
-    /// The server's address, its log head and who the token is.
+    /// The server's address, its log head and signed checkpoint, the key
+    /// that signs it, and who the token is.
     Status,
     /// Parties: create (admin), list, show.
     #[command(subcommand)]
@@ -62,6 +63,19 @@ pub enum Command {
     /// Prints each event as it happens, one per line; resumes after a
     /// dropped connection or a server restart with no gap and no duplicate.
     Watch(WatchArgs),
+    /// Checks the record against its signed Merkle tree (exit 3 and a
+    /// one-line verdict when it finds a problem).
+    ///
+    /// It verifies the server's checkpoint with the trusted verifier key
+    /// (--verifier-key, else the one pinned in the state file on first use),
+    /// proves that the tree extends the last checkpoint it trusted, proves
+    /// the inclusion of every event the token may see (or of --channel /
+    /// --message) and compares each with the listing, then saves the new
+    /// checkpoint. Verdicts: FORKED (the history was rewritten), ALTERED (an
+    /// event differs from the tree, is damaged or missing), BAD_SIGNATURE
+    /// (not signed by the trusted key), BEHIND (the tree is smaller than one
+    /// trusted before).
+    Audit(AuditArgs),
 }
 
 /// `backchannel health`.
@@ -376,4 +390,28 @@ pub struct WatchArgs {
     /// the file exists, so a restarted watch goes on where it stopped.
     #[arg(long, value_name = "F")]
     pub position_file: Option<PathBuf>,
+}
+
+/// `backchannel audit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// The state file: the trusted key and the last trusted checkpoint
+    /// [default: $XDG_STATE_HOME/backchannel/audit/<address>.json, or
+    /// ~/.local/state/…].
+    #[arg(long, value_name = "F")]
+    pub state: Option<PathBuf>,
+    /// The verifier key to trust (`<name>+<id>+<key>`, as the server logs
+    /// it and `status` shows it), instead of the one pinned in the state.
+    #[arg(long, value_name = "K", env = "BACKCHANNEL_VERIFIER_KEY")]
+    pub verifier_key: Option<String>,
+    /// Only this channel's events.
+    #[arg(long, value_name = "C", conflicts_with_all = ["message", "full"])]
+    pub channel: Option<String>,
+    /// Only this message's events.
+    #[arg(long, value_name = "M", conflicts_with = "full")]
+    pub message: Option<String>,
+    /// Recompute the whole tree from the log (admin) instead of proving
+    /// each event.
+    #[arg(long)]
+    pub full: bool,
 }

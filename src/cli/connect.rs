@@ -8,6 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::fail::chain;
 use super::{CliError, ClientArgs};
+use crate::pb::audit_service_client::AuditServiceClient;
 use crate::pb::channel_service_client::ChannelServiceClient;
 use crate::pb::message_service_client::MessageServiceClient;
 use crate::pb::party_service_client::PartyServiceClient;
@@ -41,6 +42,8 @@ pub struct Client {
     pub channels: ChannelServiceClient<Svc>,
     /// MessageService.
     pub messages: MessageServiceClient<Svc>,
+    /// AuditService.
+    pub audit: AuditServiceClient<Svc>,
 }
 
 /// The URL to call: the scheme given, else https when TLS options are set.
@@ -138,7 +141,8 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
     Ok(Client {
         parties: PartyServiceClient::with_interceptor(channel.clone(), token.clone()),
         channels: ChannelServiceClient::with_interceptor(channel.clone(), token.clone()),
-        messages: MessageServiceClient::with_interceptor(channel, token),
+        messages: MessageServiceClient::with_interceptor(channel.clone(), token.clone()),
+        audit: AuditServiceClient::with_interceptor(channel, token),
         url,
     })
 }

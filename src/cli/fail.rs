@@ -21,6 +21,8 @@ pub enum CliError {
     Usage(String),
     /// A local file could not be read or written (exit 1).
     Local(String),
+    /// `audit` found a problem: its verdict line (exit 3).
+    Found(String),
 }
 
 impl CliError {
@@ -82,6 +84,7 @@ impl CliError {
             }
             CliError::Usage(m) => format!("error: {m}"),
             CliError::Local(m) => format!("error: {m}"),
+            CliError::Found(verdict) => verdict.clone(),
         }
     }
 
@@ -97,6 +100,7 @@ impl CliError {
         }
         match self {
             CliError::Usage(_) => ExitCode::from(2),
+            CliError::Found(_) => ExitCode::from(3),
             _ => ExitCode::from(1),
         }
     }

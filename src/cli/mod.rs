@@ -5,7 +5,7 @@
 //!
 //! Exit status: 0 on success, 1 when the server refuses or cannot be
 //! reached (stderr: `error: <CODE> <REASON>: <message>`), 2 on a usage
-//! error.
+//! error, 3 when `audit` finds a problem.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ use clap::{Parser, ValueEnum};
 use crate::config::Config;
 
 mod args;
+mod audit;
 mod connect;
 mod fail;
 mod messages;
@@ -181,6 +182,7 @@ pub async fn run(client: ClientArgs, command: Command) -> std::process::ExitCode
         Command::Show(a) => messages::show(&client, &out, a).await,
         Command::History(a) => messages::history(&client, &out, a).await,
         Command::Watch(a) => watch::watch(&client, &out, a).await,
+        Command::Audit(a) => audit::audit(&client, &out, a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

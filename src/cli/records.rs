@@ -29,12 +29,20 @@ pub async fn status(args: &ClientArgs, out: &Out) -> Result<(), CliError> {
         .await?
         .into_inner()
         .head_sequence;
+    let checkpoint = c
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner();
     if out.is_json() {
         let value = serde_json::json!({
             "addr": c.url,
             "serverVersion": version,
             "store": store,
             "headSequence": head.to_string(),
+            "checkpoint": serde_json::from_str::<serde_json::Value>(
+                &super::output::json(&checkpoint, "backchannel.v1.Checkpoint")?
+            ).unwrap_or_default(),
             "whoAmI": serde_json::from_str::<serde_json::Value>(
                 &super::output::json(&who, "backchannel.v1.WhoAmIResponse")?
             ).unwrap_or_default(),
@@ -52,6 +60,16 @@ pub async fn status(args: &ClientArgs, out: &Out) -> Result<(), CliError> {
     line(&format!("version   backchannel {version}"))?;
     line(&format!("store     {store}"))?;
     line(&format!("head      sequence {head}"))?;
+    {
+        use base64::Engine;
+        line(&format!(
+            "log       {}, checkpoint of size {}, root {}",
+            checkpoint.origin,
+            checkpoint.tree_size,
+            base64::engine::general_purpose::STANDARD.encode(&checkpoint.root_hash)
+        ))?;
+    }
+    line(&format!("key       {}", checkpoint.verifier_key))?;
     line(&format!("you are   {me}"))
 }
 

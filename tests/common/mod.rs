@@ -146,6 +146,19 @@ impl Server {
         opts: Options,
         listen: &str,
     ) -> Server {
+        Server::try_spawn_at(data_dir, tmp, opts, listen)
+            .await
+            .unwrap_or_else(|log| panic!("server exited: {log:?}"))
+    }
+
+    /// Starts a server, or gives every line it logged if it exits instead
+    /// (it refuses a damaged store, say).
+    async fn try_spawn_at(
+        data_dir: PathBuf,
+        tmp: Option<Arc<tempfile::TempDir>>,
+        opts: Options,
+        listen: &str,
+    ) -> Result<Server, Vec<String>> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
         cmd.arg("--listen")
             .arg(listen)
@@ -206,9 +219,14 @@ impl Server {
         });
         let addr = tokio::time::timeout(DEADLINE, addr_rx)
             .await
-            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()))
-            .unwrap_or_else(|_| panic!("server exited: {:?}", log.lock().unwrap()));
-        Server {
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        let Ok(addr) = addr else {
+            // The reader dropped the sender at the end of the output, after
+            // its last line.
+            let _ = child.wait().await;
+            return Err(log.lock().unwrap().clone());
+        };
+        Ok(Server {
             child: Some(child),
             addr: addr.parse().expect("addr"),
             data_dir,
@@ -218,7 +236,7 @@ impl Server {
             extra_args: opts.args.clone(),
             env: opts.env.clone(),
             fd_limit: opts.fd_limit,
-        }
+        })
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
@@ -276,6 +294,35 @@ impl Server {
     pub async fn restart_on_same_address(self) -> Server {
         let addr = self.addr.to_string();
         self.restart_at(&addr).await
+    }
+
+    /// Like [`Server::restart`], for a server that may refuse to start:
+    /// if it does, this (stopped) server and every line the new one logged.
+    pub async fn try_restart(mut self) -> Result<Server, (Server, Vec<String>)> {
+        if self.child.is_some() {
+            let code = self.stop().await;
+            assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
+        }
+        let opts = Options {
+            args: self.extra_args.clone(),
+            env: self.env.clone(),
+            no_admin_env: false,
+            fd_limit: self.fd_limit,
+        };
+        match Server::try_spawn_at(
+            self.data_dir.clone(),
+            self._tmp.clone(),
+            opts,
+            "127.0.0.1:0",
+        )
+        .await
+        {
+            Ok(mut s) => {
+                s.db = self.db.clone();
+                Ok(s)
+            }
+            Err(log) => Err((self, log)),
+        }
     }
 
     async fn restart_at(mut self, listen: &str) -> Server {
