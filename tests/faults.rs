@@ -758,7 +758,8 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
     assert_eq!(server.stop().await, Some(0));
     // Back to schema version 1: no leaf_hash column (nor the token columns
     // of version 3, nor the recent idempotency records of version 4, nor
-    // the runs of version 5, where version 1 had one `requests` index).
+    // the runs of version 5, where version 1 had one `requests` index, nor
+    // the Merkle tree of version 6).
     {
         let db = rusqlite::Connection::open(server.data_dir.join("backchannel.db")).expect("open");
         db.execute_batch(REQUESTS_BEFORE_RUNS).expect("runs undone");
@@ -768,6 +769,7 @@ async fn a_store_from_before_leaf_hashes_gets_them_by_migration() {
              ALTER TABLE tokens DROP COLUMN expire_time;
              ALTER TABLE tokens DROP COLUMN last_use_time;
              DROP TABLE requests_recent;
+             DROP TABLE tree_nodes;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");

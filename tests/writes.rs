@@ -627,6 +627,7 @@ async fn request_ids_of_a_store_from_before_runs_are_kept_by_the_migration() {
             "INSERT INTO requests
                  SELECT caller, method, request_id, fingerprint, resource_id FROM requests_recent;
              DELETE FROM requests_recent;
+             DROP TABLE tree_nodes;
              PRAGMA user_version = 4;",
         )
         .expect("back to version 4");
