@@ -179,33 +179,6 @@ async fn consistency(
         .map(|r| r.into_inner())
 }
 
-/// Sends and moves messages on the world's channel until the log holds at
-/// least `n` events; returns the head.
-async fn grow(w: &mut World, n: u64) -> u64 {
-    let mut i = 0;
-    loop {
-        let head = stream::head(&mut w.admin).await;
-        if head >= n {
-            return head;
-        }
-        let m = w
-            .iran
-            .messages
-            .send_message(send_req(&w.channel.id, &format!("message {i}")))
-            .await
-            .expect("send")
-            .into_inner();
-        if i % 3 == 0 {
-            w.france
-                .messages
-                .accept_message(move_req!(AcceptMessageRequest, m.id))
-                .await
-                .expect("accept");
-        }
-        i += 1;
-    }
-}
-
 /// Checks one inclusion proof against the expected leaves: the event is
 /// the listed one, the path is RFC 9162's, and it verifies against the
 /// signed checkpoint it came with.
@@ -381,18 +354,7 @@ async fn audit_refusals_come_in_the_contracts_order() {
     let server = Server::start().await;
     let mut w = world(&server).await;
     // A channel iran is not on, with a message.
-    let other = w
-        .admin
-        .channels
-        .create_channel(pb::CreateChannelRequest {
-            display_name: "Osaka".into(),
-            parties: vec!["france".into(), "united-states".into()],
-            mediators: vec!["japan".into()],
-            request_id: String::new(),
-        })
-        .await
-        .expect("create channel")
-        .into_inner();
+    let other = aside_channel(&mut w).await;
     w.france
         .messages
         .send_message(send_req(&other.id, "not for Tehran"))
@@ -572,31 +534,6 @@ async fn the_key_and_the_tree_survive_a_restart_and_the_migration_rebuilds_the_t
     let (_, d) = leaves(&mut w2.admin).await;
     let cp = checked(&checkpoint(&mut w2.admin, 0).await.unwrap(), &key);
     assert_eq!((cp.size, cp.root), (more, mth(&d)));
-}
-
-/// Runs the binary expecting it to refuse to start; its exit code and
-/// output.
-async fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env("BACKCHANNEL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env_remove("BACKCHANNEL_DATABASE_URL")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(DEADLINE, out)
-        .await
-        .expect("the server ended within the deadline")
-        .expect("run backchannel");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 /// A key given by file, with its origin, signs; one whose name is not the

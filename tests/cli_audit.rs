@@ -82,18 +82,7 @@ impl Fixture {
     async fn new() -> Fixture {
         let server = Server::start().await;
         let mut w = world(&server).await;
-        let other = w
-            .admin
-            .channels
-            .create_channel(pb::CreateChannelRequest {
-                display_name: "Osaka".into(),
-                parties: vec!["france".into(), "united-states".into()],
-                mediators: vec!["japan".into()],
-                request_id: String::new(),
-            })
-            .await
-            .expect("create channel")
-            .into_inner();
+        let other = aside_channel(&mut w).await;
         for i in 0..6 {
             let m = w
                 .iran

@@ -202,33 +202,6 @@ fn error_lines(server: &Server) -> Vec<String> {
         .collect()
 }
 
-/// Runs the binary on `data_dir` expecting it to refuse to start; returns
-/// its exit code and everything it printed.
-async fn refused_start(data_dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--log-format")
-        .arg("json")
-        .args(extra)
-        .env("BACKCHANNEL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env_remove("BACKCHANNEL_DATABASE_URL")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(DEADLINE, out)
-        .await
-        .expect("the second server ended within the deadline")
-        .expect("run backchannel");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 #[tokio::test]
 async fn a_second_server_on_the_same_data_directory_refuses_to_start_naming_the_holder() {
     if !embedded("second server") {

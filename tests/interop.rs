@@ -182,33 +182,6 @@ async fn verify(evidence: &Evidence) -> Verdict {
     }
 }
 
-/// Sends and moves messages on the world's channel until the log holds at
-/// least `n` events; returns the head.
-async fn grow(w: &mut World, n: u64) -> u64 {
-    let mut i = 0;
-    loop {
-        let head = stream::head(&mut w.admin).await;
-        if head >= n {
-            return head;
-        }
-        let m = w
-            .iran
-            .messages
-            .send_message(send_req(&w.channel.id, &format!("message {i}")))
-            .await
-            .expect("send")
-            .into_inner();
-        if i % 3 == 0 {
-            w.france
-                .messages
-                .accept_message(move_req!(AcceptMessageRequest, m.id))
-                .await
-                .expect("accept");
-        }
-        i += 1;
-    }
-}
-
 /// The signed checkpoint of `tree_size` (0: the head).
 async fn checkpoint(admin: &mut Clients, tree_size: u64) -> pb::Checkpoint {
     admin

@@ -748,3 +748,73 @@ pub fn readme_tour(name: &str, server: &Server) -> String {
     );
     script
 }
+
+/// Sends and moves messages on the world's channel until the log holds at
+/// least `n` events; returns the head.
+pub async fn grow(w: &mut World, n: u64) -> u64 {
+    let mut i = 0;
+    loop {
+        let head = stream::head(&mut w.admin).await;
+        if head >= n {
+            return head;
+        }
+        let m = w
+            .iran
+            .messages
+            .send_message(send_req(&w.channel.id, &format!("message {i}")))
+            .await
+            .expect("send")
+            .into_inner();
+        if i % 3 == 0 {
+            w.france
+                .messages
+                .accept_message(move_req!(AcceptMessageRequest, m.id))
+                .await
+                .expect("accept");
+        }
+        i += 1;
+    }
+}
+
+/// Opens a second channel, france → japan → united-states, that iran is
+/// not on.
+pub async fn aside_channel(w: &mut World) -> pb::Channel {
+    w.admin
+        .channels
+        .create_channel(pb::CreateChannelRequest {
+            display_name: "Osaka".into(),
+            parties: vec!["france".into(), "united-states".into()],
+            mediators: vec!["japan".into()],
+            request_id: String::new(),
+        })
+        .await
+        .expect("create channel")
+        .into_inner()
+}
+
+/// Runs the binary on `data_dir` expecting it to refuse to start; returns
+/// its exit code and everything it printed.
+pub async fn refused_start(data_dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--log-format")
+        .arg("json")
+        .args(extra)
+        .env("BACKCHANNEL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("BACKCHANNEL_DATABASE_URL")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out)
+        .await
+        .expect("the second server ended within the deadline")
+        .expect("run backchannel");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
