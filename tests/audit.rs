@@ -508,7 +508,8 @@ async fn the_key_and_the_tree_survive_a_restart_and_the_migration_rebuilds_the_t
         Some(db) => {
             backchannel_testkit::on_server(&db.url, |c| {
                 c.batch_execute(
-                    "DROP TABLE tree_nodes; DELETE FROM schema_migrations WHERE version = 4;",
+                    "DROP TABLE tree_nodes; ALTER TABLE log_head DROP COLUMN tree_size; \
+                     DELETE FROM schema_migrations WHERE version = 4;",
                 )
             })
             .unwrap();
@@ -609,7 +610,30 @@ async fn replicas_sharing_a_key_give_identical_checkpoints() {
     )
     .await;
     let mut w = world(&replicas[0]).await;
-    let head = grow(&mut w, 25).await;
+    grow(&mut w, 12).await;
+    // Both replicas append, concurrently and in turns: each writer's edge
+    // of the tree goes stale when the other commits, and must be read again.
+    let mut via_other = replicas[1].clients(&w.tokens["iran"]).await;
+    let mut via_first = w.iran.clone();
+    let channel = w.channel.id.clone();
+    for round in 0..6 {
+        let (a, b) = tokio::join!(
+            via_first
+                .messages
+                .send_message(send_req(&channel, &format!("first {round}"))),
+            via_other
+                .messages
+                .send_message(send_req(&channel, &format!("other {round}"))),
+        );
+        a.expect("send through the first replica");
+        b.expect("send through the other replica");
+        via_other
+            .messages
+            .send_message(send_req(&channel, &format!("other again {round}")))
+            .await
+            .expect("send");
+    }
+    let head = grow(&mut w, 35).await;
     let key = signer.verifier().encode();
     let mut other = replicas[1].admin().await;
     eventually("the second replica at the head", || {
@@ -617,14 +641,18 @@ async fn replicas_sharing_a_key_give_identical_checkpoints() {
         async move { (stream::head(&mut other).await >= head).then_some(()) }
     })
     .await;
+    let (_, d) = leaves(&mut w.admin).await;
+    assert_eq!(d.len() as u64, head);
     let mut mine: HashMap<u64, Checkpoint> = HashMap::new();
     for size in 1..=head {
         let a = checkpoint(&mut w.admin, size).await.unwrap();
         let b = checkpoint(&mut other, size).await.unwrap();
         assert_eq!(a.note, b.note, "size {size}");
-        mine.insert(size, checked(&a, &key));
+        let cp = checked(&a, &key);
+        assert_eq!(cp.root, mth(&d[..size as usize]), "the root at {size}");
+        mine.insert(size, cp);
     }
-    for (first, second) in [(1, head), (5, 17), (head - 1, head), (8, 9)] {
+    for (first, second) in [(1, head), (5, 17), (13, 30), (head - 1, head), (8, 9)] {
         let p = consistency(&mut other, first, second).await.unwrap();
         merkle::verify_consistency(
             first,
@@ -655,4 +683,57 @@ async fn a_replica_without_a_given_key_warns() {
         "{:?}",
         server.log.lock().unwrap()
     );
+}
+
+/// Replicas of the version before the tree appended events without its
+/// nodes while a new one migrated (a rolling upgrade): the next write of a
+/// new replica completes the tree from the events' leaf hashes.
+#[tokio::test]
+async fn a_tree_left_behind_by_older_replicas_is_completed_by_the_next_write() {
+    if !postgres_available() {
+        return;
+    }
+    let server = Server::start_postgres_with(Options::default()).await;
+    let mut w = world(&server).await;
+    let head = grow(&mut w, 20).await;
+    let mut server = server;
+    server.stop().await;
+    // The nodes of leaves 9 on (0-based) as if never written, and the tree
+    // said to cover 9 leaves.
+    let url = server.database().unwrap().url.clone();
+    backchannel_testkit::on_server(&url, |c| {
+        c.batch_execute(
+            "DELETE FROM tree_nodes WHERE last_leaf >= 9; UPDATE log_head SET tree_size = 9;",
+        )
+    })
+    .unwrap();
+    let server = server.restart().await;
+    let mut w = World {
+        admin: server.admin().await,
+        iran: server.clients(&w.tokens["iran"]).await,
+        france: server.clients(&w.tokens["france"]).await,
+        ..w
+    };
+    let more = grow(&mut w, head + 1).await;
+    let (_, d) = leaves(&mut w.admin).await;
+    let key = checkpoint(&mut w.admin, 0).await.unwrap().verifier_key;
+    for size in 1..=more {
+        let cp = checked(&checkpoint(&mut w.admin, size).await.unwrap(), &key);
+        assert_eq!(cp.root, mth(&d[..size as usize]), "the root at {size}");
+    }
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("completing it")),
+        "the catch-up is logged"
+    );
+    let size: i64 = backchannel_testkit::on_server(&url, |c| {
+        c.query_one("SELECT tree_size FROM log_head", &[])
+            .map(|r| r.get(0))
+    })
+    .unwrap();
+    assert_eq!(size as u64, more);
 }

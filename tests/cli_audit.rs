@@ -80,7 +80,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let server = Server::start().await;
+        Fixture::with(Options::default()).await
+    }
+
+    async fn with(opts: Options) -> Fixture {
+        let server = Server::start_with(opts).await;
         let mut w = world(&server).await;
         let other = aside_channel(&mut w).await;
         for i in 0..6 {
@@ -249,9 +253,10 @@ impl Store {
     fn drop_tree(&self) {
         match self {
             Store::Sqlite(_) => self.exec("DROP TABLE tree_nodes; PRAGMA user_version = 5;"),
-            Store::Postgres(_) => {
-                self.exec("DROP TABLE tree_nodes; DELETE FROM schema_migrations WHERE version = 4;")
-            }
+            Store::Postgres(_) => self.exec(
+                "DROP TABLE tree_nodes; ALTER TABLE log_head DROP COLUMN tree_size; \
+                     DELETE FROM schema_migrations WHERE version = 4;",
+            ),
         }
     }
 }
@@ -308,6 +313,14 @@ async fn an_untouched_record_checks_out_and_the_state_carries_over() {
             .contains(&format!("\n{}\n", fx.head + 1))
     );
 
+    // A state is its caller's.
+    let o = fx.audit(&iran, "admin", &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is admin's, and this token is iran's"),
+        "{}",
+        text(&o)
+    );
     // A first audit pins the key and says so; scoped audits.
     let out = passed(&fx.audit(&iran, "fresh", &["--message", &more.id]).await);
     assert!(out.contains("pinned on first use"), "{out}");
@@ -351,7 +364,13 @@ async fn an_untouched_record_checks_out_and_the_state_carries_over() {
 
 #[tokio::test]
 async fn a_changed_byte_is_found_at_its_sequence() {
-    let mut fx = Fixture::new().await;
+    // With no start-up check of the leaf hashes (a large store checks
+    // only its newest events), the embedded server starts on the damage.
+    let mut fx = Fixture::with(Options {
+        args: ["--startup-check-events", "0"].map(String::from).to_vec(),
+        ..Default::default()
+    })
+    .await;
     let victim = irans_event(&fx.events().await, &fx.w.channel.id);
     // Changed alone, the read-time check refuses it (DATA_LOSS) …
     let original = fx.events().await[victim as usize - 1].clone();
@@ -494,12 +513,23 @@ async fn a_history_rewritten_with_its_tree_recomputed_is_a_fork() {
         .unwrap_or_else(|_| panic!("a consistent forgery passes the start check"));
     // The forged record is consistent in itself: a newcomer's audit passes …
     passed(&fx.audit(ADMIN_TOKEN, "newcomer", &[]).await);
-    // … but not against what was trusted before.
-    for (token, state) in [(ADMIN_TOKEN, "admin"), (&fx.w.tokens["iran"][..], "iran")] {
-        let line = found(&fx.audit(token, state, &[]).await, "FORKED");
-        assert!(line.contains(&format!("at size {}:", fx.head)), "{line}");
-        assert!(line.contains("rewritten"), "{line}");
-    }
+    // … but not against what was trusted before: at the same size, the
+    // roots differ …
+    let line = found(&fx.audit(ADMIN_TOKEN, "admin", &[]).await, "FORKED");
+    assert!(line.contains(&format!("at size {}:", fx.head)), "{line}");
+    assert!(line.contains("rewritten"), "{line}");
+    // … and once the forged log grows, its consistency proof fails.
+    let mut iran = fx.server.clients(&fx.w.tokens["iran"]).await;
+    iran.messages
+        .send_message(send_req(&fx.w.channel.id, "after the forgery"))
+        .await
+        .expect("send");
+    let line = found(&fx.audit(&fx.w.tokens["iran"], "iran", &[]).await, "FORKED");
+    assert!(
+        line.contains(&format!("at size {}:", fx.head + 1)),
+        "{line}"
+    );
+    assert!(line.contains("does not extend"), "{line}");
 }
 
 #[tokio::test]
@@ -563,4 +593,33 @@ async fn status_shows_the_checkpoint_and_the_key() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["checkpoint"]["verifierKey"], key.as_str());
     assert_eq!(v["checkpoint"]["treeSize"], fx.head.to_string());
+}
+
+/// The newest events cut off the log, with their nodes: a server restored
+/// from an older backup looks the same. The audit says the server is
+/// behind what it trusted.
+#[tokio::test]
+async fn a_log_shorter_than_the_trusted_checkpoint_is_behind() {
+    let fx = Fixture::new().await;
+    let head = fx.head;
+    let keep = head - 3;
+    let postgres = fx.server.database().is_some();
+    let fx = fx
+        .tamper("", move |s| {
+            s.exec(&format!(
+                "DELETE FROM events WHERE seq > {keep}; DELETE FROM tree_nodes WHERE last_leaf >= {keep};"
+            ));
+            if postgres {
+                s.exec(&format!(
+                    "UPDATE log_head SET head = {keep}, tree_size = {keep};"
+                ));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a shorter log starts"));
+    for (token, state) in [(ADMIN_TOKEN, "admin"), (&fx.w.tokens["iran"][..], "iran")] {
+        let line = found(&fx.audit(token, state, &[]).await, "BEHIND");
+        assert!(line.contains(&format!("at size {keep}:")), "{line}");
+        assert!(line.contains(&format!("fewer than the {head}")), "{line}");
+    }
 }

@@ -2,9 +2,17 @@
 -- every perfect subtree above the leaves (the leaves are events.leaf_hash),
 -- keyed by the last leaf it covers (0-based: sequence - 1) and its level,
 -- so that the nodes an append completes are adjacent, at the table's end.
+-- Replicas still running the version before append events without nodes
+-- until they stop. Altering log_head first locks it until this migration
+-- commits (their writes, which start by locking its row, wait), and
+-- log_head.tree_size says how many leaves the stored nodes cover, so a
+-- writer of this version completes the tree from events.leaf_hash when they
+-- appended after it.
+ALTER TABLE log_head ADD COLUMN tree_size BIGINT NOT NULL DEFAULT 0;
+
 CREATE TABLE tree_nodes (
     last_leaf BIGINT NOT NULL,
-    level     SMALLINT NOT NULL,
+    level     BIGINT NOT NULL,
     hash      BYTEA NOT NULL,
     PRIMARY KEY (last_leaf, level)
 );
@@ -32,3 +40,4 @@ BEGIN
     END LOOP;
 END
 $$;
+UPDATE log_head SET tree_size = head;

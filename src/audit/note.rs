@@ -282,6 +282,7 @@ impl Checkpoint {
         let size = size
             .parse()
             .ok()
+            .filter(|_| size.bytes().all(|b| b.is_ascii_digit()))
             .filter(|_| size == "0" || !size.starts_with('0'))
             .ok_or(NoteError::Checkpoint("the size is not a decimal number"))?;
         let root = STANDARD

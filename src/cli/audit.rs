@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 use prost::Message;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use super::connect::{Client, connect};
 use super::output::{Out, line};
@@ -27,6 +28,13 @@ const IN_FLIGHT: usize = 32;
 
 /// The most events a verdict names.
 const MAX_NAMED: usize = 16;
+
+/// How far past the first failed proof the audit looks for the others an
+/// altered event breaks (its neighbours within the subtrees of its path).
+const NEIGHBOURHOOD: u64 = 64;
+
+/// How often a rate-limited proof is asked for again.
+const RETRIES: u32 = 200;
 
 /// The kinds of problem an audit tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +104,9 @@ impl Problem {
 /// What an audit remembers between runs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct State {
+    /// Whose audit it is (a party's id, or `admin`): what it verified
+    /// depends on what the caller may see.
+    caller: String,
     /// The verifier key trusted.
     verifier_key: String,
     /// The last checkpoint trusted (its signed note).
@@ -131,6 +142,7 @@ impl State {
                 .ok_or_else(|| bad(&format!("no {name}")))
         };
         Ok(Some(State {
+            caller: field("caller")?,
             verifier_key: field("verifierKey")?,
             checkpoint: field("checkpoint")?,
             verified: parse_ranges(&field("verified")?).ok_or_else(|| bad("verified"))?,
@@ -149,6 +161,7 @@ impl State {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
         let text = serde_json::json!({
+            "caller": self.caller,
             "verifierKey": self.verifier_key,
             "checkpoint": self.checkpoint,
             "verified": format_ranges(&self.verified),
@@ -203,15 +216,15 @@ fn parse_ranges(text: &str) -> Option<BTreeSet<u64>> {
     Some(set)
 }
 
-/// The default state file: one per server address, under the user's state
-/// directory.
-fn default_state(url: &str) -> Result<PathBuf, CliError> {
+/// The default state file: one per server address and caller, under the
+/// user's state directory.
+fn default_state(url: &str, caller: &str) -> Result<PathBuf, CliError> {
     let base = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .ok_or_else(|| CliError::usage("no HOME nor XDG_STATE_HOME: give --state FILE"))?;
-    let name: String = url
+    let name: String = format!("{url}-{caller}")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
@@ -231,13 +244,25 @@ fn open(key: &NoteVerifier, note: &str, size: u64) -> Result<Checkpoint, Problem
             ),
         )
     })?;
-    Checkpoint::parse(body).map_err(|e| {
+    let cp = Checkpoint::parse(body).map_err(|e| {
         Problem::at_size(
             Kind::BadSignature,
             size,
             format!("the signed note is not a checkpoint ({e})"),
         )
-    })
+    })?;
+    if cp.origin != key.name() {
+        return Err(Problem::at_size(
+            Kind::BadSignature,
+            cp.size,
+            format!(
+                "the checkpoint is of the log {:?}, not of {:?}, the trusted key's",
+                cp.origin,
+                key.name()
+            ),
+        ));
+    }
+    Ok(cp)
 }
 
 /// The sequence a `DATA_LOSS` refusal names (`#17`), if it names one.
@@ -245,6 +270,22 @@ fn damaged_sequence(s: &tonic::Status) -> Option<u64> {
     let rest = &s.message()[s.message().find('#')? + 1..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// A `DATA_LOSS` refusal of a checkpoint or a proof: the tree (or an event
+/// under it) is damaged.
+fn tree_damaged(s: &tonic::Status) -> Problem {
+    match damaged_sequence(s) {
+        Some(seq) => data_loss(s, seq),
+        None => Problem {
+            kind: Kind::Altered,
+            place: "in the tree".into(),
+            message: format!(
+                "the server reports its Merkle tree damaged: {}",
+                s.message()
+            ),
+        },
+    }
 }
 
 fn data_loss(s: &tonic::Status, otherwise: u64) -> Problem {
@@ -274,11 +315,25 @@ struct Report {
 /// `backchannel audit`.
 pub async fn audit(args: &ClientArgs, out: &Out, a: AuditArgs) -> Result<(), CliError> {
     let mut c = connect(args).await?;
+    let who = c.parties.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+    let caller = if who.admin {
+        "admin".to_owned()
+    } else {
+        who.party_id.clone()
+    };
     let state_path = match &a.state {
         Some(p) => p.clone(),
-        None => default_state(&c.url)?,
+        None => default_state(&c.url, &caller)?,
     };
     let state = State::load(&state_path)?;
+    if let Some(s) = state.as_ref().filter(|s| s.caller != caller) {
+        return Err(CliError::Local(format!(
+            "the audit state {} is {}'s, and this token is {caller}'s: give each caller a \
+             state file of its own (--state)",
+            state_path.display(),
+            s.caller
+        )));
+    }
     let given = a
         .verifier_key
         .as_deref()
@@ -287,7 +342,7 @@ pub async fn audit(args: &ClientArgs, out: &Out, a: AuditArgs) -> Result<(), Cli
                 .map_err(|e| CliError::usage(format!("--verifier-key: {e}")))
         })
         .transpose()?;
-    match run(&mut c, &a, state, given, &state_path).await? {
+    match run(&mut c, &a, &who, state, given, &state_path).await? {
         Ok(r) => print_report(out, &r),
         Err(p) => {
             if out.is_json() {
@@ -308,22 +363,27 @@ pub async fn audit(args: &ClientArgs, out: &Out, a: AuditArgs) -> Result<(), Cli
 async fn run(
     c: &mut Client,
     a: &AuditArgs,
+    who: &pb::WhoAmIResponse,
     state: Option<State>,
     given: Option<NoteVerifier>,
     state_path: &Path,
 ) -> Result<Result<Report, Problem>, CliError> {
-    let who = c.parties.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+    let caller = if who.admin { "admin" } else { &who.party_id };
     if a.full && !who.admin {
         return Err(CliError::usage(
             "--full recomputes the whole tree from the log, which only the admin sees: \
              call with the admin token",
         ));
     }
-    let head = c
+    let head = match c
         .audit
         .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
-        .await?
-        .into_inner();
+        .await
+    {
+        Ok(h) => h.into_inner(),
+        Err(s) if s.code() == Code::DataLoss => return Ok(Err(tree_damaged(&s))),
+        Err(s) => return Err(s.into()),
+    };
 
     // The key: given, else pinned, else the server's (trust on first use).
     let pinned_key = state.as_ref().map(|s| s.verifier_key.clone());
@@ -420,6 +480,7 @@ async fn run(
     }
 
     let mut next = State {
+        caller: caller.to_owned(),
         verifier_key: key.encode(),
         checkpoint: head.note.clone(),
         verified: state.map(|s| s.verified).unwrap_or_default(),
@@ -479,7 +540,7 @@ async fn consistent(
         .await
     {
         Ok(p) => p.into_inner(),
-        Err(s) if s.code() == Code::DataLoss => return Ok(Err(data_loss(&s, old.size))),
+        Err(s) if s.code() == Code::DataLoss => return Ok(Err(tree_damaged(&s))),
         Err(s) => return Err(s.into()),
     };
     if let Err(p) = same_tree(key, p.checkpoint.as_ref(), new) {
@@ -525,7 +586,17 @@ fn same_tree(
         )
     })?;
     let cp = open(key, &got.note, got.tree_size)?;
-    if cp.size != want.size || cp.root != want.root {
+    if cp.size != want.size {
+        return Err(Problem::at_size(
+            Kind::Forked,
+            want.size,
+            format!(
+                "a proof against the tree of size {} came with the checkpoint of size {}",
+                want.size, cp.size
+            ),
+        ));
+    }
+    if cp.root != want.root {
         return Err(Problem::at_size(
             Kind::Forked,
             want.size,
@@ -580,8 +651,11 @@ async fn list(
             }
             Err(s) => return Err(s.into()),
         };
-        let done =
-            r.next_page_token.is_empty() || r.events.last().is_some_and(|e| e.sequence >= size);
+        // An empty page ends the listing too (a server that kept sending
+        // them would hold the audit forever).
+        let done = r.next_page_token.is_empty()
+            || r.events.is_empty()
+            || r.events.last().is_some_and(|e| e.sequence >= size);
         for e in r.events {
             if e.sequence > size {
                 break;
@@ -619,12 +693,20 @@ async fn prove_each(
         let mut audit = c.audit.clone();
         let sequence = e.sequence;
         async move {
-            audit
-                .get_inclusion_proof(pb::GetInclusionProofRequest {
-                    sequence,
-                    tree_size: size,
-                })
-                .await
+            let req = pb::GetInclusionProofRequest {
+                sequence,
+                tree_size: size,
+            };
+            let mut tries = 0;
+            loop {
+                match audit.get_inclusion_proof(req).await {
+                    Err(s) if tries < RETRIES && rate_limited(&s) => {
+                        tries += 1;
+                        tokio::time::sleep(retry_delay(&s)).await;
+                    }
+                    r => return r,
+                }
+            }
         }
     }))
     .buffered(IN_FLIGHT);
@@ -634,7 +716,11 @@ async fn prove_each(
     let mut failed: Vec<(u64, Problem)> = Vec::new();
     while let Some(r) = proofs.next().await {
         let Some(e) = listed.next() else { break };
-        if failed.len() >= MAX_NAMED || failed.first().is_some_and(|(s, _)| e.sequence > s + size) {
+        if failed.len() >= MAX_NAMED
+            || failed
+                .first()
+                .is_some_and(|(s, _)| e.sequence > s.saturating_add(NEIGHBOURHOOD))
+        {
             break;
         }
         let p = match r {
@@ -681,7 +767,10 @@ fn included(
     if p.checkpoint.as_ref().map(|c| c.note.as_str()) != Some(note) {
         same_tree(key, p.checkpoint.as_ref(), cp)?;
     }
-    if p.sequence != e.sequence || p.leaf_index + 1 != e.sequence || p.tree_size != cp.size {
+    if p.sequence != e.sequence
+        || p.leaf_index.checked_add(1) != Some(e.sequence)
+        || p.tree_size != cp.size
+    {
         return Err(at("the server proved another event than the one asked for"));
     }
     let proof = hashes(&p.hashes).ok_or_else(|| at("a proof hash is not 32 bytes"))?;
@@ -727,15 +816,29 @@ async fn recompute(
     let (mut good, mut bad) = (0usize, leaves.len());
     while bad - good > 1 {
         let mid = good + (bad - good) / 2;
-        let signed = c
+        let signed = match c
             .audit
             .get_checkpoint(pb::GetCheckpointRequest {
                 tree_size: mid as u64,
             })
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == Code::DataLoss => return Ok(Err(tree_damaged(&s))),
+            Err(s) => return Err(s.into()),
+        };
         let signed = match open(key, &signed.note, mid as u64) {
-            Ok(s) => s,
+            Ok(s) if s.size == mid as u64 => s,
+            Ok(s) => {
+                return Ok(Err(Problem::at_size(
+                    Kind::Forked,
+                    mid as u64,
+                    format!(
+                        "asked for the checkpoint of size {mid}, got size {}",
+                        s.size
+                    ),
+                )));
+            }
             Err(p) => return Ok(Err(p)),
         };
         if signed.root == root_of(mid) {
@@ -750,6 +853,25 @@ async fn recompute(
         "the event as listed is not the one the signed tree holds (the tree recomputed \
          from the log differs from this size on)",
     )))
+}
+
+/// Whether a refusal is the party's rate limit (which passes).
+fn rate_limited(s: &tonic::Status) -> bool {
+    s.code() == Code::ResourceExhausted
+        && s.get_details_error_info()
+            .is_some_and(|i| i.reason == "RATE_LIMITED")
+}
+
+/// How long a rate-limited call waits: what the server's `RetryInfo` says,
+/// within reason.
+fn retry_delay(s: &tonic::Status) -> std::time::Duration {
+    s.get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or(std::time::Duration::from_millis(50))
+        .clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(5),
+        )
 }
 
 fn print_report(out: &Out, r: &Report) -> Result<(), CliError> {

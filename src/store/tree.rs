@@ -13,18 +13,40 @@
 //!
 //! Which subtrees a proof needs depends on its sizes only: [`Wanted`]
 //! learns them by running the computation once with placeholder hashes,
-//! and [`queries`] reads them all in two statements.
+//! and [`queries`] reads them all in two statements, of a few shapes only
+//! (a server prepares, and caches, each shape it is sent).
+//!
+//! A damaged tree (a node missing or malformed) is `RECORD_CORRUPT`, as a
+//! damaged event is: the record cannot be proved.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use super::error::StoreError;
+use super::error::{Fault, StoreError};
 use super::exec::Statements;
 use super::query::{Arg, Sql, Style, int};
 use super::read::Row;
 use super::read::{Reader, Reads};
 use super::record::corrupt;
+
+/// The tree is damaged: `RECORD_CORRUPT`, logged.
+fn damaged(what: impl std::fmt::Display) -> StoreError {
+    tracing::error!(error = %what, "the log's Merkle tree is damaged");
+    StoreError::new(
+        Fault::Corrupt,
+        format!(
+            "the log's Merkle tree is damaged ({what}): the record cannot be proved; \
+             the operator must restore the store from a backup"
+        ),
+    )
+}
+
+/// The slots of a statement for `n` subtrees: the next power of two, at
+/// least 4 (a proof needs at most 128 subtrees, so at most 6 shapes).
+fn slots(n: usize) -> usize {
+    n.next_power_of_two().max(4)
+}
 pub use crate::audit::merkle::Hash;
 use crate::audit::merkle::{self, Frontier, Subtrees};
 
@@ -66,11 +88,10 @@ pub struct Found(HashMap<Node, Hash>);
 impl Subtrees for Found {
     type Error = StoreError;
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
-        self.0.get(&(level, index)).copied().ok_or_else(|| {
-            corrupt(format!(
-                "the log's Merkle tree has no node at level {level}, index {index}"
-            ))
-        })
+        self.0
+            .get(&(level, index))
+            .copied()
+            .ok_or_else(|| damaged(format!("it has no node at level {level}, index {index}")))
     }
 }
 
@@ -86,8 +107,13 @@ pub fn queries(nodes: &[Node], style: Style) -> Result<Vec<Sql>, StoreError> {
             "SELECT 0, seq - 1, leaf_hash FROM events WHERE seq IN (",
             Vec::new(),
         );
-        for (i, (_, index)) in leaves.iter().enumerate() {
-            let p = s.arg(Arg::Int(int(index + 1)?));
+        // Padded with sequence 0, which no event has.
+        for i in 0..slots(leaves.len()) {
+            let seq = match leaves.get(i) {
+                Some((_, index)) => int(index + 1)?,
+                None => 0,
+            };
+            let p = s.arg(Arg::Int(seq));
             if i > 0 {
                 s.text += ", ";
             }
@@ -102,14 +128,18 @@ pub fn queries(nodes: &[Node], style: Style) -> Result<Vec<Sql>, StoreError> {
             "SELECT level, last_leaf, hash FROM tree_nodes WHERE ",
             Vec::new(),
         );
-        for (i, node) in above.iter().enumerate() {
-            let leaf = s.arg(Arg::Int(int(last_leaf(*node))?));
+        // Padded with (-1, -1), which no node has.
+        for i in 0..slots(above.len()) {
+            let (leaf, level) = match above.get(i) {
+                Some(node) => (int(last_leaf(*node))?, i64::from(node.0)),
+                None => (-1, -1),
+            };
+            let leaf = s.arg(Arg::Int(leaf));
+            let level = s.arg(Arg::Int(level));
             if i > 0 {
                 s.text += " OR ";
             }
-            // The level is ours (at most 63), written as a literal: a
-            // parameter would be typed as the column's SMALLINT on PostgreSQL.
-            s.text += &format!("(last_leaf = {leaf} AND level = {})", node.0);
+            s.text += &format!("(last_leaf = {leaf} AND level = {level})");
         }
         out.push(s);
     }
@@ -120,20 +150,20 @@ pub fn queries(nodes: &[Node], style: Style) -> Result<Vec<Sql>, StoreError> {
 pub fn found(rows: impl IntoIterator<Item = Row>) -> Result<Found, StoreError> {
     let mut f = Found::default();
     for r in rows {
-        let level = u32::try_from(r.int(0)?).map_err(corrupt)?;
+        let level = u32::try_from(r.int(0)?).map_err(damaged)?;
         let last = r.count(1)?;
         if level > 62 {
-            return Err(corrupt(format!("a tree node at level {level}")));
+            return Err(damaged(format!("a node at level {level}")));
         }
         let index = ((last + 1) >> level)
             .checked_sub(1)
-            .ok_or_else(|| corrupt("a tree node before the first leaf"))?;
+            .ok_or_else(|| damaged("a node before the first leaf"))?;
         let hash: Hash = match r.0.get(2) {
             Some(super::read::Value::Bytes(b)) => b
                 .as_slice()
                 .try_into()
-                .map_err(|_| corrupt(format!("a tree node of {} bytes", b.len())))?,
-            other => return Err(corrupt(format!("a tree node's hash is {other:?}"))),
+                .map_err(|_| damaged(format!("a node of {} bytes", b.len())))?,
+            other => return Err(damaged(format!("a node's hash is {other:?}"))),
         };
         f.0.insert((level, index), hash);
     }
@@ -246,6 +276,23 @@ mod tests {
             let done = f.push(merkle::leaf_hash(&i.to_be_bytes()));
             assert!(rows_of(&done).all(|(last, _, _)| last == i), "leaf {i}");
         }
+    }
+
+    #[test]
+    fn the_statements_come_in_a_few_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for size in 1..5000u64 {
+            for index in [0, size / 3, size - 1] {
+                let w = Wanted::default();
+                let _ = merkle::root(size, &w);
+                let _ = merkle::inclusion_proof(index, size, &w);
+                let _ = merkle::consistency_proof(index + 1, size, &w);
+                for q in queries(&w.take(), Style::Dollar).unwrap() {
+                    shapes.insert(q.text);
+                }
+            }
+        }
+        assert!(shapes.len() <= 6, "{} shapes", shapes.len());
     }
 
     #[test]

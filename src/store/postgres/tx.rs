@@ -39,7 +39,7 @@ pub(super) struct Deferred {
     /// Idempotency records, by key: (fingerprint, resource).
     pub(super) requests: HashMap<RequestKey, ([u8; 32], Id)>,
     /// Nodes of the log's Merkle tree: (last leaf, level, hash).
-    pub(super) nodes: Vec<(i64, i16, Vec<u8>)>,
+    pub(super) nodes: Vec<(i64, i64, Vec<u8>)>,
 }
 
 /// An idempotency record's key: caller, method, request id.
@@ -170,7 +170,7 @@ impl PgTx<'_, '_> {
             }
             self.exec(
                 "INSERT INTO tree_nodes (last_leaf, level, hash)
-                 SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bytea[])",
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
                 &[&cols.0, &cols.1, &cols.2],
             )?;
         }
@@ -257,6 +257,63 @@ pub(super) fn in_chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
 /// A message's state as the `state` column holds it.
 pub(super) fn message_state(m: &Message) -> i64 {
     i64::from(convert::message_state_pb(m.state) as i32)
+}
+
+impl PgTx<'_, '_> {
+    /// Completes `tree` to `head` leaves from the events' leaf hashes,
+    /// deferring the nodes they complete (for events appended without them
+    /// by replicas of the version before the tree).
+    pub(super) fn complete_tree(
+        &mut self,
+        tree: &mut Frontier,
+        head: u64,
+    ) -> Result<(), StoreError> {
+        let from = tree.size();
+        tracing::warn!(
+            from,
+            head,
+            "the log's Merkle tree is behind its head (replicas of an earlier version \
+             appended events): completing it"
+        );
+        let rows = self.rows(&Sql::with(
+            Style::Dollar,
+            "SELECT seq, leaf_hash FROM events WHERE seq > {1} AND seq <= {2} ORDER BY seq",
+            vec![Arg::Int(int(from)?), Arg::Int(int(head)?)],
+        ))?;
+        for mut r in rows {
+            let seq = r.count(0)?;
+            let leaf = r.take_opt_bytes(1)?;
+            let leaf: [u8; 32] = match leaf.as_deref().map(<[u8; 32]>::try_from) {
+                Some(Ok(l)) if seq == tree.size() + 1 => l,
+                _ => {
+                    return Err(StoreError::new(
+                        Fault::Corrupt,
+                        format!(
+                            "the log cannot be added to its Merkle tree at event #{}: \
+                             it is missing or has no leaf hash",
+                            tree.size() + 1
+                        ),
+                    ));
+                }
+            };
+            let done = tree.push(leaf);
+            for (last, level, hash) in crate::store::tree::rows_of(&done) {
+                self.deferred
+                    .nodes
+                    .push((int(last)?, i64::from(level), hash.to_vec()));
+            }
+        }
+        if tree.size() != head {
+            return Err(StoreError::new(
+                Fault::Corrupt,
+                format!(
+                    "the log holds events up to #{} of its head #{head}",
+                    tree.size()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Statements for PgTx<'_, '_> {
@@ -439,7 +496,7 @@ impl WriteTx for PgTx<'_, '_> {
         for (last, level, hash) in crate::store::tree::rows_of(completed) {
             self.deferred
                 .nodes
-                .push((int(last)?, level as i16, hash.to_vec()));
+                .push((int(last)?, i64::from(level), hash.to_vec()));
         }
         let m = e.message();
         self.deferred.events.push(DeferredEvent {

@@ -72,8 +72,8 @@ pub(super) fn keyed_plans(mut c: postgres::Client) -> Result<postgres::Client, p
 }
 
 /// Commits `jobs` in one transaction, appending to `tree` if it is still
-/// the log's right edge; returns the tree as committed (`None` for a batch
-/// of probes alone, which appends nothing and takes no lock).
+/// the log's right edge; returns the tree as committed (a batch of probes
+/// alone appends nothing, takes no lock, and gives `tree` back).
 pub(super) fn commit_batch(
     client: &mut postgres::Client,
     stmts: &mut HashMap<String, postgres::Statement>,
@@ -90,13 +90,13 @@ pub(super) fn commit_batch(
     // with an ordered batch). Every other batch takes the lock first, so
     // the writers of all replicas lock rows in one order.
     let ordered = jobs.iter().any(|j| !matches!(j.command, Command::Probe));
-    let mut head = 0;
+    let (mut head, mut tree_size) = (0, 0);
     if ordered {
-        let h: i64 = tx
-            .query_one("SELECT head FROM log_head FOR UPDATE", &[])
-            .map_err(pg_err)?
-            .get(0);
-        head = u64::try_from(h).map_err(corrupt)?;
+        let row = tx
+            .query_one("SELECT head, tree_size FROM log_head FOR UPDATE", &[])
+            .map_err(pg_err)?;
+        head = u64::try_from(row.get::<_, i64>(0)).map_err(corrupt)?;
+        tree_size = u64::try_from(row.get::<_, i64>(1)).map_err(corrupt)?;
     }
     let mut wt = PgTx {
         tx: &mut tx,
@@ -105,11 +105,21 @@ pub(super) fn commit_batch(
         deferred: Deferred::default(),
         known_requests: HashMap::new(),
     };
-    let mut tree = match tree {
-        Some(t) if t.size() == head => t,
-        _ if !ordered => Frontier::default(),
-        _ => crate::store::tree::frontier(&mut wt, head)?,
+    let (mut tree, given) = match tree {
+        _ if !ordered => (Frontier::default(), tree),
+        Some(t) if t.size() == head => (t, None),
+        // Another replica committed since: the edge is read again (and
+        // completed from the leaves, should replicas of the version before
+        // the tree have appended events without nodes).
+        _ => (
+            crate::store::tree::frontier(&mut wt, tree_size.min(head))?,
+            None,
+        ),
     };
+    let caught_up = tree.size() < head;
+    if caught_up {
+        wt.complete_tree(&mut tree, head)?;
+    }
     wt.load_requests(jobs)?;
     run_batch(&mut wt, jobs, &mut tree, now, results, events)?;
     if !ordered && !events.is_empty() {
@@ -126,16 +136,19 @@ pub(super) fn commit_batch(
         let h = int(tree.size())?;
         // The new head, and the notification of it, in one round trip.
         tx.execute(
-            "WITH moved AS (UPDATE log_head SET head = $1 RETURNING head)
+            "WITH moved AS (UPDATE log_head SET head = $1, tree_size = $1 RETURNING head)
              SELECT pg_notify($2, moved.head::text) FROM moved",
             &[&h, &EVENTS_CHANNEL],
         )
         .map_err(pg_err)?;
+    } else if caught_up {
+        tx.execute("UPDATE log_head SET tree_size = $1", &[&int(tree.size())?])
+            .map_err(pg_err)?;
     }
     if tokens_changed {
         tx.execute("SELECT pg_notify($1, '')", &[&TOKENS_CHANNEL])
             .map_err(pg_err)?;
     }
     tx.commit().map_err(pg_err)?;
-    Ok(ordered.then_some(tree))
+    Ok(if ordered { Some(tree) } else { given })
 }
