@@ -29,7 +29,8 @@ impl tonic::service::Interceptor for Token {
     }
 }
 
-type Svc = InterceptedService<Channel, Token>;
+/// The connection with the token on every call.
+pub type Svc = InterceptedService<Channel, Token>;
 
 /// The services of one server, over one connection.
 #[derive(Clone)]
@@ -44,6 +45,9 @@ pub struct Client {
     pub messages: MessageServiceClient<Svc>,
     /// AuditService.
     pub audit: AuditServiceClient<Svc>,
+    /// The connection itself, for calls the generated clients cannot make
+    /// (the stored bytes of each event).
+    pub svc: Svc,
 }
 
 /// The URL to call: the scheme given, else https when TLS options are set.
@@ -142,7 +146,8 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
         parties: PartyServiceClient::with_interceptor(channel.clone(), token.clone()),
         channels: ChannelServiceClient::with_interceptor(channel.clone(), token.clone()),
         messages: MessageServiceClient::with_interceptor(channel.clone(), token.clone()),
-        audit: AuditServiceClient::with_interceptor(channel, token),
+        audit: AuditServiceClient::with_interceptor(channel.clone(), token.clone()),
+        svc: InterceptedService::new(channel, token),
         url,
     })
 }
