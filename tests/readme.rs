@@ -48,6 +48,11 @@ async fn the_command_line_tour_runs_as_written() {
 
     // status, as the admin.
     assert!(stdout.contains("you are   the admin"), "{stdout}");
+    // The United States' audit of what it may see: the channel's five events.
+    assert!(stdout.contains("pinned on first use"), "{stdout}");
+    assert!(stdout.contains("verified     5 events"), "{stdout}");
+    assert!(stdout.contains("audit: OK"), "{stdout}");
+    assert!(cwd.path().join("us.audit").exists());
     // The tokens went into files, one line each.
     for f in ["iran.token", "us.token", "france.token"] {
         let t = std::fs::read_to_string(cwd.path().join(f)).expect("token file");
