@@ -13,6 +13,7 @@ pub(crate) struct Clients {
     pub(crate) channels: ChannelServiceClient<Authed>,
     pub(crate) messages: MessageServiceClient<Authed>,
     pub(crate) health: HealthClient<Authed>,
+    pub(crate) audit: AuditServiceClient<Authed>,
 }
 
 impl Clients {
@@ -22,6 +23,7 @@ impl Clients {
             channels: ChannelServiceClient::with_interceptor(conn.clone(), bearer.clone()),
             messages: MessageServiceClient::with_interceptor(conn.clone(), bearer.clone()),
             health: HealthClient::with_interceptor(conn.clone(), bearer.clone()),
+            audit: AuditServiceClient::with_interceptor(conn.clone(), bearer.clone()),
         }
     }
 }

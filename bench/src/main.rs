@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backchannel::pb;
+use backchannel::pb::audit_service_client::AuditServiceClient;
 use backchannel::pb::channel_service_client::ChannelServiceClient;
 use backchannel::pb::message_service_client::MessageServiceClient;
 use backchannel::pb::party_service_client::PartyServiceClient;
@@ -35,6 +36,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 mod abuse;
+mod audit;
+mod audit_cli;
 mod catchup;
 mod client;
 mod fanout;
@@ -50,6 +53,8 @@ mod storage;
 mod sustained;
 mod world;
 
+use audit::*;
+use audit_cli::*;
 use catchup::*;
 use client::*;
 use fanout::*;
@@ -429,6 +434,18 @@ async fn run(args: Args) -> Result<bool> {
         sections.insert("sustained", text);
     }
 
+    // After `sustained`, whose million messages it reuses: it tops the
+    // store up to its own size, and times `backchannel audit` on a fresh
+    // server when the store holds more than that already.
+    if on(Scenario::Audit) {
+        let mut text = String::new();
+        let setup = AuditSetup::new(server_bin.as_ref(), &args, spawned.is_some())?;
+        if let Err(e) = run_audit(&world, &plan, &setup, &mut report, &mut text).await {
+            report.failures.push(format!("audit could not run: {e}"));
+        }
+        sections.insert("audit", text);
+    }
+
     if on(Scenario::Abuse) {
         let mut text = String::new();
         match (&server_bin, &args.target) {
@@ -494,6 +511,7 @@ async fn run(args: Args) -> Result<bool> {
         "catchup",
         "scale",
         "sustained",
+        "audit",
         "abuse",
     ] {
         if let Some(t) = sections.get(s) {
@@ -521,6 +539,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Catchup,
             Scenario::Scale,
             Scenario::Sustained,
+            Scenario::Audit,
         ]
         .into_iter()
         .filter(|s| on(*s))
@@ -554,6 +573,9 @@ async fn run(args: Args) -> Result<bool> {
                 "sustained_s": plan.sustained.run.as_secs_f64(),
                 "sustained_slice_s": plan.sustained.slice.as_secs_f64(),
                 "wal_bound_bytes": plan.sustained.wal_bound,
+                "audit_events": plan.audit.events,
+                "audit_cli_events": plan.audit.cli_events,
+                "audit_in_flight": plan.audit.levels,
             },
             "scenarios_run": scenarios,
             "scenarios": Value::Object(report.json.clone()),

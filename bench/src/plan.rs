@@ -28,6 +28,10 @@ pub(crate) enum Scenario {
     /// per-party limits; each attack runs in a process of its own at the
     /// lowest CPU priority, as a client on another machine would.
     Abuse,
+    /// The verifiable record (DESIGN §7): `AuditService`'s checkpoints and
+    /// inclusion and consistency proofs on a store of a million events, and
+    /// the `backchannel audit` subcommand over 100,000.
+    Audit,
 }
 
 impl Scenario {
@@ -41,6 +45,7 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::Sustained => "sustained",
             Scenario::Abuse => "abuse",
+            Scenario::Audit => "audit",
         }
     }
 }
@@ -120,6 +125,17 @@ pub(crate) struct Args {
     /// beside it.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub(crate) wal_bound_mib: u64,
+    /// Events the log must hold when `audit` measures its proofs: those
+    /// earlier scenarios of this run recorded count, the rest are written
+    /// first (default 1,000,000; 5,000 with --quick).
+    #[arg(long, value_name = "N")]
+    pub(crate) audit_events: Option<u64>,
+    /// Events the log holds when `audit` times the `backchannel audit`
+    /// subcommand: written on this run's store before the rest, or on a
+    /// fresh server of its own if the store already holds more (default
+    /// 100,000; 1,000 with --quick).
+    #[arg(long, value_name = "N")]
+    pub(crate) audit_cli_events: Option<u64>,
 }
 
 /// A positive, finite number of seconds (at most a few years, so that it
@@ -168,6 +184,19 @@ pub(crate) struct SustainedPlan {
     pub(crate) request_id: bool,
 }
 
+/// How `audit` runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuditPlan {
+    /// Events the log holds at least when the proofs are measured.
+    pub(crate) events: u64,
+    /// Events the log holds when `backchannel audit` is timed.
+    pub(crate) cli_events: u64,
+    /// Calls in flight at each point of the proofs.
+    pub(crate) levels: [usize; 2],
+    /// How long one `backchannel audit` may take before it is killed.
+    pub(crate) cli_timeout: Duration,
+}
+
 /// Everything a run is configured with.
 pub(crate) struct Plan {
     pub(crate) quick: bool,
@@ -184,6 +213,7 @@ pub(crate) struct Plan {
     pub(crate) scale_calls: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) sustained: SustainedPlan,
+    pub(crate) audit: AuditPlan,
 }
 
 impl Plan {
@@ -246,6 +276,18 @@ impl Plan {
                 wal_bound: a.wal_bound_mib.saturating_mul(MIB),
                 request_id: !a.sustained_without_request_id,
             },
+            audit: AuditPlan {
+                events: a
+                    .audit_events
+                    .unwrap_or(if quick { 5_000 } else { DEFAULT_AUDIT_EVENTS }),
+                cli_events: a.audit_cli_events.unwrap_or(if quick {
+                    1_000
+                } else {
+                    DEFAULT_AUDIT_CLI_EVENTS
+                }),
+                levels: [1, 16],
+                cli_timeout: Duration::from_secs(if quick { 120 } else { 1200 }),
+            },
         }
     }
 }
@@ -260,6 +302,11 @@ pub(crate) const FULL_CATCHUP_EVENTS: u64 = 1_000_000;
 /// Messages the store holds when `sustained` starts, by default: the
 /// issue's "a store that already holds a million messages".
 pub(crate) const DEFAULT_SUSTAINED_PRELOAD: u64 = 1_000_000;
+/// Events the log holds when `audit` measures its proofs, by default: the
+/// "a proof at a million events" of DESIGN §7.
+pub(crate) const DEFAULT_AUDIT_EVENTS: u64 = 1_000_000;
+/// Events the log holds when `audit` times `backchannel audit`, by default.
+pub(crate) const DEFAULT_AUDIT_CLI_EVENTS: u64 = 100_000;
 /// Requests in flight while writing the catch-up data set (and the
 /// `sustained` preload).
 pub(crate) const BULK_CONCURRENCY: usize = 256;

@@ -93,6 +93,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         "catchup",
         "scale",
         "sustained",
+        "audit",
         "abuse",
     ] {
         assert!(!s[name].is_null(), "scenario {name} missing: {doc:#}");
@@ -151,6 +152,16 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         64 * 1024 * 1024,
         "{sustained:#}"
     );
+    // --quick: the proofs at 1 and 16 in flight on a log of at least
+    // 5,000 events, one of each checked as a client would.
+    let audit = &s["audit"];
+    assert_eq!(audit["checked"]["ok"], true, "{audit:#}");
+    assert!(audit["events"].as_u64().unwrap_or(0) >= 5000, "{audit:#}");
+    let points = audit["points"].as_array().expect("audit points");
+    assert_eq!(points.len(), 8, "{audit:#}");
+    for p in points {
+        assert_eq!(p["errors"], 0, "{p:#}");
+    }
     if backend_is_postgres() {
         assert!(sustained["wal_peak_bytes"].is_null(), "{sustained:#}");
     } else {
