@@ -13,7 +13,7 @@
 //!
 //! Which subtrees a proof needs depends on its sizes only: [`Wanted`]
 //! learns them by running the computation once with placeholder hashes,
-//! and [`queries`] reads them all in two statements, of a few shapes only
+//! and [`queries`] reads them all in one statement, of a few shapes only
 //! (a server prepares, and caches, each shape it is sent).
 //!
 //! A damaged tree (a node missing or malformed) is `RECORD_CORRUPT`, as a
@@ -95,55 +95,46 @@ impl Subtrees for Found {
     }
 }
 
-/// The statements that read `nodes`, each row `(level, last leaf, hash)`:
-/// one for the leaves, one for the nodes above them (none for an empty
-/// side).
+/// The statement that reads `nodes` (none for none), each row `(level,
+/// last leaf, hash)`: the leaves from the events, `UNION ALL` the nodes
+/// above them, each side padded (so one read, of a few shapes).
 pub fn queries(nodes: &[Node], style: Style) -> Result<Vec<Sql>, StoreError> {
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
     let (leaves, above): (Vec<Node>, Vec<Node>) = nodes.iter().partition(|(l, _)| *l == 0);
-    let mut out = Vec::new();
-    if !leaves.is_empty() {
-        let mut s = Sql::with(
-            style,
-            "SELECT 0, seq - 1, leaf_hash FROM events WHERE seq IN (",
-            Vec::new(),
-        );
-        // Padded with sequence 0, which no event has.
-        for i in 0..slots(leaves.len()) {
-            let seq = match leaves.get(i) {
-                Some((_, index)) => int(index + 1)?,
-                None => 0,
-            };
-            let p = s.arg(Arg::Int(seq));
-            if i > 0 {
-                s.text += ", ";
-            }
-            s.text += &p;
+    let mut s = Sql::with(
+        style,
+        "SELECT 0, seq - 1, leaf_hash FROM events WHERE seq IN (",
+        Vec::new(),
+    );
+    // Padded with sequence 0, which no event has.
+    for i in 0..slots(leaves.len()) {
+        let seq = match leaves.get(i) {
+            Some((_, index)) => int(index + 1)?,
+            None => 0,
+        };
+        let p = s.arg(Arg::Int(seq));
+        if i > 0 {
+            s.text += ", ";
         }
-        s.text += ")";
-        out.push(s);
+        s.text += &p;
     }
-    if !above.is_empty() {
-        let mut s = Sql::with(
-            style,
-            "SELECT level, last_leaf, hash FROM tree_nodes WHERE ",
-            Vec::new(),
-        );
-        // Padded with (-1, -1), which no node has.
-        for i in 0..slots(above.len()) {
-            let (leaf, level) = match above.get(i) {
-                Some(node) => (int(last_leaf(*node))?, i64::from(node.0)),
-                None => (-1, -1),
-            };
-            let leaf = s.arg(Arg::Int(leaf));
-            let level = s.arg(Arg::Int(level));
-            if i > 0 {
-                s.text += " OR ";
-            }
-            s.text += &format!("(last_leaf = {leaf} AND level = {level})");
+    s.text += ") UNION ALL SELECT level, last_leaf, hash FROM tree_nodes WHERE ";
+    // Padded with (-1, -1), which no node has.
+    for i in 0..slots(above.len()) {
+        let (leaf, level) = match above.get(i) {
+            Some(node) => (int(last_leaf(*node))?, i64::from(node.0)),
+            None => (-1, -1),
+        };
+        let leaf = s.arg(Arg::Int(leaf));
+        let level = s.arg(Arg::Int(level));
+        if i > 0 {
+            s.text += " OR ";
         }
-        out.push(s);
+        s.text += &format!("(last_leaf = {leaf} AND level = {level})");
     }
-    Ok(out)
+    Ok(vec![s])
 }
 
 /// The subtrees in rows of [`queries`].

@@ -134,6 +134,10 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db_err)?;
+    // Room for every statement the server runs (the listings', the tree's
+    // few shapes, the writer's): SQLite's default of 16 made the proofs
+    // prepare some of theirs again on every call.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(db_err)?;
