@@ -299,16 +299,7 @@ impl Server {
     /// Like [`Server::restart`], for a server that may refuse to start:
     /// if it does, this (stopped) server and every line the new one logged.
     pub async fn try_restart(mut self) -> Result<Server, (Server, Vec<String>)> {
-        if self.child.is_some() {
-            let code = self.stop().await;
-            assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
-        }
-        let opts = Options {
-            args: self.extra_args.clone(),
-            env: self.env.clone(),
-            no_admin_env: false,
-            fd_limit: self.fd_limit,
-        };
+        let opts = self.stopped().await;
         match Server::try_spawn_at(
             self.data_dir.clone(),
             self._tmp.clone(),
@@ -325,17 +316,23 @@ impl Server {
         }
     }
 
-    async fn restart_at(mut self, listen: &str) -> Server {
+    /// Stops this server (unless it stopped already); the options it was
+    /// started with, to start it again.
+    async fn stopped(&mut self) -> Options {
         if self.child.is_some() {
             let code = self.stop().await;
             assert_eq!(code, Some(0), "server should exit 0 on SIGTERM");
         }
-        let opts = Options {
+        Options {
             args: self.extra_args.clone(),
             env: self.env.clone(),
             no_admin_env: false,
             fd_limit: self.fd_limit,
-        };
+        }
+    }
+
+    async fn restart_at(mut self, listen: &str) -> Server {
+        let opts = self.stopped().await;
         let mut s = Server::spawn_at(self.data_dir.clone(), self._tmp.clone(), opts, listen).await;
         s.db = self.db.clone();
         s
