@@ -410,6 +410,14 @@ impl pb::message_service_server::MessageService for MessageApi {
         })?;
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn get_relay_stats(
+        &self,
+        req: Request<pb::GetRelayStatsRequest>,
+    ) -> Result<Response<pb::RelayStats>, Status> {
+        let _who = self.0.identify(&req)?;
+        Err(Status::unimplemented("GetRelayStats is not built yet"))
+    }
 }
 
 /// Parses a subscription's filters.
