@@ -1,7 +1,6 @@
-// The Backchannel board (DESIGN §9): plain JavaScript against the server's
-// JSON view of its RPCs (POST /api/<service>/<Method>, proto3 JSON). No
-// framework, no build. The token lives in sessionStorage and travels only
-// in the Authorization header.
+// The Backchannel board (DESIGN §9): plain JavaScript, no framework, no build, against the
+// server's JSON view of its RPCs (POST /api/<service>/<Method>, proto3 JSON). The token
+// lives in sessionStorage and travels only in the Authorization header.
 'use strict';
 
 const TOKEN_KEY = 'backchannel.token';
@@ -24,13 +23,14 @@ const HEARTBEAT_SECONDS = 5;
 const STALL_MS = 3 * HEARTBEAT_SECONDS * 1000;
 
 const $ = (sel) => document.querySelector(sel);
-/** An element with attributes (`text` sets its text, `on*` its listeners) and children. */
+/** An element with attributes (`text` its text, `style` CSSOM properties, `on*` listeners) and children. */
 function el(tag, attrs = {}, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'text') e.textContent = v;
     else if (k === 'class') e.className = v;
+    else if (k === 'style') Object.assign(e.style, v); // CSSOM, which the CSP allows
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? '' : v);
   }
@@ -40,11 +40,7 @@ function el(tag, attrs = {}, ...kids) {
 
 /** A refusal from the server: its gRPC code name, message and ErrorInfo reason. */
 class ApiError extends Error {
-  constructor(code, message, reason) {
-    super(message);
-    this.code = CODES[code] || `CODE_${code}`;
-    this.reason = reason || '';
-  }
+  constructor(code, message, reason) { super(message); this.code = CODES[code] || `CODE_${code}`; this.reason = reason || ''; }
   get text() { return `${this.code}${this.reason ? ' ' + this.reason : ''} — ${this.message}`; }
 }
 function apiError(status, body, fallback) {
@@ -69,7 +65,7 @@ async function call(method, body = {}, signal) {
   if (method === 'Subscribe' && r.ok) return r;
   const text = await r.text();
   let json = null;
-  try { json = text ? JSON.parse(text) : {}; } catch { /* not JSON: reported below */ }
+  try { json = text ? JSON.parse(text) : {}; } catch { /* not JSON: said below */ }
   if (!r.ok) throw apiError(r.status, json, text.slice(0, 200));
   if (json === null) throw new ApiError(2, `the server answered ${method} with something that is not JSON`);
   return json;
@@ -78,15 +74,14 @@ async function call(method, body = {}, signal) {
 /** Every page of a listing: `key` names the repeated field. */
 async function listAll(method, req, key, maxPages = 20) {
   const out = [];
-  let head;
-  for (let page = 0, token = ''; page < maxPages; page++) {
+  let head, token = '';
+  for (let page = 0; page < maxPages && (page === 0 || token); page++) {
     const r = await call(method, { ...req, pageSize: 1000, pageToken: token });
     out.push(...(r[key] || []));
-    if (head === undefined) head = r.headSequence;
+    head ??= Number(r.headSequence || 0); // every page repeats the first page's head
     token = r.nextPageToken || '';
-    if (!token) break;
   }
-  return { items: out, head: Number(head || 0) };
+  return { items: out, head };
 }
 
 // ---- time -------------------------------------------------------------------
@@ -103,11 +98,15 @@ function fmtDur(d) {
 }
 /** A proto3 JSON Duration ("12.5s") in milliseconds. */
 const durMs = (d) => (d ? parseFloat(d) * 1000 : NaN);
-function fmtTime(t) {
-  const v = ms(t);
-  return Number.isFinite(v) ? new Date(v).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' }) : '—';
-}
+const fmtTime = (t) => (t ? new Date(ms(t)).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' }) : '—');
 const timeEl = (t) => el('time', { datetime: t || '', text: fmtTime(t) });
+/** Makes `e` a focusable button that `f` answers (click, Enter, Space). */
+function activates(e, f) {
+  Object.assign(e, { tabIndex: 0, onclick: f });
+  e.setAttribute('role', 'button');
+  e.addEventListener('keydown', (k) => { if (k.key === 'Enter' || k.key === ' ') { k.preventDefault(); f(); } });
+  return e;
+}
 
 // ---- sign-in ----------------------------------------------------------------
 async function signIn(token, fromStorage) {
@@ -118,9 +117,7 @@ async function signIn(token, fromStorage) {
   } catch (e) {
     state.token = '';
     sessionStorage.removeItem(TOKEN_KEY);
-    err.textContent = e instanceof ApiError
-      ? `That token was refused: ${e.text}`
-      : `The server could not be reached: ${e.message}`;
+    err.textContent = e instanceof ApiError ? `That token was refused: ${e.text}` : `The server could not be reached: ${e.message}`;
     err.hidden = false;
     if (!fromStorage) $('#token').focus();
     return;
@@ -128,12 +125,11 @@ async function signIn(token, fromStorage) {
   sessionStorage.setItem(TOKEN_KEY, token);
   err.hidden = true;
   $('#token').value = '';
-  const me = state.me;
-  $('#whoami').textContent = me.admin ? 'admin' : `${me.partyId}${me.readOnly ? ' (read-only)' : ''}`;
-  $('#whoami').dataset.party = me.admin ? 'admin' : me.partyId;
+  const me = state.me, who = me.admin ? 'admin' : me.partyId;
+  $('#whoami').textContent = `${who}${me.readOnly ? ' (read-only)' : ''}`;
+  $('#whoami').dataset.party = who;
   $('#signin').hidden = true;
-  $('#who').hidden = false;
-  $('#board').hidden = false;
+  $('#who').hidden = $('#board').hidden = false;
   await load();
 }
 
@@ -145,28 +141,24 @@ function signOut(message) {
   Object.assign(state, { token: '', me: null, lastSeq: null, selected: null });
   state.channels.clear(); state.messages.clear(); state.feed.clear();
   for (const id of ['#channels', '#feed-list', '#stats-body', '#checkpoint-body', '#timeline-body']) $(id).replaceChildren();
-  $('#board').hidden = true;
-  $('#who').hidden = true;
+  $('#board').hidden = $('#who').hidden = true;
   $('#signin').hidden = false;
-  const err = $('#signin-error');
-  err.hidden = !message;
-  err.textContent = message || '';
+  Object.assign($('#signin-error'), { hidden: !message, textContent: message || '' });
   $('#token').focus();
 }
 
 async function load() {
-  const [channels, messages] = await Promise.all([
-    listAll('ListChannels', {}, 'channels'),
-    listAll('ListMessages', {}, 'messages'),
-  ]);
+  // The messages in flight only: the board draws nothing else.
+  const [channels, ...inFlight] = await Promise.all([listAll('ListChannels', {}, 'channels'),
+    ...[...IN_FLIGHT].map((st) => listAll('ListMessages', { state: st }, 'messages'))]);
   for (const c of channels.items) state.channels.set(c.id, c);
-  for (const m of messages.items) state.messages.set(m.id, m);
+  for (const m of inFlight.flatMap((l) => l.items)) state.messages.set(m.id, m);
   renderChannels();
   fillChannelFilter();
   show(state.view);
-  // The feed opens on the recent past; the listing's head makes its replay
-  // overlap what was just listed, and versions keep the newer of the two.
-  subscribe(Math.max(0, messages.head - FEED_BACKLOG));
+  // The feed opens on the recent past. Its replay overlaps what was just
+  // listed (from the lowest listing head on), and versions keep the newer.
+  subscribe(Math.max(0, Math.min(...inFlight.map((l) => l.head)) - FEED_BACKLOG));
 }
 
 // ---- routes -----------------------------------------------------------------
@@ -177,8 +169,7 @@ function position(m) {
   if (st === 'DELIVERED' || st === 'ACKNOWLEDGED') return { at: m.recipient, hold: 'delivered' };
   const i = (m.hops || []).findIndex((h) => h.state !== 'FORWARDED');
   if (i < 0) return { at: m.recipient, hold: 'delivered' };
-  const hop = m.hops[i];
-  return { at: hop.mediator, hop: i, hold: hop.state === 'ACCEPTED' ? 'held' : 'waiting' };
+  return { at: m.hops[i].mediator, hop: i, hold: m.hops[i].state === 'ACCEPTED' ? 'held' : 'waiting' };
 }
 const HOLD_MARK = { waiting: 'waiting', held: 'held', delivered: 'arrived' };
 
@@ -210,11 +201,7 @@ function placeMessage(m) {
     `${pos.hold === 'delivered' ? '' : ` (${pos.hold} at ${pos.at})`}`;
   const kids = [el('span', { class: 'mark', 'aria-hidden': 'true', text: reverse ? '←' : '→' }),
     el('span', { class: 'subject', text: m.subject }), el('span', { class: 'hold', text: HOLD_MARK[pos.hold] })];
-  if (!chip) {
-    chip = el('li', { class: 'msg', tabindex: '0', role: 'button', 'data-message-id': m.id,
-      onclick: () => openTimeline(m.id),
-      onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openTimeline(m.id); } } });
-  }
+  chip ??= activates(el('li', { class: 'msg', 'data-message-id': m.id }), () => openTimeline(m.id));
   chip.replaceChildren(...kids);
   Object.assign(chip.dataset, { at: pos.at, hold: pos.hold, state: m.state, direction: reverse ? 'reverse' : 'forward',
     hop: pos.hop === undefined ? '' : String(pos.hop), version: m.version });
@@ -228,11 +215,7 @@ function placeMessage(m) {
 }
 
 // ---- the live stream --------------------------------------------------------
-function setLive(s, text) {
-  const l = $('#live');
-  l.dataset.state = s;
-  l.textContent = text || s;
-}
+function setLive(s, text) { $('#live').dataset.state = s; $('#live').textContent = text || s; }
 
 /** Follows Subscribe from `after`, resuming from the last sequence seen after any drop. */
 async function subscribe(after) {
@@ -248,18 +231,12 @@ async function subscribe(after) {
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       const arm = () => { clearTimeout(stall); stall = setTimeout(() => reader.cancel('stalled'), STALL_MS); };
       arm();
-      let buf = '';
-      for (;;) {
+      for (let buf = '', cut; ;) {
         const { value, done } = await reader.read();
         if (done) break;
         arm();
         buf += value;
-        let cut;
-        while ((cut = buf.indexOf('\n\n')) >= 0) {
-          const chunk = buf.slice(0, cut);
-          buf = buf.slice(cut + 2);
-          if (onSse(chunk)) delay = 500;
-        }
+        for (; (cut = buf.indexOf('\n\n')) >= 0; buf = buf.slice(cut + 2)) if (onSse(buf.slice(0, cut))) delay = 500;
       }
       throw new ApiError(14, 'the stream ended');
     } catch (e) {
@@ -268,17 +245,14 @@ async function subscribe(after) {
         signOut(`That token was refused: ${e.text}`);
         return;
       }
-      if (e instanceof ApiError && e.code === 'OUT_OF_RANGE') {
-        // The server's log is behind what this page saw: a different record.
+      if (e instanceof ApiError && e.code === 'OUT_OF_RANGE') { // behind what this page saw: another record
         signOut(`The server's record is behind what this page saw (${e.text}); sign in again.`);
         return;
       }
       setLive('reconnecting', `reconnecting… (${e instanceof ApiError ? e.code : 'connection lost'})`);
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 5000);
-    } finally {
-      clearTimeout(stall);
-    }
+    } finally { clearTimeout(stall); }
   }
 }
 
@@ -293,13 +267,10 @@ function onSse(chunk) {
   if (!data.length) return false;
   const json = JSON.parse(data.join('\n'));
   if (kind === 'error') throw apiError(0, json);
-  if (json.heartbeat) {
-    const head = Number(json.heartbeat.headSequence || 0);
-    if (head > state.lastSeq) state.lastSeq = head;
+  if (json.heartbeat) { // every matching event up to its head has been sent
+    state.lastSeq = Math.max(state.lastSeq, Number(json.heartbeat.headSequence || 0));
     setLive('live', 'live');
-  } else if (json.event) {
-    onEvent(json.event);
-  }
+  } else if (json.event) onEvent(json.event);
   return true;
 }
 
@@ -307,24 +278,16 @@ function onEvent(ev) {
   const seq = Number(ev.sequence);
   if (seq <= state.lastSeq) return; // already seen (the server sends none twice; this makes sure)
   state.lastSeq = seq;
-  if (ev.channel) {
-    const known = state.channels.get(ev.channel.id);
-    if (!known || Number(known.version) < Number(ev.channel.version)) {
-      state.channels.set(ev.channel.id, ev.channel);
-      renderChannels();
-      fillChannelFilter();
-    }
+  // A replay may bring an older version than the listing had: keep the newer.
+  const newer = (map, v) => !map.has(v.id) || Number(map.get(v.id).version) < Number(v.version);
+  if (ev.channel && newer(state.channels, ev.channel)) {
+    state.channels.set(ev.channel.id, ev.channel);
+    renderChannels();
+    fillChannelFilter();
   }
-  if (ev.message) {
-    const known = state.messages.get(ev.message.id);
-    if (!known || Number(known.version) < Number(ev.message.version)) {
-      state.messages.set(ev.message.id, ev.message);
-      placeMessage(ev.message);
-    }
-    if (state.selected && (state.selected === ev.message.id || state.selectedThread === ev.message.threadId)) {
-      openTimeline(state.selected, true);
-    }
-  }
+  const m = ev.message;
+  if (m && newer(state.messages, m)) { state.messages.set(m.id, m); placeMessage(m); }
+  if (m && state.selected && (state.selected === m.id || state.selectedThread === m.threadId)) openTimeline(state.selected, true);
   addFeed(ev);
   if (state.view === 'stats') scheduleStats();
 }
@@ -337,36 +300,21 @@ function addFeed(ev) {
   const channel = state.channels.get(ev.channelId);
   const li = el('li', { class: 'event', 'data-sequence': seq, 'data-type': ev.type, 'data-channel-id': ev.channelId,
     'data-message-id': ev.messageId || null },
-  el('span', { class: 'seq', text: `#${seq}` }), timeEl(ev.recordTime),
-  el('span', { class: `type t-${ev.type}`, text: ev.type }),
-  el('span', { class: 'actor', text: ev.actor }),
-  el('span', { class: 'what', text: subject }),
-  el('span', { class: 'chan', text: channel ? channel.displayName : '' }),
-  ev.note ? el('span', { class: 'note', text: `“${ev.note}”` }) : null);
-  if (ev.messageId) {
-    li.tabIndex = 0;
-    li.setAttribute('role', 'button');
-    li.addEventListener('click', () => openTimeline(ev.messageId));
-    li.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openTimeline(ev.messageId); } });
-  }
+  el('span', { class: 'seq', text: `#${seq}` }), timeEl(ev.recordTime), el('span', { class: 'type', text: ev.type }),
+  el('span', { class: 'actor', text: ev.actor }), el('span', { class: 'what', text: subject }),
+  el('span', { class: 'chan', text: channel ? channel.displayName : '' }), ev.note ? el('span', { class: 'note', text: `“${ev.note}”` }) : null);
+  if (ev.messageId) activates(li, () => openTimeline(ev.messageId));
   state.feed.set(seq, li);
   filterOne(li);
   $('#feed-list').prepend(li);
-  if (state.feed.size > FEED_MAX) {
-    const oldest = state.feed.keys().next().value;
-    state.feed.get(oldest).remove();
-    state.feed.delete(oldest);
-  }
+  if (state.feed.size > FEED_MAX) { const oldest = state.feed.keys().next().value; state.feed.get(oldest).remove(); state.feed.delete(oldest); }
   countFeed();
 }
 function filterOne(li) {
   const t = $('#feed-type').value, c = $('#feed-channel').value;
   li.hidden = (t && li.dataset.type !== t) || (c && li.dataset.channelId !== c);
 }
-function countFeed() {
-  const shown = [...state.feed.values()].filter((li) => !li.hidden).length;
-  $('#feed-count').textContent = `${shown} of ${state.feed.size} events`;
-}
+const countFeed = () => { $('#feed-count').textContent = `${[...state.feed.values()].filter((li) => !li.hidden).length} of ${state.feed.size} events`; };
 function fillChannelFilter() {
   const sel = $('#feed-channel');
   const keep = sel.value;
@@ -384,10 +332,8 @@ async function openTimeline(id, quiet) {
   try {
     m = await call('GetMessage', { messageId: id });
     state.selectedThread = m.threadId;
-    [events, thread] = await Promise.all([
-      listAll('ListEvents', { messageId: id }, 'events'),
-      listAll('ListMessages', { threadId: m.threadId || id }, 'messages'),
-    ]);
+    [events, thread] = await Promise.all([listAll('ListEvents', { messageId: id }, 'events'),
+      listAll('ListMessages', { threadId: m.threadId || id }, 'messages')]);
   } catch (e) {
     body.replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the message: ${e.text || e.message}` }));
     return;
@@ -401,44 +347,29 @@ function timeline(m, events, thread) {
   const now = Date.now();
   const start = ms(m.sendTime || m.createTime);
   const inFlight = IN_FLIGHT.has(m.state);
-  const times = [start, ms(m.respondBy), ...events.flatMap((e) => [ms(e.occurTime), ms(e.recordTime)])];
-  if (inFlight) times.push(now);
-  const fin = times.filter(Number.isFinite);
-  const t0 = Math.min(...fin), t1 = Math.max(...fin, t0 + 1000);
+  const times = [start, ms(m.respondBy), inFlight ? now : NaN, ...events.flatMap((e) => [ms(e.occurTime), ms(e.recordTime)])]
+    .filter(Number.isFinite);
+  const t0 = Math.min(...times), t1 = Math.max(...times, t0 + 1000);
   const pct = (t) => `${(100 * (t - t0)) / (t1 - t0)}%`;
-  const bar = (cls, a, b, label) => {
-    const d = el('span', { class: `bar ${cls}`, title: label });
-    d.style.left = pct(a);
-    d.style.width = `max(2px, ${(100 * (b - a)) / (t1 - t0)}%)`;
-    return d;
-  };
+  const bar = (cls, a, b, title) => el('span', { class: `bar ${cls}`, title,
+    style: { left: pct(a), width: `max(2px, ${(100 * (b - a)) / (t1 - t0)}%)` } });
+  const fin = Number.isFinite;
   let arrival = start;
   const rows = (m.hops || []).map((h, i) => {
-    const acc = ms(h.acceptTime), fwd = ms(h.forwardTime);
-    const st = h.state || 'PENDING';
-    const reached = Number.isFinite(arrival);
-    const parts = [], bars = [];
-    if (reached && st !== 'CANCELLED') {
-      const waitEnd = Number.isFinite(acc) ? acc : (st === 'PENDING' && inFlight ? now : NaN);
-      if (Number.isFinite(waitEnd)) {
-        parts.push(`waited ${fmtDur(waitEnd - arrival)}${Number.isFinite(acc) ? '' : ' so far'}`);
-        bars.push(bar('waiting', arrival, waitEnd, `waiting for ${h.mediator}`));
-      }
-      if (Number.isFinite(acc)) {
-        const holdEnd = Number.isFinite(fwd) ? fwd : (st === 'ACCEPTED' && inFlight ? now : NaN);
-        if (Number.isFinite(holdEnd)) {
-          parts.push(`held ${fmtDur(holdEnd - acc)}${Number.isFinite(fwd) ? '' : ' so far'}`);
-          bars.push(bar('held', acc, holdEnd, `held by ${h.mediator}`));
-        }
-      }
-      if (Number.isFinite(fwd)) {
-        parts.push(`handed on ${fmtTime(h.forwardTime)}`);
-        bars.push(bar('handed', fwd, fwd, `handed on by ${h.mediator}`));
-      }
+    const acc = ms(h.acceptTime), fwd = ms(h.forwardTime), st = h.state || 'PENDING', parts = [], bars = [];
+    const span = (cls, a, b, word, sofar) => {
+      parts.push(`${word} ${fmtDur(b - a)}${sofar ? ' so far' : ''}`);
+      bars.push(bar(cls, a, b, `${cls}: ${h.mediator}`));
+    };
+    if (!fin(arrival)) parts.push('not reached yet');
+    else if (st !== 'CANCELLED') {
+      if (fin(acc)) span('waiting', arrival, acc, 'waited');
+      else if (st === 'PENDING' && inFlight) span('waiting', arrival, now, 'waited', true);
+      if (fin(acc) && fin(fwd)) span('held', acc, fwd, 'held');
+      else if (fin(acc) && st === 'ACCEPTED' && inFlight) span('held', acc, now, 'held', true);
+      if (fin(fwd)) { parts.push(`handed on ${fmtTime(h.forwardTime)}`); bars.push(bar('handed', fwd, fwd, `handed on: ${h.mediator}`)); }
     }
-    if (st === 'DECLINED') parts.push('declined');
-    if (st === 'CANCELLED') parts.push('cancelled');
-    if (!reached) parts.push('not reached yet');
+    if (st === 'DECLINED' || st === 'CANCELLED') parts.push(st.toLowerCase());
     arrival = fwd;
     return el('li', { class: 'hop', 'data-hop': i, 'data-mediator': h.mediator, 'data-state': st },
       el('div', { class: 'hop-label' }, el('strong', { class: 'hop-holder', text: h.mediator }),
@@ -451,9 +382,7 @@ function timeline(m, events, thread) {
     el('span', { class: 'tick end', text: fmtTime(new Date(t1).toISOString()) }));
   let deadline = null;
   if (m.respondBy) {
-    const d = el('span', { class: 'deadline', title: `respond by ${fmtTime(m.respondBy)}` });
-    d.style.left = pct(ms(m.respondBy));
-    axis.append(d);
+    axis.append(el('span', { class: 'deadline', title: `respond by ${fmtTime(m.respondBy)}`, style: { left: pct(ms(m.respondBy)) } }));
     deadline = el('p', { class: 'deadline-text', 'data-respond-by': m.respondBy },
       '⚑ Respond by ', timeEl(m.respondBy),
       ms(m.respondBy) < now ? ' (passed)' : ` (in ${fmtDur(ms(m.respondBy) - now)})`);
@@ -489,16 +418,13 @@ function scheduleStats() {
 
 async function loadStats() {
   const body = $('#stats-body');
-  let s;
-  try {
-    s = await call('GetRelayStats', {});
-  } catch (e) {
-    body.replaceChildren(el('p', { class: e.code === 'UNIMPLEMENTED' ? 'hint' : 'error', 'data-code': e.code || '',
-      text: e.code === 'UNIMPLEMENTED'
-        ? 'This server does not compute relay statistics yet (GetRelayStats answers UNIMPLEMENTED).'
-        : `Statistics could not be loaded: ${e.text || e.message}` }));
-    return;
-  }
+  const s = await call('GetRelayStats', {}).catch((e) => {
+    const missing = e.code === 'UNIMPLEMENTED';
+    body.replaceChildren(el('p', { class: missing ? 'hint' : 'error', 'data-code': e.code || '', text: missing
+      ? 'This server does not compute relay statistics yet (GetRelayStats answers UNIMPLEMENTED).'
+      : `Statistics could not be loaded: ${e.text || e.message}` }));
+  });
+  if (!s) return;
   const meds = s.mediators || [], prins = s.principals || [], dl = s.deadlines || {};
   const n = (v) => Number(v || 0);
   const countChart = (title, rows, keys) => {
@@ -513,8 +439,7 @@ async function loadStats() {
     return el('figure', { class: 'stat' }, el('figcaption', { text: title }),
       rows.map((r) => el('div', { class: 'group', 'data-party': r.partyId }, el('strong', { text: r.partyId }),
         keys.flatMap((k) => ['p50', 'p90'].map((p) => {
-          const d = r[k] || {};
-          const v = durMs(d[p]);
+          const d = r[k] || {}, v = durMs(d[p]);
           return meter(`${k.replace('Time', '')} ${p}`, Number.isFinite(v) ? v : 0, max,
             n(d.count) ? `${fmtDur(v)} (of ${n(d.count)})` : 'no data', k);
         })))));
@@ -530,8 +455,7 @@ async function loadStats() {
 }
 
 function meter(label, value, max, text, kind) {
-  const fill = el('span', { class: `fill k-${kind || label}` });
-  fill.style.width = `${Math.max(0, (100 * value) / max)}%`;
+  const fill = el('span', { class: `fill k-${kind || label}`, style: { width: `${Math.max(0, (100 * value) / max)}%` } });
   return el('div', { class: 'meter', 'data-key': label },
     el('span', { class: 'mlabel', text: label }), el('span', { class: 'track', 'aria-hidden': 'true' }, fill),
     el('span', { class: 'mvalue', text }));
@@ -547,7 +471,7 @@ const node = (l, r) => sha256(Uint8Array.of(1), l, r);
 
 /** Checks the note's Ed25519 signature against the verifier key (C2SP signed-note). */
 async function verifyNote(cp) {
-  const [name, idHex, keyB64] = (cp.verifierKey || '').split('+');
+  const [, name, idHex, keyB64] = (cp.verifierKey || '').match(/^([^+]+)\+([^+]*)\+(.*)$/) || []; // base64 may hold '+'
   const key = b64(keyB64 || '');
   if (!name || !/^[0-9a-f]{8}$/.test(idHex || '') || key.length !== 33 || key[0] !== 1) throw new Error('the verifier key is malformed');
   const id = (await sha256(enc.encode(name), Uint8Array.of(10), key)).slice(0, 4);
@@ -596,13 +520,10 @@ async function loadCheckpoint() {
   const body = $('#checkpoint-body');
   const row = (check, ok, text) => el('li', { class: ok ? 'ok' : ok === false ? 'bad' : 'info', 'data-check': check },
     el('span', { 'aria-hidden': 'true', text: ok ? '✔ ' : ok === false ? '✘ ' : '• ' }), text);
-  let cp;
-  try {
-    cp = await call('GetCheckpoint', { treeSize: '0' });
-  } catch (e) {
+  const cp = await call('GetCheckpoint', { treeSize: '0' }).catch((e) => {
     body.replaceChildren(el('p', { class: 'error', text: `The checkpoint could not be loaded: ${e.text || e.message}` }));
-    return;
-  }
+  });
+  if (!cp) return;
   const size = Number(cp.treeSize || 0);
   const checks = [];
   let verified = false;
@@ -615,7 +536,11 @@ async function loadCheckpoint() {
   }
   const store = `backchannel.checkpoint.${cp.origin}`;
   const prev = JSON.parse(localStorage.getItem(store) || 'null');
-  if (verified && prev && prev.verifierKey === cp.verifierKey) {
+  const keep = () => localStorage.setItem(store, JSON.stringify({ size, rootHash: cp.rootHash, verifierKey: cp.verifierKey }));
+  if (verified && prev && prev.verifierKey !== cp.verifierKey) {
+    // Trust on first use: a new key is news, not replaced silently.
+    checks.push(row('consistency', false, `This log now signs with another key than the ${prev.verifierKey} this browser saw before.`));
+  } else if (verified && prev) {
     try {
       let ok = size >= prev.size;
       if (ok && size > prev.size) {
@@ -626,15 +551,13 @@ async function loadCheckpoint() {
         ? `Consistent with the checkpoint this browser saw before (size ${prev.size}): the log only grew (RFC 9162 proof checked here).`
         : size < prev.size ? `The log is smaller than the ${prev.size} events this browser saw: the server is behind or its history was rewritten.`
           : `NOT consistent with the checkpoint of size ${prev.size} this browser saw: the history forked or was rewritten.`));
-      if (ok) localStorage.setItem(store, JSON.stringify({ size, rootHash: cp.rootHash, verifierKey: cp.verifierKey }));
+      if (ok) keep();
     } catch (e) {
       checks.push(row('consistency', false, `The consistency proof could not be checked: ${e.text || e.message}`));
     }
   } else if (verified) {
-    checks.push(row('consistency', null, prev
-      ? 'The server now signs with another key than the one this browser saw before; nothing to compare against.'
-      : 'First checkpoint this browser sees from this log: kept, so the next visit can prove the log only grew.'));
-    localStorage.setItem(store, JSON.stringify({ size, rootHash: cp.rootHash, verifierKey: cp.verifierKey }));
+    checks.push(row('consistency', null, 'First checkpoint this browser sees from this log: kept, so the next check can prove the log only grew.'));
+    keep();
   }
   checks.push(row('scope', null, 'Not checked here: that each event is included (run `backchannel audit` for that).'));
   body.replaceChildren(
@@ -654,8 +577,7 @@ function show(view) {
   state.view = view;
   for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== view;
   for (const t of document.querySelectorAll('.tab')) {
-    const on = t.dataset.view === view || (view === 'timeline' && t.dataset.view === 'routes');
-    t.setAttribute('aria-current', on ? 'page' : 'false');
+    t.setAttribute('aria-current', t.dataset.view === (view === 'timeline' ? 'routes' : view) ? 'page' : 'false');
   }
   if (view === 'stats') loadStats();
   if (view === 'checkpoint') loadCheckpoint();
@@ -663,23 +585,15 @@ function show(view) {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
-  const typeSel = $('#feed-type');
-  typeSel.append(...EVENT_TYPES.map((t) => el('option', { value: t, text: t })));
-  const refilter = () => { for (const li of state.feed.values()) filterOne(li); countFeed(); };
-  typeSel.addEventListener('change', refilter);
-  $('#feed-channel').addEventListener('change', refilter);
-  for (const t of document.querySelectorAll('.tab')) t.addEventListener('click', () => show(t.dataset.view));
-  $('#timeline-close').addEventListener('click', () => show('routes'));
+  $('#feed-type').append(...EVENT_TYPES.map((t) => el('option', { value: t, text: t })));
+  $('#feed-type').onchange = $('#feed-channel').onchange = () => { for (const li of state.feed.values()) filterOne(li); countFeed(); };
+  for (const t of document.querySelectorAll('.tab')) t.onclick = () => show(t.dataset.view);
+  $('#timeline-close').onclick = () => show('routes');
   $('#timeline-title').tabIndex = -1;
-  $('#stats-refresh').addEventListener('click', loadStats);
-  $('#checkpoint-refresh').addEventListener('click', loadCheckpoint);
-  $('#signout').addEventListener('click', () => signOut(''));
-  $('#signin-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const t = $('#token').value.trim();
-    if (t) signIn(t, false);
-  });
+  $('#stats-refresh').onclick = loadStats;
+  $('#checkpoint-refresh').onclick = loadCheckpoint;
+  $('#signout').onclick = () => signOut('');
+  $('#signin-form').onsubmit = (e) => { e.preventDefault(); const t = $('#token').value.trim(); if (t) signIn(t, false); };
   const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) signIn(saved, true);
-  else $('#token').focus();
+  if (saved) signIn(saved, true); else $('#token').focus();
 });
