@@ -174,6 +174,36 @@ if ! have_go; then
   fi
 fi
 echo "go: $(command -v go) ($(go version)), golang.org/x/mod in ${GO_XMOD_NOTE%/sumdb/note}"
+# tests/board.rs drives the board in headless Chromium with Playwright
+# (playwright-core, pinned in tests/board/package.json and its lock file):
+# Chromium (/usr/bin/chromium, Debian's package) and Node.js with npm come
+# from apt-get when missing, like Go above; the npm packages are installed
+# into tests/board/node_modules when they are missing or older than the lock
+# file.
+BOARD_APT_PACKAGES=()
+[ -x "${BOARD_CHROMIUM:-/usr/bin/chromium}" ] || BOARD_APT_PACKAGES+=(chromium)
+{ node --version && npm --version; } >/dev/null 2>&1 || BOARD_APT_PACKAGES+=(nodejs npm)
+if [ ${#BOARD_APT_PACKAGES[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: ${BOARD_APT_PACKAGES[*]} missing, and apt-get is not available to install them." >&2
+    echo "Install Chromium at /usr/bin/chromium (or set BOARD_CHROMIUM to a Chromium) and Node.js 20+ with npm." >&2
+    exit 1
+  fi
+  echo "installing ${BOARD_APT_PACKAGES[*]} (apt-get)"
+  board_apt() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${BOARD_APT_PACKAGES[@]}"; }
+  board_apt || { apt-get update -q && board_apt; } || true
+  if [ ! -x "${BOARD_CHROMIUM:-/usr/bin/chromium}" ] || ! node --version >/dev/null 2>&1 || ! npm --version >/dev/null 2>&1; then
+    echo "error: apt-get did not install ${BOARD_APT_PACKAGES[*]} (it needs root)." >&2
+    echo "Install them yourself: apt-get install ${BOARD_APT_PACKAGES[*]}" >&2
+    exit 1
+  fi
+fi
+board_modules=tests/board/node_modules
+if [ ! -d "$board_modules/playwright-core" ] || [ tests/board/package-lock.json -nt "$board_modules/.package-lock.json" ]; then
+  echo "installing the board tests' npm packages (npm ci --prefix tests/board)"
+  npm ci --prefix tests/board --no-audit --no-fund
+fi
+echo "board: $("${BOARD_CHROMIUM:-/usr/bin/chromium}" --version 2>/dev/null), node $(node --version), playwright-core $(node -p "require('./$board_modules/playwright-core/package.json').version")"
 export BACKCHANNEL_REQUIRE_TOOLS=1
 
 for component in rustfmt clippy; do
