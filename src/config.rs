@@ -23,6 +23,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the board (DESIGN §9) is served on the gRPC port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Web {
+    /// `/`, its files and the JSON view under `/api/`.
+    On,
+    /// None of them (gRPC and gRPC-Web still served).
+    Off,
+}
+
 /// Default most subscriptions one server holds.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
 /// Default most concurrent HTTP/2 streams per connection.
@@ -92,16 +101,33 @@ pub struct Config {
     #[arg(long, env = "BACKCHANNEL_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// The board (a web page on the gRPC port, `http://ADDR/`) and its JSON
+    /// view (`/api/...`); `off` leaves gRPC and gRPC-Web alone.
+    #[arg(long, env = "BACKCHANNEL_WEB", value_enum, default_value = "on")]
+    pub web: Web,
+
+    /// An origin (`https://app.example.com`) whose browser apps may call
+    /// gRPC-Web and the JSON view (CORS); repeatable, or comma-separated in
+    /// the environment. None by default: the board is same-origin.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "BACKCHANNEL_CORS_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub cors_allow_origins: Vec<String>,
+
     /// Seconds a unary call may take before it fails with DEADLINE_EXCEEDED.
     #[arg(long, env = "BACKCHANNEL_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
 
     /// Seconds a new connection gets to complete TLS (when on) and send the
-    /// HTTP/2 preface; closed after.
+    /// HTTP/2 preface or its first HTTP/1.1 request head; closed after.
     #[arg(long, env = "BACKCHANNEL_HANDSHAKE_TIMEOUT_SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
     pub handshake_timeout_secs: u64,
 
-    /// Seconds a connection may stay open with no stream; then GOAWAY.
+    /// Seconds a connection may stay open with no stream (HTTP/1.1: with
+    /// no request in flight); then GOAWAY (HTTP/1.1: closed).
     #[arg(long, env = "BACKCHANNEL_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
 

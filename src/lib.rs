@@ -28,6 +28,7 @@ pub mod replication;
 pub mod server;
 pub mod store;
 pub mod upkeep;
+pub mod web;
 pub mod wire;
 
 /// The generated protobuf types, clients and servers of `backchannel.v1`.
@@ -39,4 +40,21 @@ pub mod pb {
     /// The encoded descriptor set of `backchannel.v1` (for reflection).
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/backchannel_descriptor.bin"));
+
+    /// The descriptors of `backchannel.v1` and of the `google.rpc` error
+    /// details, decoded once: what proto3 JSON is read and written through
+    /// (the command line's output, the board's JSON view).
+    pub fn descriptor_pool() -> Result<&'static prost_reflect::DescriptorPool, String> {
+        static POOL: std::sync::OnceLock<Result<prost_reflect::DescriptorPool, String>> =
+            std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let mut pool = prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+                .map_err(|e| e.to_string())?;
+            pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .map_err(|e| e.to_string())?;
+            Ok(pool)
+        })
+        .as_ref()
+        .map_err(|e| format!("the built-in descriptors do not decode: {e}"))
+    }
 }

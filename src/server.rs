@@ -77,6 +77,8 @@ pub async fn run(
         crate::observe::serve_metrics(addr).await?;
     }
     let tls = tls_config(&config)?;
+    // Refused before anything starts.
+    crate::web::parse_origins(&config.cors_allow_origins)?;
     let max_connections = max_connections(&config);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -218,6 +220,12 @@ pub async fn run(
         .layer_fn(|s| crate::deadline::Deadline::new(s, request_timeout))
         .layer(crate::observe::ObserveLayer)
         .service(routes);
+    // Browsers beside gRPC clients on the one port (DESIGN §9).
+    let web = crate::web::Settings {
+        board: config.web == crate::config::Web::On,
+        cors_allow_origins: crate::web::parse_origins(&config.cors_allow_origins)?,
+    };
+    let service = crate::web::Front::new(service, web);
 
     let settings = connections::Settings {
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),

@@ -1,7 +1,6 @@
 //! Printing: aligned columns for people, proto3 JSON for programs.
 
 use std::io::Write;
-use std::sync::OnceLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
@@ -14,12 +13,7 @@ pub struct Out {
 }
 
 fn pool() -> Result<&'static DescriptorPool, CliError> {
-    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| CliError::Local(format!("the built-in descriptors do not decode: {e}")))
+    crate::pb::descriptor_pool().map_err(CliError::Local)
 }
 
 /// `message` (of the proto type `name`, e.g. `backchannel.v1.Party`) in the

@@ -28,7 +28,7 @@ use crate::observe::CONNECTIONS_OPEN;
 /// descriptors (it would otherwise spin).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves gRPC `service` on `listener` until `shutdown` resolves, then stops
+/// Serves `service` (gRPC over HTTP/2; HTTP/1.1 too) on `listener` until `shutdown` resolves, then stops
 /// accepting, sends every connection `GOAWAY` and returns once all have
 /// closed.
 pub async fn serve<S, B>(
@@ -52,12 +52,19 @@ pub async fn serve<S, B>(
         slots: Arc::new(Semaphore::new(max)),
         handshaking: Mutex::new(BTreeMap::new()),
     });
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
+    // The first request head is bound by the handshake deadline, a later
+    // one by the idle timeout (a slow head costs no more than an idle
+    // keep-alive connection); hyper's own default would be 30 s.
+    http.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.idle_timeout);
     let stop = CancellationToken::new();
     let mut shed = ShedLog {
         max_connections: max,
@@ -131,7 +138,7 @@ pub async fn serve<S, B>(
             },
             tls.clone(),
             service.clone(),
-            http2.clone(),
+            http.clone(),
             settings.clone(),
             stop.clone(),
         ));

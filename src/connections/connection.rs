@@ -1,6 +1,7 @@
 //! One connection's life, from accept to close: TLS, the handshake
-//! deadline, HTTP/2, and `GOAWAY` when it is idle, when it floods control
-//! frames and when the server shuts down.
+//! deadline, HTTP/2 or HTTP/1.1, and `GOAWAY` (or, on HTTP/1.1, a close
+//! between requests) when it is idle, when it floods control frames and
+//! when the server shuts down.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 use tower::Service;
 
-use super::preface::{CONTROL_FRAMES_PER_SEC, FrameMeter, Preface};
+use super::preface::{CONTROL_FRAMES_PER_SEC, FrameMeter, Preface, Protocol, sniff};
 use super::slots::{Handshake, Slot};
 use super::streams::{Activity, Tracked};
 use super::{BoxError, Settings};
@@ -63,13 +64,14 @@ impl ConnectionHandle {
     }
 }
 
-/// One connection's life: TLS, the preface deadline, HTTP/2 until it ends,
-/// `GOAWAY` when idle or at shutdown.
+/// One connection's life: TLS, the handshake deadline (the HTTP/2 preface,
+/// or an HTTP/1.1 connection's first complete request head), HTTP until
+/// it ends, `GOAWAY` when idle or at shutdown.
 pub(super) async fn connection<S, B>(
     accepted: Accepted,
     tls: Option<TlsAcceptor>,
     service: S,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     settings: Settings,
     stop: CancellationToken,
 ) where
@@ -94,7 +96,7 @@ pub(super) async fn connection<S, B>(
         connections: slot.connections.clone(),
         id: slot.id,
     });
-    let io = match tls {
+    let mut io = match tls {
         None => Either::Left(tcp),
         Some(tls) => tokio::select! {
             r = tls.accept(tcp) => match r {
@@ -112,12 +114,38 @@ pub(super) async fn connection<S, B>(
             () = stop.cancelled() => return,
         },
     };
+    let (protocol, replay) = tokio::select! {
+        r = sniff(&mut io) => match r {
+            Ok(Some(sniffed)) => sniffed,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before its first request");
+                return;
+            }
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::debug!(%peer, "no HTTP/2 preface or HTTP/1.1 request within the handshake timeout; closed");
+            return;
+        }
+        () = evict.cancelled() => return,
+        () = stop.cancelled() => return,
+    };
     let flood = CancellationToken::new();
+    let (http, meter) = match protocol {
+        // The preface is the HTTP/2 handshake.
+        Protocol::Http2 => {
+            handshake.complete();
+            (http.http2_only(), Some(FrameMeter::new(flood.clone())))
+        }
+        // An HTTP/1.1 connection is out of its handshake with its first
+        // complete request head (see `Tracked`).
+        Protocol::Http1 => (http.http1_only(), None),
+    };
     let io = Preface {
         inner: io,
-        seen: 0,
-        handshake: Some(handshake.clone()),
-        meter: FrameMeter::new(flood.clone()),
+        replay,
+        replayed: 0,
+        meter,
     };
     let activity = Arc::new(Activity::default());
     let handle = ConnectionHandle {
@@ -128,9 +156,10 @@ pub(super) async fn connection<S, B>(
         inner: service,
         activity: activity.clone(),
         handle: handle.clone(),
+        handshake: handshake.clone(),
     });
-    let mut conn = pin!(http2.serve_connection(TokioIo::new(io), service));
-    let mut preface_due = pin!(tokio::time::sleep_until(deadline));
+    let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
+    let mut handshake_due = pin!(tokio::time::sleep_until(deadline));
     let mut idle = pin!(tokio::time::sleep(settings.idle_timeout));
     let mut closing = false;
     loop {
@@ -141,9 +170,9 @@ pub(super) async fn connection<S, B>(
                 }
                 break;
             }
-            () = &mut preface_due, if !handshake.is_done() => {
+            () = &mut handshake_due, if !handshake.is_done() => {
                 if !handshake.is_done() {
-                    tracing::debug!(%peer, "no HTTP/2 preface within the handshake timeout; closed");
+                    tracing::debug!(%peer, "no complete HTTP/1.1 request head within the handshake timeout; closed");
                     break;
                 }
             }

@@ -1,20 +1,53 @@
-//! The connection's IO as hyper reads it: it marks the handshake done once
-//! the HTTP/2 preface is in, and counts control frames to stop a flood.
+//! The connection's first bytes, which say whether it speaks HTTP/2 (the
+//! 24-byte preface) or HTTP/1.1 (anything else), and its IO as hyper reads
+//! it: those bytes replayed, then the socket, with HTTP/2 control frames
+//! counted to stop a flood.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::slots::Handshake;
+/// The HTTP/2 client preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`) is 24 bytes.
-const PREFACE_LEN: usize = 24;
+/// What a connection speaks, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// It sent the whole HTTP/2 preface.
+    Http2,
+    /// Its first bytes are not the HTTP/2 preface: a browser, curl, or
+    /// gRPC-Web over HTTP/1.1 (hyper answers what does not parse with 400).
+    Http1,
+}
+
+/// Reads until the first bytes decide the protocol: the whole preface
+/// (HTTP/2) or the first byte that differs from it (HTTP/1.1). Returns what
+/// was read, to replay; `None` if the connection closed first.
+pub(super) async fn sniff<T: AsyncRead + Unpin>(
+    io: &mut T,
+) -> io::Result<Option<(Protocol, Vec<u8>)>> {
+    let mut seen = Vec::with_capacity(PREFACE.len());
+    let mut buf = [0u8; 24];
+    loop {
+        let want = PREFACE.len() - seen.len();
+        let n = io.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if !PREFACE.starts_with(&seen) {
+            return Ok(Some((Protocol::Http1, seen)));
+        }
+        if seen.len() == PREFACE.len() {
+            return Ok(Some((Protocol::Http2, seen)));
+        }
+    }
+}
 
 /// Control frames (PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE) a
 /// connection may send in one second. h2 bounds resets and CONTINUATION
@@ -24,13 +57,16 @@ const PREFACE_LEN: usize = 24;
 /// no more.
 pub const CONTROL_FRAMES_PER_SEC: u32 = 20_000;
 
-/// The connection's IO, which marks the handshake done once the HTTP/2
-/// preface has been read (above TLS, so it counts plaintext).
+/// The connection's IO: the sniffed bytes again, then the socket (above
+/// TLS, so it counts plaintext), metered when it speaks HTTP/2.
 pub(super) struct Preface<T> {
     pub(super) inner: T,
-    pub(super) seen: usize,
-    pub(super) handshake: Option<Arc<Handshake>>,
-    pub(super) meter: FrameMeter,
+    /// The bytes [`sniff`] read, still to hand to hyper.
+    pub(super) replay: Vec<u8>,
+    /// How many of them hyper has read.
+    pub(super) replayed: usize,
+    /// HTTP/2 only: HTTP/1.1 bytes are not frames.
+    pub(super) meter: Option<FrameMeter>,
 }
 
 /// Counts the control frames a connection reads, from their 9-byte headers
@@ -55,6 +91,10 @@ impl FrameMeter {
             control: 0,
             flood,
         }
+    }
+
+    fn flooded(&self) -> bool {
+        self.flood.is_cancelled()
     }
 
     /// Takes the next bytes read after the preface; `true` once the
@@ -102,25 +142,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for Preface<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.replayed < this.replay.len() {
+            let rest = &this.replay[this.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
         // A flooding connection is read no more: what it sends waits in
         // the kernel, costing nothing, until the connection is dropped.
-        if this.meter.flood.is_cancelled() {
+        if this.meter.as_ref().is_some_and(FrameMeter::flooded) {
             return Poll::Pending;
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let mut new = &buf.filled()[before..];
-        if this.seen < PREFACE_LEN {
-            let n = (PREFACE_LEN - this.seen).min(new.len());
-            this.seen += n;
-            new = &new[n..];
-            if this.seen >= PREFACE_LEN
-                && let Some(h) = this.handshake.take()
-            {
-                h.complete();
-            }
+        if let Some(meter) = &mut this.meter {
+            meter.read(&buf.filled()[before..]);
         }
-        this.meter.read(new);
         Poll::Ready(Ok(()))
     }
 }

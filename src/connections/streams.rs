@@ -13,6 +13,7 @@ use tonic::codegen::http;
 use tower::Service;
 
 use super::connection::ConnectionHandle;
+use super::slots::Handshake;
 
 /// How many streams a connection has open; the connection task is told
 /// whenever the count changes.
@@ -46,6 +47,9 @@ pub(super) struct Tracked<S> {
     pub(super) inner: S,
     pub(super) activity: Arc<Activity>,
     pub(super) handle: ConnectionHandle,
+    /// Completed by the first request of an HTTP/1.1 connection (hyper
+    /// calls the service once the request head is complete).
+    pub(super) handshake: Arc<Handshake>,
 }
 
 impl<S, B> Service<http::Request<hyper::body::Incoming>> for Tracked<S>
@@ -61,6 +65,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if !self.handshake.is_done() {
+            self.handshake.complete();
+        }
         let open = OpenStream::new(self.activity.clone());
         req.extensions_mut().insert(self.handle.clone());
         TrackedCall {

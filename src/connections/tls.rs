@@ -1,4 +1,4 @@
-//! TLS: the acceptor, from PEM, offering HTTP/2 only.
+//! TLS: the acceptor, from PEM, offering HTTP/2 and HTTP/1.1.
 
 use std::sync::Arc;
 
@@ -7,7 +7,8 @@ use tokio_rustls::TlsAcceptor;
 use super::BoxError;
 
 /// TLS from PEM: a certificate chain and key, and optionally the CA whose
-/// client certificates are required (mTLS). Offers only HTTP/2 (ALPN `h2`).
+/// client certificates are required (mTLS). Offers HTTP/2 (ALPN `h2`) and,
+/// for browsers of the board and of gRPC-Web, HTTP/1.1.
 pub fn tls_acceptor(
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -33,6 +34,6 @@ pub fn tls_acceptor(
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("cannot parse private key: {e}"))?;
     let mut config = builder.with_single_cert(certs(cert_pem)?, key)?;
-    config.alpn_protocols.push(b"h2".to_vec());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
