@@ -108,8 +108,8 @@ impl Stats {
     fn compute(&self, caller: &Caller, q: &Question) -> pb::RelayStats {
         let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
         let party = |p: &PartyId| ix.by_party.get(p).copied();
-        let viewer = caller.party().map(|p| party(p));
-        let filter = q.party.as_ref().map(|p| party(p));
+        let viewer = caller.party().map(&party);
+        let filter = q.party.as_ref().map(&party);
         let only = q
             .channel
             .map(|c| ix.by_channel.get(&c.0.as_u128()).copied());
