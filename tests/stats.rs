@@ -76,7 +76,7 @@ fn all() -> pb::GetRelayStatsRequest {
 }
 
 fn secs(d: &Option<pb::Durations>) -> (u64, i64, i64, i64) {
-    let d = d.clone().unwrap_or_default();
+    let d = d.unwrap_or_default();
     let s = |x: Option<prost_types::Duration>| x.map_or(-1, |x| x.seconds);
     (d.count, s(d.p50), s(d.p90), s(d.max))
 }
@@ -272,7 +272,7 @@ fn check_biarritz(s: &pb::RelayStats) {
         (1, 24 * H, 24 * H, 24 * H),
         "response"
     );
-    let d = s.deadlines.clone().unwrap_or_default();
+    let d = s.deadlines.unwrap_or_default();
     assert_eq!((d.open, d.met, d.expired), (1, 1, 1), "{d:?}");
 }
 
