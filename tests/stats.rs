@@ -500,3 +500,52 @@ async fn backchannel_stats_prints_the_tables() {
     assert_eq!(v["messages"], "1");
     assert_eq!(v["mediators"][0]["holdTime"]["p50"], "7980s");
 }
+
+/// With replicas on one PostgreSQL database, each counts what the others
+/// write (it follows the shared log as its subscribers do).
+#[tokio::test]
+async fn every_replica_counts_what_the_others_write() {
+    if !postgres_available() {
+        return;
+    }
+    let replicas = Server::start_postgres_replicas(2).await;
+    let mut w = world(&replicas[0]).await;
+    let ch = w.channel.id.clone();
+    let t0 = now_secs() - D;
+    let m = send(&mut w.iran, &ch, t0, 0, None).await;
+    step!(
+        w.france,
+        accept_message,
+        AcceptMessageRequest,
+        m,
+        t0,
+        90 * 60
+    );
+    let admin = replicas[1].admin().await;
+    let s = eventually("replica 1 to count replica 0's writes", || {
+        let mut a = admin.messages.clone();
+        async move {
+            let s = a.get_relay_stats(all()).await.ok()?.into_inner();
+            (s.messages == 1 && s.mediators.iter().any(|m| m.holding == 1)).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(
+        secs(&mediator(&s, "france").pickup_time),
+        (1, 5_400, 5_400, 5_400)
+    );
+    // And the other way round.
+    let mut japan = replicas[1].clients(&w.tokens["japan"]).await;
+    let mut france = replicas[1].clients(&w.tokens["france"]).await;
+    step!(france, forward_message, ForwardMessageRequest, m, t0, 2 * H);
+    step!(japan, forward_message, ForwardMessageRequest, m, t0, 3 * H);
+    let s = eventually("replica 0 to count replica 1's writes", || {
+        let mut a = w.admin.messages.clone();
+        async move {
+            let s = a.get_relay_stats(all()).await.ok()?.into_inner();
+            (principal(&s, "united-states").received == 1).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(mediator(&s, "japan").carried, 1);
+}
