@@ -150,6 +150,12 @@ impl Feed {
         self.head.fetch_max(head, Ordering::SeqCst);
     }
 
+    /// Listens to what is published from now on (for followers inside the
+    /// server, such as the relay statistics).
+    pub fn listen(&self) -> broadcast::Receiver<(u64, std::sync::Weak<Published>)> {
+        self.ring.subscribe()
+    }
+
     /// The last published sequence.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::SeqCst)

@@ -26,6 +26,7 @@ pub mod observe;
 pub mod quota;
 pub mod replication;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod upkeep;
 pub mod web;

@@ -118,7 +118,14 @@ pub async fn run(
         },
         auth,
         limits: limits.clone(),
+        stats: crate::stats::Stats::new(),
     });
+    tokio::spawn(crate::stats::follow(
+        ctx.stats.clone(),
+        store.clone(),
+        ctx.follow.feed.clone(),
+        shutdown_token.clone(),
+    ));
 
     let tailer = store.watch().map(|changes| {
         tokio::spawn(crate::replication::tail(

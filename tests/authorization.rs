@@ -52,12 +52,13 @@ enum Rpc {
     WithdrawMessage,
     ListEvents,
     Subscribe,
+    GetRelayStats,
     GetCheckpoint,
     GetInclusionProof,
     GetConsistencyProof,
 }
 
-const ALL: [Rpc; 27] = [
+const ALL: [Rpc; 28] = [
     Rpc::CreateParty,
     Rpc::GetParty,
     Rpc::ListParties,
@@ -82,6 +83,7 @@ const ALL: [Rpc; 27] = [
     Rpc::WithdrawMessage,
     Rpc::ListEvents,
     Rpc::Subscribe,
+    Rpc::GetRelayStats,
     Rpc::GetCheckpoint,
     Rpc::GetInclusionProof,
     Rpc::GetConsistencyProof,
@@ -116,6 +118,7 @@ impl Rpc {
             WithdrawMessage => "/backchannel.v1.MessageService/WithdrawMessage",
             ListEvents => "/backchannel.v1.MessageService/ListEvents",
             Subscribe => "/backchannel.v1.MessageService/Subscribe",
+            GetRelayStats => "/backchannel.v1.MessageService/GetRelayStats",
             GetCheckpoint => "/backchannel.v1.AuditService/GetCheckpoint",
             GetInclusionProof => "/backchannel.v1.AuditService/GetInclusionProof",
             GetConsistencyProof => "/backchannel.v1.AuditService/GetConsistencyProof",
@@ -150,6 +153,7 @@ enum Req {
     WithdrawMessage(pb::WithdrawMessageRequest),
     ListEvents(pb::ListEventsRequest),
     Subscribe(pb::SubscribeRequest),
+    GetRelayStats(pb::GetRelayStatsRequest),
     GetCheckpoint(pb::GetCheckpointRequest),
     GetInclusionProof(pb::GetInclusionProofRequest),
     GetConsistencyProof(pb::GetConsistencyProofRequest),
@@ -182,6 +186,7 @@ impl Req {
             Req::WithdrawMessage(_) => Rpc::WithdrawMessage,
             Req::ListEvents(_) => Rpc::ListEvents,
             Req::Subscribe(_) => Rpc::Subscribe,
+            Req::GetRelayStats(_) => Rpc::GetRelayStats,
             Req::GetCheckpoint(_) => Rpc::GetCheckpoint,
             Req::GetInclusionProof(_) => Rpc::GetInclusionProof,
             Req::GetConsistencyProof(_) => Rpc::GetConsistencyProof,
@@ -217,6 +222,7 @@ async fn call(c: &Clients, req: Req) -> Result<(), Status> {
         Req::WithdrawMessage(r) => c.messages.withdraw_message(r).await.map(drop),
         Req::ListEvents(r) => c.messages.list_events(r).await.map(drop),
         Req::Subscribe(r) => c.messages.subscribe(r).await.map(drop),
+        Req::GetRelayStats(r) => c.messages.get_relay_stats(r).await.map(drop),
         Req::GetCheckpoint(r) => c.audit.get_checkpoint(r).await.map(drop),
         Req::GetInclusionProof(r) => c.audit.get_inclusion_proof(r).await.map(drop),
         Req::GetConsistencyProof(r) => c.audit.get_consistency_proof(r).await.map(drop),
@@ -306,6 +312,10 @@ fn request(rpc: Rpc, t: &Target) -> Req {
         Rpc::Subscribe => Req::Subscribe(pb::SubscribeRequest {
             start_after: Some(0),
             channel_ids: vec![t.channel.clone()],
+            ..Default::default()
+        }),
+        Rpc::GetRelayStats => Req::GetRelayStats(pb::GetRelayStatsRequest {
+            channel_id: t.channel.clone(),
             ..Default::default()
         }),
         Rpc::GetCheckpoint => Req::GetCheckpoint(pb::GetCheckpointRequest { tree_size: 0 }),
@@ -410,6 +420,10 @@ fn malformed(rpc: Rpc) -> Req {
         Rpc::Subscribe => Req::Subscribe(pb::SubscribeRequest {
             channel_ids: vec![bad()],
             types: vec![pb::event::Type::Unspecified as i32, 999],
+            ..Default::default()
+        }),
+        Rpc::GetRelayStats => Req::GetRelayStats(pb::GetRelayStatsRequest {
+            channel_id: bad(),
             ..Default::default()
         }),
         // Every size is well formed by itself (past the head is
@@ -1126,15 +1140,15 @@ async fn a_caller_in_the_wrong_role_is_refused_with_the_specific_reason() {
         rows.len(),
         failures.join("\n")
     );
-    // Subscribe has no role to get wrong (it filters instead), nor have the
-    // audit RPCs (any caller may check the log; an inclusion proof follows
+    // Subscribe and GetRelayStats have no role to get wrong (they filter
+    // instead), nor have the audit RPCs (any caller may check the log; an inclusion proof follows
     // visibility, tests/audit.rs): the rest of the RPCs all appear.
     let all_but_subscribe: Vec<Rpc> = ALL
         .into_iter()
         .filter(|r| {
             !matches!(
                 r,
-                Subscribe | GetCheckpoint | GetInclusionProof | GetConsistencyProof
+                Subscribe | GetRelayStats | GetCheckpoint | GetInclusionProof | GetConsistencyProof
             )
         })
         .collect();
@@ -1624,6 +1638,7 @@ async fn a_read_only_token_reads_what_its_party_may_and_writes_nothing() {
         ListMessages,
         ListEvents,
         Subscribe,
+        GetRelayStats,
         GetCheckpoint,
         GetInclusionProof,
         GetConsistencyProof,

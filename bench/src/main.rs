@@ -49,6 +49,7 @@ mod samples;
 mod scale;
 mod send;
 mod spawned;
+mod stats;
 mod storage;
 mod sustained;
 mod world;
@@ -445,6 +446,13 @@ async fn run(args: Args) -> Result<bool> {
         }
         sections.insert("audit", text);
     }
+    if on(Scenario::Stats) {
+        let mut text = String::new();
+        if let Err(e) = stats::run_stats(&world, &plan, &mut report, &mut text).await {
+            report.failures.push(format!("stats could not run: {e}"));
+        }
+        sections.insert("stats", text);
+    }
 
     if on(Scenario::Abuse) {
         let mut text = String::new();
@@ -504,16 +512,7 @@ async fn run(args: Args) -> Result<bool> {
     if debug_server {
         out.push_str("the server is a debug build: figures are not meaningful\n");
     }
-    for s in [
-        "send",
-        "lifecycle",
-        "fanout",
-        "catchup",
-        "scale",
-        "sustained",
-        "audit",
-        "abuse",
-    ] {
+    for s in SECTION_ORDER {
         if let Some(t) = sections.get(s) {
             out.push_str(t);
         }
@@ -540,6 +539,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Scale,
             Scenario::Sustained,
             Scenario::Audit,
+            Scenario::Stats,
         ]
         .into_iter()
         .filter(|s| on(*s))

@@ -32,6 +32,9 @@ pub(crate) enum Scenario {
     /// inclusion and consistency proofs on a store of a million events, and
     /// the `backchannel audit` subcommand over 100,000.
     Audit,
+    /// Relay statistics (DESIGN §9): `GetRelayStats` on a store of a
+    /// million messages.
+    Stats,
 }
 
 impl Scenario {
@@ -46,6 +49,7 @@ impl Scenario {
             Scenario::Sustained => "sustained",
             Scenario::Abuse => "abuse",
             Scenario::Audit => "audit",
+            Scenario::Stats => "stats",
         }
     }
 }
@@ -136,6 +140,11 @@ pub(crate) struct Args {
     /// 100,000; 1,000 with --quick).
     #[arg(long, value_name = "N")]
     pub(crate) audit_cli_events: Option<u64>,
+    /// Messages the store must hold when `stats` asks its questions (what
+    /// earlier scenarios wrote counts; default 1,000,000; 5,000 with
+    /// --quick).
+    #[arg(long, value_name = "N")]
+    pub(crate) stats_messages: Option<u64>,
 }
 
 /// A positive, finite number of seconds (at most a few years, so that it
@@ -214,6 +223,7 @@ pub(crate) struct Plan {
     pub(crate) drain_timeout: Duration,
     pub(crate) sustained: SustainedPlan,
     pub(crate) audit: AuditPlan,
+    pub(crate) stats: crate::stats::StatsPlan,
 }
 
 impl Plan {
@@ -287,6 +297,15 @@ impl Plan {
                 }),
                 levels: [1, 16],
                 cli_timeout: Duration::from_secs(if quick { 120 } else { 1200 }),
+            },
+            stats: crate::stats::StatsPlan {
+                messages: a.stats_messages.unwrap_or(if quick {
+                    5_000
+                } else {
+                    FULL_CATCHUP_EVENTS
+                }),
+                relayed: if quick { 200 } else { 20_000 },
+                calls: if quick { 10 } else { 100 },
             },
         }
     }

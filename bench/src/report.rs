@@ -101,3 +101,16 @@ pub(crate) fn table(title: &str, note: &str, headers: &[&str], rows: &[Vec<Strin
     }
     out
 }
+
+/// The order of the scenarios' sections in the printed report.
+pub(crate) const SECTION_ORDER: [&str; 9] = [
+    "send",
+    "lifecycle",
+    "fanout",
+    "catchup",
+    "scale",
+    "sustained",
+    "audit",
+    "stats",
+    "abuse",
+];

@@ -94,6 +94,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
         "scale",
         "sustained",
         "audit",
+        "stats",
         "abuse",
     ] {
         assert!(!s[name].is_null(), "scenario {name} missing: {doc:#}");
@@ -161,6 +162,19 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
     assert_eq!(points.len(), 8, "{audit:#}");
     for p in points {
         assert_eq!(p["errors"], 0, "{p:#}");
+    }
+    // --quick: every question over at least the 5,000 messages asked for.
+    let stats = &s["stats"];
+    assert!(stats["messages"].as_u64().unwrap_or(0) >= 5000, "{stats:#}");
+    assert_eq!(stats["relayed"], 200, "{stats:#}");
+    for q in [
+        "admin, all",
+        "admin, one channel",
+        "admin, last tenth",
+        "mediator, all",
+    ] {
+        let n = stats["questions"][q]["latency"]["count"].as_u64();
+        assert_eq!(n, Some(10), "{q}: {stats:#}");
     }
     if backend_is_postgres() {
         assert!(sustained["wal_peak_bytes"].is_null(), "{sustained:#}");

@@ -415,8 +415,42 @@ impl pb::message_service_server::MessageService for MessageApi {
         &self,
         req: Request<pb::GetRelayStatsRequest>,
     ) -> Result<Response<pb::RelayStats>, Status> {
-        let _who = self.0.identify(&req)?;
-        Err(Status::unimplemented("GetRelayStats is not built yet"))
+        let caller = self.0.caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let channel = v.check("channel_id", optional(&r.channel_id, Id::parse));
+        let party = v.check("party_id", optional(&r.party_id, PartyId::parse));
+        let since = v.check("since", convert::opt_time(r.since.as_ref()));
+        let until = v.check("until", convert::opt_time(r.until.as_ref()));
+        if let (Some(Some(s)), Some(Some(u))) = (since, until)
+            && u <= s
+        {
+            v.add("until", "must be after since");
+        }
+        v.finish()?;
+        let question = crate::stats::Question {
+            channel: channel.flatten(),
+            party: party.flatten(),
+            since: since.flatten(),
+            until: until.flatten(),
+        };
+        if let Some(cid) = question.channel {
+            self.0
+                .store
+                .channel(cid)
+                .await?
+                .filter(|c| c.visible_to(&caller))
+                .ok_or_else(channel_not_found)?;
+        }
+        if let Some(p) = &question.party
+            && self.0.store.party(p.clone()).await?.is_none()
+        {
+            return Err(Rejection::new(Reason::PARTY_NOT_FOUND, format!("no party '{p}'")).into());
+        }
+        let through = self.0.follow.feed.head();
+        Ok(Response::new(
+            self.0.stats.answer(caller, question, through).await?,
+        ))
     }
 }
 

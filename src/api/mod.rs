@@ -30,6 +30,8 @@ pub struct Ctx {
     pub pager: Pager,
     /// Subscriptions.
     pub follow: crate::feed::Follow,
+    /// Relay statistics.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl Ctx {

@@ -63,6 +63,11 @@ pub enum Command {
     /// Prints each event as it happens, one per line; resumes after a
     /// dropped connection or a server restart with no gap and no duplicate.
     Watch(WatchArgs),
+    /// How the relay performs: per mediator (carried, declined, holding,
+    /// waiting, hold and pickup times), per principal (sent, received,
+    /// answered, rejected, response times) and deadlines, over the messages
+    /// the token may see.
+    Stats(StatsArgs),
     /// Checks the record against its signed Merkle tree (exit 3 and a
     /// one-line verdict when it finds a problem).
     ///
@@ -360,6 +365,24 @@ pub struct HistoryArgs {
     /// Only events after this sequence.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub after: u64,
+}
+
+/// `backchannel stats`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    /// Only this channel's messages.
+    #[arg(long, value_name = "C")]
+    pub channel: Option<String>,
+    /// Only messages this party takes part in.
+    #[arg(long, value_name = "P")]
+    pub party: Option<String>,
+    /// Only messages sent at or after this time (RFC 3339, or -DURATION
+    /// for that long ago).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Only messages sent before this time (RFC 3339, or -DURATION).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
 }
 
 /// `backchannel watch`.

@@ -20,6 +20,7 @@ mod fail;
 mod messages;
 mod output;
 mod records;
+mod stats;
 mod time;
 mod watch;
 
@@ -182,6 +183,7 @@ pub async fn run(client: ClientArgs, command: Command) -> std::process::ExitCode
         Command::Show(a) => messages::show(&client, &out, a).await,
         Command::History(a) => messages::history(&client, &out, a).await,
         Command::Watch(a) => watch::watch(&client, &out, a).await,
+        Command::Stats(a) => stats::stats(&client, &out, a).await,
         Command::Audit(a) => audit::audit(&client, &out, a).await,
     };
     match result {

@@ -97,6 +97,7 @@ reasons! {
     STORE_LOST => Unavailable,
     RECORD_CORRUPT => DataLoss,
     SHUTTING_DOWN => Unavailable,
+    STATS_NOT_READY => Unavailable,
     INTERNAL => Internal,
 }
 
