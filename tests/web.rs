@@ -157,7 +157,7 @@ async fn an_oversized_body_is_413() {
     tcp.write_all(head.as_bytes()).await.expect("head");
     let (answer, _) = until_closed(&mut tcp).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    // A chunked body that grows past the limit fares the same.
+    // A body one byte over the limit, sent whole, fares the same.
     let big = format!("{{\"pageToken\": \"{}\"}}", "x".repeat((4 << 20) + 1));
     let r = api(
         &server,

@@ -59,7 +59,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let method = rpc(parts.uri.path())?;
+    let method = rpc(parts.uri.path()).map_err(|r| *r)?;
     if parts.method != Method::POST {
         let mut r = status::response_as(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -81,7 +81,7 @@ where
         ));
     }
     let bytes = read_body(body, &parts.headers).await?;
-    let request = parse(&method, &bytes)?;
+    let request = parse(&method, &bytes).map_err(|r| *r)?;
 
     let mut inner = Request::new(Body::new(http_body_util::Full::new(frame(
         &request.encode_to_vec(),
@@ -141,20 +141,21 @@ where
 
 /// The RPC a path names: `/api/<one of SERVICES>/<Method>`, not
 /// client-streaming.
-fn rpc(path: &str) -> Result<MethodDescriptor, Response<Body>> {
-    let rest = path.strip_prefix("/api/").ok_or_else(not_found)?;
-    let (service, name) = rest.split_once('/').ok_or_else(not_found)?;
+fn rpc(path: &str) -> Result<MethodDescriptor, Box<Response<Body>>> {
+    let missing = || Box::new(not_found());
+    let rest = path.strip_prefix("/api/").ok_or_else(missing)?;
+    let (service, name) = rest.split_once('/').ok_or_else(missing)?;
     if !SERVICES.contains(&service) {
-        return Err(not_found());
+        return Err(missing());
     }
     let pool = crate::pb::descriptor_pool().map_err(|e| {
         tracing::error!(error = e, "JSON view without descriptors");
-        status::response(&tonic::Status::internal("no descriptors"))
+        Box::new(status::response(&tonic::Status::internal("no descriptors")))
     })?;
     pool.get_service_by_name(service)
         .and_then(|s| s.methods().find(|m| m.name() == name))
         .filter(|m| !m.is_client_streaming())
-        .ok_or_else(not_found)
+        .ok_or_else(missing)
 }
 
 fn not_found() -> Response<Body> {
@@ -212,7 +213,7 @@ async fn read_body(body: Body, headers: &http::HeaderMap) -> Result<Bytes, Respo
 }
 
 /// The request message from its proto3 JSON (an empty body is `{}`).
-fn parse(method: &MethodDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Response<Body>> {
+fn parse(method: &MethodDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Box<Response<Body>>> {
     let input = method.input();
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -223,10 +224,10 @@ fn parse(method: &MethodDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Resp
     DynamicMessage::deserialize(input.clone(), &mut de)
         .and_then(|m| de.end().map(|()| m))
         .map_err(|e| {
-            invalid(format!(
+            Box::new(invalid(format!(
                 "the request body is not a {} in proto3 JSON: {e}",
                 input.full_name()
-            ))
+            )))
         })
 }
 
