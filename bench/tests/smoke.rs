@@ -170,7 +170,7 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
     for q in [
         "admin, all",
         "admin, one channel",
-        "admin, last tenth",
+        "admin, relayed window",
         "mediator, all",
     ] {
         let n = stats["questions"][q]["latency"]["count"].as_u64();
