@@ -64,7 +64,7 @@ pub async fn follow(stats: Arc<Stats>, store: Store, feed: Arc<Feed>, shutdown: 
             Ok((seq, event)) if seq == applied + 1 => {
                 let Some(p) = event.upgrade() else { continue };
                 match crate::replication::committed(vec![p.frame.clone()]) {
-                    Ok(events) => applied = apply(&stats, &events, applied),
+                    Ok(events) => applied = apply(&stats, &events, applied).await,
                     Err(e) => {
                         tracing::warn!(error = %e, sequence = seq, "relay statistics skip an event")
                     }
@@ -96,7 +96,7 @@ async fn catch_up(stats: &Stats, store: &Store, mut applied: u64) -> Result<u64,
             return Ok(applied);
         }
         let full = frames.len() == crate::feed::REPLAY_PAGE;
-        applied = apply(stats, &crate::replication::committed(frames)?, applied);
+        applied = apply(stats, &crate::replication::committed(frames)?, applied).await;
         if !full {
             return Ok(applied);
         }
@@ -104,9 +104,9 @@ async fn catch_up(stats: &Stats, store: &Store, mut applied: u64) -> Result<u64,
 }
 
 /// Applies events in order; returns the last sequence applied.
-fn apply(stats: &Stats, events: &[Committed], mut applied: u64) -> u64 {
+async fn apply(stats: &Stats, events: &[Committed], mut applied: u64) -> u64 {
     {
-        let mut ix = stats.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut ix = stats.index.write().await;
         for c in events {
             if c.event.sequence != applied + 1 {
                 continue;
@@ -182,7 +182,7 @@ async fn load(stats: &Stats, store: &Store) -> Result<u64, StoreError> {
     ix.loaded();
     ix.head = head;
     let messages = ix.len();
-    *stats.index.write().unwrap_or_else(|e| e.into_inner()) = ix;
+    *stats.index.write().await = ix;
     tracing::info!(
         messages,
         head,

@@ -14,10 +14,10 @@ mod figures;
 mod follow;
 mod index;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{RwLock, watch};
 
 use crate::domain::{Caller, Id, PartyId, Reason, Rejection, Time};
 use crate::pb;
@@ -43,6 +43,8 @@ pub struct Question {
 
 /// The copy, and how far it has applied the log.
 pub struct Stats {
+    /// An asynchronous lock: the follower waits for a question being
+    /// answered without holding a runtime thread.
     index: RwLock<index::Index>,
     /// The last sequence applied, once the first load is done.
     applied: watch::Sender<Option<u64>>,
@@ -106,7 +108,7 @@ impl Stats {
     }
 
     fn compute(&self, caller: &Caller, q: &Question) -> pb::RelayStats {
-        let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let ix = self.index.blocking_read();
         let party = |p: &PartyId| ix.by_party.get(p).copied();
         let viewer = caller.party().map(&party);
         let filter = q.party.as_ref().map(&party);
