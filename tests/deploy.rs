@@ -511,6 +511,40 @@ fn health_check_uses_the_health_subcommand() {
     );
 }
 
+/// The top-level paths of the repository that the server's sources embed
+/// with `include_str!` or `include_bytes!`.
+fn embedded_dirs() -> Vec<String> {
+    let root = repo();
+    let mut dirs = Vec::new();
+    for file in files_under(&root.join("src")) {
+        let text = read(&file);
+        for part in text.split("include_").skip(1) {
+            let Some(rest) = part
+                .strip_prefix("str!(\"")
+                .or_else(|| part.strip_prefix("bytes!(\""))
+            else {
+                continue;
+            };
+            let Some(path) = rest.split('"').next() else {
+                continue;
+            };
+            let Some(dir) = file.parent() else { continue };
+            let full = dir.join(path);
+            let full = full.canonicalize().unwrap_or(full);
+            let root = root.canonicalize().unwrap_or_else(|_| root.clone());
+            if let Ok(inside) = full.strip_prefix(&root)
+                && let Some(top) = inside.components().next()
+            {
+                let top = top.as_os_str().to_string_lossy().into_owned();
+                if !dirs.contains(&top) {
+                    dirs.push(top);
+                }
+            }
+        }
+    }
+    dirs
+}
+
 #[test]
 fn dockerfile_copies_what_the_build_needs() {
     let image = image();
@@ -526,14 +560,19 @@ fn dockerfile_copies_what_the_build_needs() {
             ".dockerignore should exclude {must}/"
         );
     }
-    for needed in [
+    let mut needed: Vec<String> = [
         "Cargo.toml",
         "Cargo.lock",
         "build.rs",
         "src",
         "proto",
         "migrations",
-    ] {
+    ]
+    .map(String::from)
+    .into();
+    // Whatever the sources embed (the board's files in web/, …).
+    needed.extend(embedded_dirs());
+    for needed in &needed {
         assert!(
             image
                 .context_sources
