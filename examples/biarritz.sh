@@ -3,7 +3,9 @@
 # President Macron (the Élysée channel) and Prime Minister Abe (the Tokyo
 # channel), with the backchannel command line, against a running server
 # whose record is empty. After each day of the story it prints the events
-# that day recorded, one line each, as `backchannel watch` shows them.
+# that day recorded, one line each, as `backchannel watch` shows them. At the
+# end it says where the board (DESIGN §9) shows the whole story, and with
+# which token to sign in.
 #
 #   cargo run --release               # in another terminal: a fresh server;
 #   examples/biarritz.sh              # in this one, once it logs `serving`
@@ -32,6 +34,7 @@ if [ -z "$BIN" ]; then
 fi
 export BACKCHANNEL_ADDR=${BACKCHANNEL_ADDR:-http://127.0.0.1:50051}
 DEADLINE_SECONDS=${DEADLINE_SECONDS:-6}
+token_from="BACKCHANNEL_TOKEN"
 if [ -z "${BACKCHANNEL_TOKEN:-}" ]; then
   token_file=${BACKCHANNEL_TOKEN_FILE:-${BACKCHANNEL_DATA_DIR:-./backchannel-data}/admin.token}
   if [ ! -r "$token_file" ]; then
@@ -39,6 +42,7 @@ if [ -z "${BACKCHANNEL_TOKEN:-}" ]; then
     exit 1
   fi
   BACKCHANNEL_TOKEN=$(cat "$token_file")
+  token_from=$token_file
 fi
 ADMIN=$BACKCHANNEL_TOKEN
 unset BACKCHANNEL_TOKEN BACKCHANNEL_TOKEN_FILE BACKCHANNEL_OUTPUT
@@ -153,3 +157,20 @@ printf '%s\n' "$expired"
 
 say "The preconditions, as the record keeps them"
 bc "$ADMIN" show "$PRECONDITIONS"
+
+# Where to see it all: the board on the server's own port. The story leaves
+# nothing in flight (every message was answered, declined, withdrawn or
+# expired), so the routes are drawn empty; the feed, the timelines, the
+# statistics and the checkpoint hold the whole story.
+case "$BACKCHANNEL_ADDR" in
+  http://* | https://*) board=${BACKCHANNEL_ADDR%/}/ ;;
+  *) board=http://${BACKCHANNEL_ADDR%/}/ ;;
+esac
+say "On the board"
+if [ "$token_from" = BACKCHANNEL_TOKEN ]; then
+  echo "Open $board and sign in with the admin token (the one in BACKCHANNEL_TOKEN)."
+else
+  echo "Open $board and sign in with the admin token in $token_from."
+fi
+echo "Its feed holds every event above; select one for its message's timeline."
+echo "(A server started with --web off serves no board.)"

@@ -123,6 +123,7 @@ async fn the_biarritz_story_is_told_in_order_with_each_days_events_under_it() {
             ],
         ),
         ("The preconditions, as the record keeps them", &[]),
+        ("On the board", &[]),
     ];
     assert_eq!(told.len(), want.len(), "the days told:\n{stdout}");
     for ((title, events), (want_title, want_events)) in told.iter().zip(want) {
@@ -160,6 +161,17 @@ async fn the_biarritz_story_is_told_in_order_with_each_days_events_under_it() {
         stdout.contains("1    france    FORWARDED  2019-08-27 10:00  2019-08-27 18:00  8h0m"),
         "{stdout}"
     );
+
+    // Where the board shows it all, and with which token, whose value
+    // is never printed.
+    assert!(
+        stdout.contains(&format!(
+            "Open http://{}/ and sign in with the admin token (the one in BACKCHANNEL_TOKEN).",
+            server.addr
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(ADMIN_TOKEN), "{stdout}");
 
     // A second run refuses the record it would muddle, in one line.
     let out = output(run_script(&server.addr.to_string(), Some(ADMIN_TOKEN))).await;

@@ -14,11 +14,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use backchannel::pb;
+use common::board::{chromium, have_browser, screenshots_dir};
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -27,38 +28,6 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/board/board.mjs
 
 /// How long the whole browser session may take.
 const SESSION: Duration = Duration::from_secs(180);
-
-fn chromium() -> PathBuf {
-    std::env::var_os("BOARD_CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from)
-}
-
-/// Whether Chromium, Node.js and the script's packages are here.
-fn have_browser() -> bool {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/board/node_modules/playwright-core")
-        .is_dir();
-    backchannel_testkit::tool_available(
-        "Chromium with Node.js and playwright-core",
-        node && modules && chromium().is_file(),
-        "this test needs /usr/bin/chromium (apt-get install chromium, or set BOARD_CHROMIUM), \
-         node (apt-get install nodejs npm) and `npm ci --prefix tests/board`; \
-         ./scripts/test.sh does all three",
-    )
-}
-
-/// `<target>/board-screenshots`, whichever target directory this test was
-/// built in.
-fn screenshots_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("board-screenshots")
-}
 
 /// `minutes` before `base`, as a reported occur time.
 fn before(base: SystemTime, minutes: u64) -> Option<prost_types::Timestamp> {

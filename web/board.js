@@ -339,7 +339,8 @@ async function openTimeline(id, quiet) {
     return;
   }
   if (state.selected !== id) return;
-  body.replaceChildren(...timeline(m, events.items, thread.items));
+  // A part the message has not (a body, a deadline) is null: not a node.
+  body.replaceChildren(...timeline(m, events.items, thread.items).filter(Boolean));
   if (!quiet) $('#timeline-title').focus();
 }
 

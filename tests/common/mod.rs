@@ -2,6 +2,7 @@
 //! with a temporary data directory, and talk to it with the generated clients.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod board;
 pub mod http1;
 pub mod raw;
 pub mod stream;
