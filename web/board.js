@@ -100,6 +100,8 @@ function fmtDur(d) {
 const durMs = (d) => (d ? parseFloat(d) * 1000 : NaN);
 const fmtTime = (t) => (t ? new Date(ms(t)).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' }) : '—');
 const timeEl = (t) => el('time', { datetime: t || '', text: fmtTime(t) });
+// When an event happened as reported; when it was recorded is its title.
+const occurred = (ev) => el('time', { datetime: ev.occurTime || '', text: fmtTime(ev.occurTime), title: `recorded ${fmtTime(ev.recordTime)}` });
 /** Makes `e` a focusable button that `f` answers (click, Enter, Space). */
 function activates(e, f) {
   Object.assign(e, { tabIndex: 0, onclick: f });
@@ -300,7 +302,7 @@ function addFeed(ev) {
   const channel = state.channels.get(ev.channelId);
   const li = el('li', { class: 'event', 'data-sequence': seq, 'data-type': ev.type, 'data-channel-id': ev.channelId,
     'data-message-id': ev.messageId || null },
-  el('span', { class: 'seq', text: `#${seq}` }), timeEl(ev.recordTime), el('span', { class: 'type', text: ev.type }),
+  el('span', { class: 'seq', text: `#${seq}` }), occurred(ev), el('span', { class: 'type', text: ev.type }),
   el('span', { class: 'actor', text: ev.actor }), el('span', { class: 'what', text: subject }),
   el('span', { class: 'chan', text: channel ? channel.displayName : '' }), ev.note ? el('span', { class: 'note', text: `“${ev.note}”` }) : null);
   if (ev.messageId) activates(li, () => openTimeline(ev.messageId));
@@ -348,8 +350,8 @@ function timeline(m, events, thread) {
   const now = Date.now();
   const start = ms(m.sendTime || m.createTime);
   const inFlight = IN_FLIGHT.has(m.state);
-  const times = [start, ms(m.respondBy), inFlight ? now : NaN, ...events.flatMap((e) => [ms(e.occurTime), ms(e.recordTime)])]
-    .filter(Number.isFinite);
+  // The axis is of occur times; the record times are in the table below.
+  const times = [start, ms(m.respondBy), inFlight ? now : NaN, ...events.map((e) => ms(e.occurTime))].filter(Number.isFinite);
   const t0 = Math.min(...times), t1 = Math.max(...times, t0 + 1000);
   const pct = (t) => `${(100 * (t - t0)) / (t1 - t0)}%`;
   const bar = (cls, a, b, title) => el('span', { class: `bar ${cls}`, title,
@@ -420,10 +422,7 @@ function scheduleStats() {
 async function loadStats() {
   const body = $('#stats-body');
   const s = await call('GetRelayStats', {}).catch((e) => {
-    const missing = e.code === 'UNIMPLEMENTED';
-    body.replaceChildren(el('p', { class: missing ? 'hint' : 'error', 'data-code': e.code || '', text: missing
-      ? 'This server does not compute relay statistics yet (GetRelayStats answers UNIMPLEMENTED).'
-      : `Statistics could not be loaded: ${e.text || e.message}` }));
+    body.replaceChildren(el('p', { class: 'error', 'data-code': e.code || '', text: `Statistics could not be loaded: ${e.text || e.message}` }));
   });
   if (!s) return;
   const meds = s.mediators || [], prins = s.principals || [], dl = s.deadlines || {};
