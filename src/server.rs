@@ -231,6 +231,7 @@ pub async fn run(
     let web = crate::web::Settings {
         board: config.web == crate::config::Web::On,
         cors_allow_origins: crate::web::parse_origins(&config.cors_allow_origins)?,
+        auth: ctx.auth.clone(),
     };
     let service = crate::web::Front::new(service, web);
 

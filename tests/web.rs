@@ -124,6 +124,7 @@ async fn malformed_json_and_unknown_methods_are_refused_clearly() {
     assert_eq!(r.status(), 400);
     let v = json(r).await;
     assert_eq!(v["code"], 3);
+    assert_eq!(v["details"][0]["reason"], "INVALID_REQUEST", "{v}");
     let message = v["message"].as_str().unwrap_or("");
     assert!(message.contains("ListPartiesRequest"), "{v}");
     let r = api(&server, method, ADMIN_TOKEN, "{\"noSuchField\": 1}").await;
@@ -157,11 +158,12 @@ async fn an_oversized_body_is_413() {
     tcp.write_all(head.as_bytes()).await.expect("head");
     let (answer, _) = until_closed(&mut tcp).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("REQUEST_TOO_LARGE"), "{answer}");
     // A chunked body that grows past the limit fares the same (the client
     // stops at the limit's first byte over, so that nothing it sent is left
     // unread when the server closes).
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let over = (4 << 20) + 1;
+    let over = (2 << 20) + 1;
     let head = format!(
         "POST /api/backchannel.v1.PartyService/ListParties HTTP/1.1\r\nhost: x\r\n\
          content-type: application/json\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
@@ -171,6 +173,30 @@ async fn an_oversized_body_is_413() {
     tcp.write_all(&vec![b' '; over]).await.expect("body");
     let (answer, _) = until_closed(&mut tcp).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+/// The token is checked before the body is read: a caller without one is
+/// refused for the price of its headers (it used to have up to 4 MiB read
+/// and parsed first), and UNAUTHENTICATED comes first, as in gRPC.
+#[tokio::test]
+async fn the_json_view_checks_the_token_before_it_reads_the_body() {
+    let server = Server::start().await;
+    let method = "backchannel.v1.MessageService/GetMessage";
+    let r = api(&server, method, "not-a-token", "{\"bogus\": 1}").await;
+    assert_eq!(r.status(), 401, "malformed JSON without a token");
+    // A body announced and never sent is refused without it (the server
+    // used to wait for it, and answer 408).
+    for auth in ["", "authorization: Bearer not-a-token\r\n"] {
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        let head = format!(
+            "POST /api/backchannel.v1.MessageService/Subscribe HTTP/1.1\r\nhost: x\r\n\
+             content-type: application/json\r\n{auth}content-length: 1000000\r\n\r\n{{"
+        );
+        tcp.write_all(head.as_bytes()).await.expect("head");
+        let (answer, _) = until_closed(&mut tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
+        assert!(answer.contains("UNAUTHENTICATED"), "{answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,9 @@ pub struct Stats {
     index: RwLock<index::Index>,
     /// The last sequence applied, once the first load is done.
     applied: watch::Sender<Option<u64>>,
+    /// Questions answered at once: one per core, the rest wait their turn
+    /// (each one scans and holds its durations).
+    computing: tokio::sync::Semaphore,
 }
 
 impl Default for Stats {
@@ -55,6 +58,9 @@ impl Default for Stats {
         Stats {
             index: RwLock::new(index::Index::default()),
             applied: watch::Sender::new(None),
+            computing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ),
         }
     }
 }
@@ -95,6 +101,11 @@ impl Stats {
                 format!("{what}; retry shortly"),
             ));
         }
+        let _turn = self
+            .computing
+            .acquire()
+            .await
+            .map_err(|_| Rejection::new(Reason::SHUTTING_DOWN, "the server is stopping"))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.compute(&caller, &q))
             .await

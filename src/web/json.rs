@@ -8,9 +8,12 @@
 //! server-sent events (`sse.rs`); a failure as `google.rpc.Status` JSON
 //! with the HTTP status of its code (`status.rs`).
 //!
-//! A request costs little: its body is at most [`MAX_REQUEST_BYTES`], read
-//! within [`BODY_READ_TIMEOUT`]; the token is read only from the header
-//! and never logged.
+//! A request costs little: its token is checked before its body is read
+//! (so a caller without one is refused for the price of its headers, and
+//! in the contract's order, UNAUTHENTICATED first); the body is at most
+//! [`MAX_REQUEST_BYTES`], read within [`BODY_READ_TIMEOUT`], and parsed on
+//! a blocking thread. The token is read only from the header and never
+//! logged.
 
 use std::time::Duration;
 
@@ -22,12 +25,17 @@ use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderValue, Method, Request, Response, StatusCode, header};
 use tower::{Service, ServiceExt};
 
+use std::sync::Arc;
+
 use super::BoxError;
 use super::frames::{Item, Reply, frame};
 use super::status;
+use crate::auth::Authenticator;
+use crate::domain::{Reason, Rejection};
 
-/// Largest request body: far above any request of the API.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest request body: twice the default limit of a gRPC request
+/// (whose own limit applies again to the request it becomes).
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 
 /// Time a client gets to send its whole request body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,18 +49,26 @@ const SERVICES: [&str; 4] = [
 ];
 
 /// Answers one request to `/api/...` through `grpc`.
-pub(super) async fn call<G, B>(grpc: G, req: Request<Body>) -> Response<Body>
+pub(super) async fn call<G, B>(
+    grpc: G,
+    auth: Arc<Authenticator>,
+    req: Request<Body>,
+) -> Response<Body>
 where
     G: Service<Request<Body>, Response = Response<B>, Error = BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    match answer(grpc, req).await {
+    match answer(grpc, &auth, req).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn answer<G, B>(grpc: G, req: Request<Body>) -> Result<Response<Body>, Response<Body>>
+async fn answer<G, B>(
+    grpc: G,
+    auth: &Authenticator,
+    req: Request<Body>,
+) -> Result<Response<Body>, Response<Body>>
 where
     G: Service<Request<Body>, Response = Response<B>, Error = BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -77,11 +93,23 @@ where
     if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
         return Err(status::response_as(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &tonic::Status::invalid_argument("the JSON view takes Content-Type: application/json"),
+            &crate::error::status(&Rejection::new(
+                Reason::INVALID_REQUEST,
+                "the JSON view takes Content-Type: application/json",
+            )),
         ));
     }
+    // Before the body: the same check the gRPC stack makes again.
+    auth.authenticate(&tonic::metadata::MetadataMap::from_headers(
+        parts.headers.clone(),
+    ))
+    .map_err(|r| status::response(&crate::error::status(&r)))?;
     let bytes = read_body(body, &parts.headers).await?;
-    let request = parse(&method, &bytes).map_err(|r| *r)?;
+    let parsing = method.clone();
+    let request = tokio::task::spawn_blocking(move || parse(&parsing, &bytes))
+        .await
+        .map_err(|_| status::response(&tonic::Status::internal("the request could not be parsed")))?
+        .map_err(|r| *r)?;
 
     let mut inner = Request::new(Body::new(http_body_util::Full::new(frame(
         &request.encode_to_vec(),
@@ -167,8 +195,14 @@ fn not_found() -> Response<Body> {
     )
 }
 
+/// A request malformed by itself: `INVALID_REQUEST`.
 fn invalid(message: impl Into<String>) -> Response<Body> {
-    status::response(&tonic::Status::invalid_argument(message))
+    refused(Rejection::new(Reason::INVALID_REQUEST, message))
+}
+
+/// A refusal with its reason, as every refusal of the API has.
+fn refused(r: Rejection) -> Response<Body> {
+    status::response(&crate::error::status(&r))
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
@@ -185,9 +219,13 @@ async fn read_body(body: Body, headers: &http::HeaderMap) -> Result<Bytes, Respo
     let too_large = || {
         status::response_as(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &tonic::Status::resource_exhausted(format!(
-                "the request body is larger than {MAX_REQUEST_BYTES} bytes"
-            )),
+            &crate::error::status(
+                &Rejection::new(
+                    Reason::REQUEST_TOO_LARGE,
+                    format!("the request body is larger than {MAX_REQUEST_BYTES} bytes"),
+                )
+                .with("limit", MAX_REQUEST_BYTES),
+            ),
         )
     };
     let declared = headers

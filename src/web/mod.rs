@@ -36,12 +36,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
 /// What the port serves besides gRPC.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The board's page, files and JSON view (`--web on`).
     pub board: bool,
     /// Origins whose browser apps may call gRPC-Web and the JSON view.
     pub cors_allow_origins: Vec<HeaderValue>,
+    /// Tokens: the JSON view checks the caller's before it reads a body.
+    pub auth: Arc<crate::auth::Authenticator>,
 }
 
 /// The service every connection calls: the board, its JSON view and
@@ -64,6 +66,7 @@ where
         let browser = Browser {
             grpc_web: tonic_web::GrpcWebLayer::new().layer(grpc.clone()),
             json: grpc.clone(),
+            auth: settings.auth.clone(),
             board: settings.board,
         };
         Front {
@@ -129,6 +132,7 @@ where
 struct Browser<G> {
     grpc_web: tonic_web::GrpcWebService<G>,
     json: G,
+    auth: Arc<crate::auth::Authenticator>,
     board: bool,
 }
 
@@ -152,8 +156,8 @@ where
             return Box::pin(self.grpc_web.clone().oneshot(req));
         }
         if self.board && req.uri().path().starts_with("/api/") {
-            let grpc = self.json.clone();
-            return Box::pin(async move { Ok(json::call(grpc, req).await) });
+            let (grpc, auth) = (self.json.clone(), self.auth.clone());
+            return Box::pin(async move { Ok(json::call(grpc, auth, req).await) });
         }
         ready(not_found())
     }
