@@ -5,35 +5,21 @@
 // to BOARD_SCREENSHOTS/biarritz-*.png, and the overture's timeline, one
 // viewport, also to BOARD_README_SHOT when that is set. Every wait has a
 // deadline; none is a fixed sleep. Exit status 0 when every check passed.
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { WAIT, check, run, step, watch } from './harness.mjs';
 
 const { BOARD_URL, BOARD_TOKEN, BOARD_STORY, BOARD_SCREENSHOTS, BOARD_README_SHOT } = process.env;
-const CHROMIUM = process.env.BOARD_CHROMIUM || '/usr/bin/chromium';
 const story = JSON.parse(BOARD_STORY);
-/** How long any one thing may take to appear on the page. */
-const WAIT = 15000;
 
-const step = (what) => console.log(`ok: ${what}`);
-function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`); }
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
-mkdirSync(BOARD_SCREENSHOTS, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--no-sandbox', '--headless', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
-const problems = [];
-try {
+await run(BOARD_SCREENSHOTS, 'biarritz-failure', async ({ browser, problems }) => {
   // The README's picture is one 1280×800 viewport, at one device pixel.
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1,
     timezoneId: 'UTC', locale: 'en-GB' });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
-  page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  watch(page, problems);
   const shot = (name) => page.screenshot({ path: join(BOARD_SCREENSHOTS, `biarritz-${name}.png`), fullPage: true, type: 'png' });
 
   await page.goto(BOARD_URL);
@@ -132,14 +118,4 @@ try {
   check(await page.locator('#tree-size').textContent() === story.treeSize, `tree size ${story.treeSize}`);
   await shot('checkpoint');
   step(`checkpoint: ${story.treeSize} events, verified`);
-  check(problems.length === 0, `no console errors:\n${problems.join('\n')}`);
-} catch (e) {
-  console.error(e.stack || String(e));
-  for (const p of browser.contexts().flatMap((c) => c.pages())) {
-    await p.screenshot({ path: join(BOARD_SCREENSHOTS, 'biarritz-failure.png'), fullPage: true }).catch(() => {});
-  }
-  if (problems.length) console.error(problems.join('\n'));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});

@@ -5,14 +5,10 @@
 // the page is open. Every wait has a deadline; none is a fixed sleep.
 // Exit status 0 when every check passed.
 import { createInterface } from 'node:readline';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { WAIT, check, run, step, watch } from './harness.mjs';
 
 const { BOARD_URL, BOARD_TOKEN, BOARD_CHANNEL, BOARD_ASIDE, BOARD_SCREENSHOTS } = process.env;
-const CHROMIUM = process.env.BOARD_CHROMIUM || '/usr/bin/chromium';
-/** How long any one thing may take to appear on the page. */
-const WAIT = 15000;
 
 const answers = [];
 let waiting = null;
@@ -26,25 +22,13 @@ async function need(...what) {
   if (!line.startsWith('DONE')) throw new Error(`NEED ${what.join(' ')}: ${line}`);
   return line.slice(5);
 }
-const step = (what) => console.log(`ok: ${what}`);
-function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`); }
 
-mkdirSync(BOARD_SCREENSHOTS, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--no-sandbox', '--headless', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
-const problems = [];
-try {
+await run(BOARD_SCREENSHOTS, 'failure', async ({ browser, problems }) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
-  // Refused requests (the wrong token, the outage, statistics not yet
-  // implemented) are logged by Chromium as "Failed to load resource"; any
-  // other console error (a CSP violation, an exception) fails the test.
-  page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // The wrong token and the outage are refused on purpose (see watch).
+  watch(page, problems);
   const shot = (name) => page.screenshot({ path: join(BOARD_SCREENSHOTS, `${name}.png`), fullPage: true });
   const chip = (id) => page.locator(`#channels .msg[data-message-id="${id}"]`);
 
@@ -189,15 +173,5 @@ try {
   await page.locator('#signin').waitFor();
   check(await page.evaluate(() => sessionStorage.length) === 0, 'sign out forgets the token');
   step('phone layout; signed out');
-  check(problems.length === 0, `no console errors:\n${problems.join('\n')}`);
-} catch (e) {
-  console.error(e.stack || String(e));
-  for (const p of browser.contexts().flatMap((c) => c.pages())) {
-    await p.screenshot({ path: join(BOARD_SCREENSHOTS, 'failure.png'), fullPage: true }).catch(() => {});
-  }
-  if (problems.length) console.error(problems.join('\n'));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.stdin.destroy();
-}
+});
+process.stdin.destroy();
