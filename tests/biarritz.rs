@@ -6,24 +6,6 @@ mod common;
 
 use common::*;
 
-fn run_script(addr: &str, token: Option<&str>) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("bash");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/biarritz.sh"))
-        .env("BACKCHANNEL_ADDR", addr)
-        .env("BACKCHANNEL_BIN", env!("CARGO_BIN_EXE_backchannel"))
-        .env("DEADLINE_SECONDS", "3")
-        .env("TZ", "UTC")
-        .env_remove("BACKCHANNEL_TOKEN_FILE")
-        .env_remove("BACKCHANNEL_DATA_DIR")
-        .current_dir(std::env::temp_dir())
-        .kill_on_drop(true);
-    match token {
-        Some(t) => cmd.env("BACKCHANNEL_TOKEN", t),
-        None => cmd.env_remove("BACKCHANNEL_TOKEN"),
-    };
-    cmd
-}
-
 async fn output(mut cmd: tokio::process::Command) -> std::process::Output {
     tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
         .await
@@ -59,7 +41,11 @@ fn days(stdout: &str) -> Vec<(String, Vec<String>)> {
 #[tokio::test]
 async fn the_biarritz_story_is_told_in_order_with_each_days_events_under_it() {
     let server = Server::start().await;
-    let out = output(run_script(&server.addr.to_string(), Some(ADMIN_TOKEN))).await;
+    let out = output(story::biarritz_script(
+        &server.addr.to_string(),
+        Some(ADMIN_TOKEN),
+    ))
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "script failed:\n{stdout}\n{stderr}");
@@ -174,7 +160,11 @@ async fn the_biarritz_story_is_told_in_order_with_each_days_events_under_it() {
     assert!(!stdout.contains(ADMIN_TOKEN), "{stdout}");
 
     // A second run refuses the record it would muddle, in one line.
-    let out = output(run_script(&server.addr.to_string(), Some(ADMIN_TOKEN))).await;
+    let out = output(story::biarritz_script(
+        &server.addr.to_string(),
+        Some(ADMIN_TOKEN),
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -190,7 +180,11 @@ async fn with_no_server_the_story_ends_in_one_clear_line() {
         .expect("bind")
         .local_addr()
         .expect("addr");
-    let out = output(run_script(&closed.to_string(), Some(ADMIN_TOKEN))).await;
+    let out = output(story::biarritz_script(
+        &closed.to_string(),
+        Some(ADMIN_TOKEN),
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -203,7 +197,7 @@ async fn with_no_server_the_story_ends_in_one_clear_line() {
         "{err}"
     );
     // And with no token at all, it says where the token comes from.
-    let out = output(run_script(&closed.to_string(), None)).await;
+    let out = output(story::biarritz_script(&closed.to_string(), None)).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");

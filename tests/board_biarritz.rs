@@ -36,17 +36,7 @@ const SESSION: Duration = Duration::from_secs(150);
 /// Runs `examples/biarritz.sh` against `server`, as `tests/biarritz.rs`
 /// does.
 async fn tell_the_story(server: &Server) {
-    let mut cmd = tokio::process::Command::new("bash");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/biarritz.sh"))
-        .env("BACKCHANNEL_ADDR", server.addr.to_string())
-        .env("BACKCHANNEL_BIN", env!("CARGO_BIN_EXE_backchannel"))
-        .env("BACKCHANNEL_TOKEN", ADMIN_TOKEN)
-        .env("DEADLINE_SECONDS", "3")
-        .env("TZ", "UTC")
-        .env_remove("BACKCHANNEL_TOKEN_FILE")
-        .env_remove("BACKCHANNEL_DATA_DIR")
-        .current_dir(std::env::temp_dir())
-        .kill_on_drop(true);
+    let mut cmd = story::biarritz_script(&server.addr.to_string(), Some(ADMIN_TOKEN));
     let out = tokio::time::timeout(SESSION, cmd.output())
         .await
         .expect("the script finished in time")

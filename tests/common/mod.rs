@@ -5,6 +5,7 @@
 pub mod board;
 pub mod http1;
 pub mod raw;
+pub mod story;
 pub mod stream;
 
 use std::net::SocketAddr;
