@@ -302,6 +302,41 @@ async fn grpc_web_unary_over_http1_answers_like_grpc() {
         format!("grpc-status:{in_headers}")
     };
     assert!(status.contains("grpc-status:16"), "{status}");
+    // grpc-web-text: the same frames in base64, both ways (the answer is
+    // text when the client accepts it, as the grpc-web clients say).
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let auth = format!("Bearer {}", w.tokens["iran"]);
+    let r = request(
+        &server,
+        "POST",
+        "/backchannel.v1.ChannelService/ListChannels",
+        &[
+            ("content-type", "application/grpc-web-text"),
+            ("accept", "application/grpc-web-text"),
+            ("authorization", &auth),
+        ],
+        b64.encode(web_request(&pb::ListChannelsRequest::default())),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "content-type").starts_with("application/grpc-web-text"));
+    let text = body(r).await;
+    // Frames may be encoded one by one, each padded: decode by quads.
+    let clean: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let mut raw = Vec::new();
+    for quad in clean.chunks(4) {
+        raw.extend(b64.decode(quad).expect("a base64 answer"));
+    }
+    assert_eq!(raw[0], 0, "a message frame first");
+    let len = u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]) as usize;
+    let list = pb::ListChannelsResponse::decode(&raw[5..5 + len]).expect("decodes");
+    assert_eq!(list.channels[0].id, w.channel.id);
+    assert!(String::from_utf8_lossy(&raw[5 + len..]).contains("grpc-status:0"));
 }
 
 #[tokio::test]
