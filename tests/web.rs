@@ -570,3 +570,69 @@ async fn an_idle_http1_connection_does_not_hold_a_slot_forever() {
         .await
         .expect("a slot for a gRPC client");
 }
+
+/// No token reaches the log, even at debug level: not one that works, not
+/// one that is refused, over the JSON view, its event stream and gRPC-Web.
+#[tokio::test]
+async fn no_token_is_logged_even_at_debug_level() {
+    let server = Server::start_with(Options {
+        env: vec![("RUST_LOG".into(), "debug".into())],
+        ..Default::default()
+    })
+    .await;
+    let w = world(&server).await;
+    let good = w.tokens["iran"].clone();
+    let bad = format!("{}x", &good[..good.len() - 1]);
+    for token in [&good, &bad] {
+        api(
+            &server,
+            "backchannel.v1.ChannelService/ListChannels",
+            token,
+            "{}",
+        )
+        .await;
+        let auth = format!("Bearer {token}");
+        request(
+            &server,
+            "POST",
+            "/backchannel.v1.ChannelService/ListChannels",
+            &[
+                ("content-type", "application/grpc-web+proto"),
+                ("authorization", &auth),
+            ],
+            web_request(&pb::ListChannelsRequest::default()),
+        )
+        .await;
+    }
+    let r = api(
+        &server,
+        "backchannel.v1.MessageService/Subscribe",
+        &good,
+        "{\"startAfter\": \"0\"}",
+    )
+    .await;
+    let mut events = Events::new(r);
+    assert!(events.next().await.is_some(), "the stream answers");
+    drop(events);
+    // The last call's line: everything logged before it has been read.
+    api(&server, "backchannel.v1.PartyService/WhoAmI", &good, "{}").await;
+    let log = server.log.clone();
+    let lines = eventually("the WhoAmI call's log line", || {
+        let lines = log.lock().map(|l| l.clone()).unwrap_or_default();
+        let done = lines.iter().any(|l| l.contains("PartyService/WhoAmI"));
+        async move { done.then_some(lines) }
+    })
+    .await;
+    assert!(lines.iter().any(|l| l.contains("\"DEBUG\"")), "a debug log");
+    let secret = |t: &str| t.rsplit('_').next().unwrap_or(t).to_owned();
+    for t in [
+        &good,
+        &bad,
+        &secret(&good),
+        &secret(&bad),
+        &ADMIN_TOKEN.to_string(),
+    ] {
+        let leaked: Vec<&String> = lines.iter().filter(|l| l.contains(t.as_str())).collect();
+        assert!(leaked.is_empty(), "the token {t} is in the log: {leaked:?}");
+    }
+}
